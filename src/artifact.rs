@@ -1,0 +1,245 @@
+//! Files that steps hand each other: Parquet read/write and the atomic-file rule.
+//!
+//! Invariant: a file appears under its final name only when it is complete. It is
+//! written to a temporary name in the same folder, fsynced, renamed, and the folder
+//! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: {source}")]
+    Arrow {
+        path: PathBuf,
+        source: arrow::error::ArrowError,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+impl ArtifactError {
+    pub fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A finished file of an artifact, as recorded in the step manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    /// `column: type` for Parquet files; empty otherwise.
+    pub schema: Vec<String>,
+}
+
+/// Streams record batches into a Parquet file that becomes visible at `finish`.
+pub struct ParquetSink {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<File>,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+impl ParquetSink {
+    pub fn create(path: &Path, schema: SchemaRef) -> Result<Self, ArtifactError> {
+        let tmp = temp_path(path);
+        let file = File::create(&tmp).map_err(ArtifactError::io(&tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
+            ArtifactError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+            schema,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), ArtifactError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|source| ArtifactError::Parquet {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Closes, fsyncs and renames the file into place.
+    pub fn finish(self) -> Result<FileEntry, ArtifactError> {
+        let schema = schema_strings(&self.schema);
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|source| ArtifactError::Parquet {
+                path: self.path.clone(),
+                source,
+            })?;
+        file.sync_all().map_err(ArtifactError::io(&self.tmp))?;
+        drop(file);
+        rename_durable(&self.tmp, &self.path)?;
+        let mut entry = describe(&self.path)?;
+        entry.rows = self.rows;
+        entry.schema = schema;
+        Ok(entry)
+    }
+}
+
+/// Writes `batches` to `path` atomically.
+pub fn write_parquet(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<FileEntry, ArtifactError> {
+    let mut sink = ParquetSink::create(path, schema)?;
+    for b in batches {
+        sink.write(b)?;
+    }
+    sink.finish()
+}
+
+/// Reads a whole Parquet file.
+pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), ArtifactError> {
+    let file = File::open(path).map_err(ArtifactError::io(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+        ArtifactError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let schema = builder.schema().clone();
+    let reader = builder
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|source| ArtifactError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ArtifactError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((schema, batches))
+}
+
+/// Writes `value` as pretty JSON atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<FileEntry, ArtifactError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|source| ArtifactError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_bytes(path, &text)?;
+    describe(path)
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ArtifactError> {
+    let text = fs::read(path).map_err(ArtifactError::io(path))?;
+    serde_json::from_slice(&text).map_err(|source| ArtifactError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    let tmp = temp_path(path);
+    let mut file = File::create(&tmp).map_err(ArtifactError::io(&tmp))?;
+    file.write_all(bytes).map_err(ArtifactError::io(&tmp))?;
+    file.sync_all().map_err(ArtifactError::io(&tmp))?;
+    drop(file);
+    rename_durable(&tmp, path)
+}
+
+/// Renames and fsyncs the parent folder so the rename itself survives a crash.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<(), ArtifactError> {
+    fs::rename(from, to).map_err(ArtifactError::io(to))?;
+    sync_dir(to.parent().unwrap_or(Path::new(".")))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), ArtifactError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ArtifactError::io(dir))
+}
+
+/// Size and SHA-256 of a finished file.
+pub fn describe(path: &Path) -> Result<FileEntry, ArtifactError> {
+    let mut file = File::open(path).map_err(ArtifactError::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(ArtifactError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok(FileEntry {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        rows: 0,
+        bytes,
+        sha256: format!("{:x}", hasher.finalize()),
+        schema: Vec::new(),
+    })
+}
+
+pub fn schema_strings(schema: &SchemaRef) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect()
+}
+
+/// `dir/.name.tmp-<pid>-<nanos>`: same folder (so rename is atomic), hidden, unique.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
+}

@@ -1,0 +1,1113 @@
+//! Pipeline files (`pipelines/*.toml`): the raw TOML is checked in two phases, first
+//! every key against what serde accepts, then the values against the settings and
+//! each other, and turned into a [`Pipeline`] that cannot hold an invalid value.
+//!
+//! Every problem is reported at once with its file, line, column and key path. A
+//! pipeline whose file has any problem is not returned at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::diagnostic::{Diagnostic, Diagnostics, one_of, suggest};
+use super::introspect::fields;
+use super::settings::{Settings, duration};
+
+/// A validated pipeline: its steps are in an order where every step comes after
+/// the steps it needs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    /// Cron with seconds first (`sec min hour day month weekday [year]`); `None` runs
+    /// only when triggered.
+    pub schedule: Option<String>,
+    pub timezone: chrono_tz::Tz,
+    pub concurrency: Concurrency,
+    pub steps: Vec<Step>,
+    /// Where the write steps publish, for the plan and cross-pipeline checks.
+    pub writes: Vec<WriteTarget>,
+}
+
+impl Pipeline {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+/// What happens when a run is due while the previous one still runs (as in a
+/// Kubernetes CronJob).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    #[default]
+    Forbid,
+    Replace,
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub needs: Vec<String>,
+    /// Extra attempts after a retryable failure.
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+    pub description: Option<String>,
+    pub spec: StepSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteTarget {
+    pub step: String,
+    pub sink: String,
+    pub table: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// The keys every step accepts, whatever its kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonSpec {
+    #[serde(default)]
+    needs: Vec<String>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default, deserialize_with = "optional_duration")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// What a step does; the `kind` key picks the variant.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepSpec {
+    Extract(ExtractSpec),
+    Train(TrainSpec),
+    Recommend(RecommendSpec),
+    Write(WriteSpec),
+}
+
+/// Runs an SQL file against a named source and checks the result against `role`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    pub source: String,
+    pub sql: PathBuf,
+    pub role: Role,
+    /// Bound as query parameters (`$name` in DataFusion SQL), never pasted into text.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamValue>,
+    /// An empty result is an error for interactions and items unless this is set;
+    /// an empty filter list is normal.
+    #[serde(default)]
+    pub allow_empty: Option<bool>,
+}
+
+/// What an extracted table is, which fixes the columns it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// `user_id`, `item_id`, optional `value` and `ts`.
+    Interactions,
+    /// `item_id` plus feature columns.
+    Items,
+    /// `item_id`, optional `user_id`: items (or user–item pairs) never to recommend.
+    Filter,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Interactions => "interactions",
+            Role::Items => "items",
+            Role::Filter => "filter",
+        }
+    }
+}
+
+/// A bound SQL parameter value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// Which model a train step fits; the `model` key picks the variant.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum TrainSpec {
+    Popular(PopularSpec),
+}
+
+impl TrainSpec {
+    pub const MODELS: &[&str] = &["popular"];
+
+    fn fields_of(model: &str) -> Option<&'static [&'static str]> {
+        match model {
+            "popular" => Some(fields::<PopularSpec>()),
+            _ => None,
+        }
+    }
+}
+
+/// Most-interacted items: the baseline every learned model must beat.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PopularSpec {
+    /// `users` counts distinct users per item; `value` sums interaction values.
+    #[serde(default)]
+    pub by: PopularBy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PopularBy {
+    #[default]
+    Users,
+    Value,
+}
+
+/// Top-N items per user from a trained model.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendSpec {
+    #[serde(default = "default_top_n")]
+    pub top_n: usize,
+    /// Leave out the items each user already interacted with.
+    #[serde(default = "yes")]
+    pub exclude_seen: bool,
+}
+
+fn default_top_n() -> usize {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Publishes a list to a named sink as `table`, atomically.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteSpec {
+    pub sink: String,
+    pub table: String,
+}
+
+/// The kind of artifact a step leaves in its run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    Interactions,
+    Items,
+    Filter,
+    Model,
+    UserRecs,
+    Published,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Interactions => "interactions",
+            ArtifactKind::Items => "items",
+            ArtifactKind::Filter => "filter",
+            ArtifactKind::Model => "model",
+            ArtifactKind::UserRecs => "user_recs",
+            ArtifactKind::Published => "published",
+        }
+    }
+}
+
+impl StepSpec {
+    pub const KINDS: &[&str] = &["extract", "train", "recommend", "write"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepSpec::Extract(_) => "extract",
+            StepSpec::Train(_) => "train",
+            StepSpec::Recommend(_) => "recommend",
+            StepSpec::Write(_) => "write",
+        }
+    }
+
+    pub fn output(&self) -> ArtifactKind {
+        match self {
+            StepSpec::Extract(e) => match e.role {
+                Role::Interactions => ArtifactKind::Interactions,
+                Role::Items => ArtifactKind::Items,
+                Role::Filter => ArtifactKind::Filter,
+            },
+            StepSpec::Train(_) => ArtifactKind::Model,
+            StepSpec::Recommend(_) => ArtifactKind::UserRecs,
+            StepSpec::Write(_) => ArtifactKind::Published,
+        }
+    }
+
+    /// How many artifacts of each kind the step reads from its `needs`:
+    /// `(kind, min, max)`; `None` means any needs are only for ordering.
+    pub fn inputs(&self) -> Option<&'static [(ArtifactKind, usize, usize)]> {
+        use ArtifactKind::*;
+        match self {
+            StepSpec::Extract(_) => None,
+            StepSpec::Train(_) => Some(&[(Interactions, 1, 1)]),
+            StepSpec::Recommend(_) => Some(&[
+                (Model, 1, 1),
+                (Interactions, 0, 1),
+                (Filter, 0, usize::MAX),
+            ]),
+            StepSpec::Write(_) => Some(&[(UserRecs, 1, 1)]),
+        }
+    }
+
+    /// The kind-specific keys of `kind`, or `None` for an unknown kind.
+    fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
+        match kind {
+            "extract" => Some(fields::<ExtractSpec>()),
+            "train" => Some(&["model"]),
+            "recommend" => Some(fields::<RecommendSpec>()),
+            "write" => Some(fields::<WriteSpec>()),
+            _ => None,
+        }
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "schedule",
+    "timezone",
+    "concurrency",
+    "steps",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    concurrency: Concurrency,
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Validates every pipeline file in `paths` (files, or folders whose `*.toml` are
+/// taken), including the checks that span files: unique names and unique tables.
+pub fn load_all(settings: &Settings, paths: &[PathBuf]) -> (Vec<Pipeline>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let mut files = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => match toml_files_in(path) {
+                Ok(found) => files.extend(found),
+                Err(e) => diags.push(Diagnostic::file(path, "", format!("cannot list: {e}"))),
+            },
+            Ok(_) => files.push(path.clone()),
+            Err(e) => diags.push(Diagnostic::file(path, "", format!("cannot read: {e}"))),
+        }
+    }
+    let mut pipelines = Vec::new();
+    for file in files {
+        match load_file(settings, &file) {
+            Ok(p) => pipelines.push(p),
+            Err(d) => diags.extend(d),
+        }
+    }
+    diags.extend(check_across(&pipelines));
+    (pipelines, diags.sorted())
+}
+
+/// The `*.toml` files directly inside `dir`, sorted.
+pub fn toml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and validates one pipeline file.
+pub fn load_file(settings: &Settings, file: &Path) -> Result<Pipeline, Diagnostics> {
+    match std::fs::read_to_string(file) {
+        Ok(src) => parse(settings, file, &src),
+        Err(e) => Err(Diagnostics(vec![Diagnostic::file(
+            file,
+            "",
+            format!("cannot read: {e}"),
+        )])),
+    }
+}
+
+/// Two pipelines with one name, or two write steps publishing the same table, would
+/// overwrite each other's lists.
+fn check_across(pipelines: &[Pipeline]) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let mut names: BTreeMap<&str, &Path> = BTreeMap::new();
+    for p in pipelines {
+        if let Some(first) = names.insert(&p.name, &p.file) {
+            diags.push(Diagnostic::file(
+                &p.file,
+                "name",
+                format!(
+                    "pipeline `{}` is also defined in {}; names must be unique",
+                    p.name,
+                    first.display()
+                ),
+            ));
+        }
+    }
+    let mut tables: BTreeMap<(&str, &str), &WriteTarget> = BTreeMap::new();
+    for w in pipelines.iter().flat_map(|p| &p.writes) {
+        if let Some(first) = tables.insert((&w.sink, &w.table), w) {
+            diags.push(Diagnostic {
+                file: w.file.clone(),
+                line: w.line,
+                col: w.col,
+                key: format!("steps.{}.table", w.step),
+                message: format!(
+                    "table `{}` of sink `{}` is also written by {}:{}:{} (steps.{}); \
+                     give each pipeline its own table",
+                    w.table,
+                    w.sink,
+                    first.file.display(),
+                    first.line,
+                    first.col,
+                    first.step
+                ),
+            });
+        }
+    }
+    diags
+}
+
+/// Parses and validates the text of one pipeline file.
+pub fn parse(settings: &Settings, file: &Path, src: &str) -> Result<Pipeline, Diagnostics> {
+    let mut cx = Checker {
+        file,
+        src,
+        settings,
+        diags: Diagnostics::default(),
+        header_spans: BTreeMap::new(),
+    };
+    let pipeline = cx.pipeline();
+    match pipeline {
+        Some(p) if cx.diags.is_empty() => Ok(p),
+        _ => Err(cx.diags.sorted()),
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    src: &'a str,
+    settings: &'a Settings,
+    diags: Diagnostics,
+    /// Value spans of the top-level keys, for checks after deserialization.
+    header_spans: BTreeMap<String, Range<usize>>,
+}
+
+/// A step whose keys parsed, waiting for the checks that need all steps.
+struct RawStep {
+    id: String,
+    id_span: Range<usize>,
+    spans: BTreeMap<String, Range<usize>>,
+    common: CommonSpec,
+    spec: StepSpec,
+}
+
+impl<'a> Checker<'a> {
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::at(self.file, self.src, span, key, message));
+    }
+
+    fn pipeline(&mut self) -> Option<Pipeline> {
+        let (root, errors) = DeTable::parse_recoverable(self.src);
+        if !errors.is_empty() {
+            for e in errors {
+                let span = e.span().unwrap_or(0..0);
+                let message = format!("invalid TOML: {}", e.message().trim());
+                self.error(span, "", message);
+            }
+            return None;
+        }
+        let root_span = root.span();
+        let mut root = root.into_inner();
+        self.header_spans = root
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
+            .collect();
+        let steps_value = root.remove("steps");
+        let header: Option<Header> = self.deserialize_table(
+            "",
+            Spanned::new(root_span.clone(), root),
+            TOP_KEYS,
+            "a pipeline file",
+        );
+        let raw_steps = match steps_value {
+            Some(v) => self.steps(v),
+            None => {
+                self.error(
+                    root_span.start..root_span.start,
+                    "steps",
+                    "missing `[steps.<id>]` tables; a pipeline needs at least one step",
+                );
+                Vec::new()
+            }
+        };
+        let header = header?;
+        let timezone = self.timezone(&header);
+        self.check_name(&header.name);
+        if let Some(schedule) = &header.schedule {
+            self.check_schedule(schedule);
+        }
+        let steps = self.link_steps(raw_steps)?;
+        let writes = steps
+            .iter()
+            .filter_map(|(step, spans)| match &step.spec {
+                StepSpec::Write(w) => {
+                    let span = spans.get("table").cloned().unwrap_or(0..0);
+                    let (line, col) = super::diagnostic::line_col(self.src, span.start);
+                    Some(WriteTarget {
+                        step: step.id.clone(),
+                        sink: w.sink.clone(),
+                        table: w.table.clone(),
+                        file: self.file.to_path_buf(),
+                        line,
+                        col,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        Some(Pipeline {
+            name: header.name,
+            file: self.file.to_path_buf(),
+            description: header.description,
+            schedule: header.schedule,
+            timezone: timezone?,
+            concurrency: header.concurrency,
+            steps: steps.into_iter().map(|(s, _)| s).collect(),
+            writes,
+        })
+    }
+
+    /// Reports every key of `table` not in `allowed`, then deserializes the rest.
+    fn deserialize_table<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        table: Spanned<DeTable<'a>>,
+        allowed: &[&str],
+        what: &str,
+    ) -> Option<T> {
+        let span = table.span();
+        let mut known = DeTable::new();
+        let mut value_spans: Vec<(String, Range<usize>)> = Vec::new();
+        for (key, value) in table.into_inner() {
+            let name = key.get_ref().to_string();
+            if allowed.contains(&name.as_str()) {
+                value_spans.push((name, value.span()));
+                known.insert(key, value);
+            } else {
+                let message = format!(
+                    "unknown key{}; {what} accepts {}",
+                    suggest(&name, allowed.iter().copied()),
+                    one_of(allowed)
+                );
+                self.error(key.span(), join(path, &name), message);
+            }
+        }
+        let value = Spanned::new(span.clone(), DeValue::Table(known));
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let at = e.span().unwrap_or(span.clone());
+                let key = value_spans
+                    .iter()
+                    .find(|(_, s)| s.start <= at.start && at.end <= s.end)
+                    .map_or_else(|| path.to_string(), |(k, _)| join(path, k));
+                self.error(at, key, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, value: Spanned<DeValue<'a>>) -> Vec<RawStep> {
+        let span = value.span();
+        let DeValue::Table(table) = value.into_inner() else {
+            self.error(span, "steps", "must be a table of steps: `[steps.<id>]`");
+            return Vec::new();
+        };
+        if table.is_empty() {
+            self.error(span, "steps", "a pipeline needs at least one step");
+        }
+        let mut steps = Vec::new();
+        for (key, value) in table {
+            let id = key.get_ref().to_string();
+            let path = format!("steps.{id}");
+            if !is_identifier(&id, false) {
+                self.error(
+                    key.span(),
+                    &path,
+                    "step ids use lowercase letters, digits and `_`, starting with a letter",
+                );
+            }
+            let value_span = value.span();
+            let DeValue::Table(table) = value.into_inner() else {
+                self.error(value_span, &path, "must be a table: `[steps.<id>]`");
+                continue;
+            };
+            if let Some(step) = self.step(&path, id, key.span(), Spanned::new(value_span, table)) {
+                steps.push(step);
+            }
+        }
+        steps
+    }
+
+    fn step(
+        &mut self,
+        path: &str,
+        id: String,
+        id_span: Range<usize>,
+        table: Spanned<DeTable<'a>>,
+    ) -> Option<RawStep> {
+        let span = table.span();
+        let table = table.into_inner();
+        let spans: BTreeMap<String, Range<usize>> = table
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
+            .collect();
+        let kind = match table.get("kind").map(|v| (v.get_ref().as_str(), v.span())) {
+            None => {
+                self.error(
+                    span.start..span.start,
+                    join(path, "kind"),
+                    format!("missing key; accepted kinds: {}", one_of(StepSpec::KINDS)),
+                );
+                return None;
+            }
+            Some((None, s)) => {
+                self.error(s, join(path, "kind"), "must be a string");
+                return None;
+            }
+            Some((Some(kind), s)) => (kind.to_string(), s),
+        };
+        let Some(kind_fields) = StepSpec::fields_of(&kind.0) else {
+            let message = format!(
+                "unknown step kind `{}`{}; accepted kinds: {}",
+                kind.0,
+                suggest(&kind.0, StepSpec::KINDS.iter().copied()),
+                one_of(StepSpec::KINDS)
+            );
+            self.error(kind.1, join(path, "kind"), message);
+            return None;
+        };
+        let mut allowed: Vec<&str> = vec!["kind"];
+        allowed.extend_from_slice(fields::<CommonSpec>());
+        allowed.extend_from_slice(kind_fields);
+        if kind.0 == "train" {
+            allowed.extend(self.model_fields(path, &table, span.clone())?);
+        }
+        let what = format!("a `{}` step", kind.0);
+        // Split the table: the common keys and the kind's keys are two structs, so
+        // that neither needs `#[serde(flatten)]` (which lets unknown keys through).
+        let common_keys = fields::<CommonSpec>();
+        let mut common = DeTable::new();
+        let mut specific = DeTable::new();
+        for (k, v) in table {
+            let name = k.get_ref().to_string();
+            if !allowed.contains(&name.as_str()) {
+                let message = format!(
+                    "unknown key{}; {what} accepts {}",
+                    suggest(&name, allowed.iter().copied()),
+                    one_of(&allowed)
+                );
+                self.error(k.span(), join(path, &name), message);
+            } else if common_keys.contains(&name.as_str()) {
+                common.insert(k, v);
+            } else {
+                specific.insert(k, v);
+            }
+        }
+        let common: Option<CommonSpec> =
+            self.deserialize_table(path, Spanned::new(span.clone(), common), common_keys, &what);
+        let spec: Option<StepSpec> =
+            self.deserialize_table(path, Spanned::new(span, specific), &allowed, &what);
+        Some(RawStep {
+            id,
+            id_span,
+            spans,
+            common: common?,
+            spec: spec?,
+        })
+    }
+
+    /// The keys of the model a train step names; reports a missing or unknown model.
+    fn model_fields(
+        &mut self,
+        path: &str,
+        table: &DeTable<'a>,
+        span: Range<usize>,
+    ) -> Option<Vec<&'static str>> {
+        let key = join(path, "model");
+        match table.get("model") {
+            None => {
+                let message = format!("missing key; accepted models: {}", one_of(TrainSpec::MODELS));
+                self.error(span.start..span.start, key, message);
+                None
+            }
+            Some(v) => match v.get_ref().as_str() {
+                None => {
+                    self.error(v.span(), key, "must be a string");
+                    None
+                }
+                Some(model) => match TrainSpec::fields_of(model) {
+                    Some(f) => Some(f.to_vec()),
+                    None => {
+                        let message = format!(
+                            "unknown model `{model}`{}; accepted models: {}",
+                            suggest(model, TrainSpec::MODELS.iter().copied()),
+                            one_of(TrainSpec::MODELS)
+                        );
+                        self.error(v.span(), key, message);
+                        None
+                    }
+                },
+            },
+        }
+    }
+
+    fn key_span(&self, key: &str) -> Range<usize> {
+        self.header_spans.get(key).cloned().unwrap_or(0..0)
+    }
+
+    fn check_name(&mut self, name: &str) {
+        if !is_identifier(name, true) {
+            let span = self.key_span("name");
+            self.error(
+                span,
+                "name",
+                format!(
+                    "`{name}` is not a valid pipeline name; use lowercase letters, digits, `_` and `-`, starting with a letter"
+                ),
+            );
+        }
+    }
+
+    fn timezone(&mut self, header: &Header) -> Option<chrono_tz::Tz> {
+        let Some(name) = &header.timezone else {
+            return Some(chrono_tz::UTC);
+        };
+        match chrono_tz::Tz::from_str(name) {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                let span = self.key_span("timezone");
+                let names = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+                let message = format!(
+                    "unknown time zone `{name}`{}; use an IANA name such as `Asia/Tokyo` or `UTC`",
+                    suggest(name, names)
+                );
+                self.error(span, "timezone", message);
+                None
+            }
+        }
+    }
+
+    fn check_schedule(&mut self, schedule: &str) {
+        let fields = schedule.split_whitespace().count();
+        let problem = if !(6..=7).contains(&fields) {
+            Some(format!(
+                "`{schedule}` has {fields} fields; write 6 or 7 with seconds first, e.g. `0 0 4 * * *` for 04:00 daily"
+            ))
+        } else {
+            croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Required)
+                .build()
+                .parse(schedule)
+                .err()
+                .map(|e| format!("`{schedule}` is not a valid cron expression: {e}"))
+        };
+        if let Some(message) = problem {
+            let span = self.key_span("schedule");
+            self.error(span, "schedule", message);
+        }
+    }
+
+    /// Checks what needs every step, names, sources and sinks; orders the steps.
+    fn link_steps(
+        &mut self,
+        raw: Vec<RawStep>,
+    ) -> Option<Vec<(Step, BTreeMap<String, Range<usize>>)>> {
+        let ids: BTreeSet<&str> = raw.iter().map(|s| s.id.as_str()).collect();
+        let outputs: BTreeMap<&str, ArtifactKind> =
+            raw.iter().map(|s| (s.id.as_str(), s.spec.output())).collect();
+        let mut errors = Vec::new();
+        for step in &raw {
+            let path = format!("steps.{}", step.id);
+            let needs_span = step.spans.get("needs").cloned().unwrap_or(step.id_span.clone());
+            let mut seen = BTreeSet::new();
+            for need in &step.common.needs {
+                let message = if need == &step.id {
+                    Some(format!("needs `{need}`, which is the step itself"))
+                } else if !ids.contains(need.as_str()) {
+                    Some(format!(
+                        "needs `{need}`, which is not a step{}",
+                        suggest(need, ids.iter().copied())
+                    ))
+                } else if !seen.insert(need) {
+                    Some(format!("needs `{need}` twice"))
+                } else {
+                    None
+                };
+                if let Some(m) = message {
+                    errors.push((needs_span.clone(), join(&path, "needs"), m));
+                }
+            }
+            if let Some(inputs) = step.spec.inputs() {
+                for m in input_problems(step, inputs, &outputs) {
+                    errors.push((needs_span.clone(), join(&path, "needs"), m));
+                }
+            }
+            self.check_spec(&path, step, &mut errors);
+        }
+        for (span, key, message) in errors {
+            self.error(span, key, message);
+        }
+        self.check_cycles(&raw);
+        if !self.diags.is_empty() {
+            return None;
+        }
+        Some(
+            topological(&raw)
+                .into_iter()
+                .map(|i| {
+                    let s = &raw[i];
+                    (
+                        Step {
+                            id: s.id.clone(),
+                            needs: s.common.needs.clone(),
+                            retries: s.common.retries,
+                            timeout: s.common.timeout,
+                            description: s.common.description.clone(),
+                            spec: s.spec.clone(),
+                        },
+                        s.spans.clone(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn check_spec(
+        &self,
+        path: &str,
+        step: &RawStep,
+        errors: &mut Vec<(Range<usize>, String, String)>,
+    ) {
+        let span_of = |key: &str| step.spans.get(key).cloned().unwrap_or(step.id_span.clone());
+        match &step.spec {
+            StepSpec::Extract(e) => {
+                if !self.settings.sources.contains_key(&e.source) {
+                    errors.push((
+                        span_of("source"),
+                        join(path, "source"),
+                        unknown_name("source", &e.source, self.settings.sources.keys()),
+                    ));
+                }
+                let sql = self.settings.resolve(&e.sql);
+                match std::fs::metadata(&sql) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => errors.push((
+                        span_of("sql"),
+                        join(path, "sql"),
+                        format!("`{}` is not a file", e.sql.display()),
+                    )),
+                    Err(err) => errors.push((
+                        span_of("sql"),
+                        join(path, "sql"),
+                        format!(
+                            "cannot read SQL file `{}` ({err}); paths are relative to the project dir {}",
+                            e.sql.display(),
+                            self.settings.project_dir.display()
+                        ),
+                    )),
+                }
+                for name in e.params.keys() {
+                    if !is_identifier(name, false) {
+                        errors.push((
+                            span_of("params"),
+                            format!("{path}.params.{name}"),
+                            "parameter names use lowercase letters, digits and `_`".to_string(),
+                        ));
+                    }
+                }
+            }
+            StepSpec::Train(_) => {}
+            StepSpec::Recommend(r) => {
+                if r.top_n == 0 || r.top_n > 10_000 {
+                    errors.push((
+                        span_of("top_n"),
+                        join(path, "top_n"),
+                        format!("must be between 1 and 10000, not {}", r.top_n),
+                    ));
+                }
+            }
+            StepSpec::Write(w) => {
+                if !self.settings.sinks.contains_key(&w.sink) {
+                    errors.push((
+                        span_of("sink"),
+                        join(path, "sink"),
+                        unknown_name("sink", &w.sink, self.settings.sinks.keys()),
+                    ));
+                }
+                if !is_table_name(&w.table) {
+                    errors.push((
+                        span_of("table"),
+                        join(path, "table"),
+                        format!(
+                            "`{}` is not a valid table name; use letters, digits and `_`, starting with a letter (at most 48 characters)",
+                            w.table
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reports each cycle of `needs` once, as `a` → `b` → `a`.
+    fn check_cycles(&mut self, raw: &[RawStep]) {
+        let index: BTreeMap<&str, usize> =
+            raw.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+        let edges: Vec<Vec<usize>> = raw
+            .iter()
+            .map(|s| {
+                s.common
+                    .needs
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .filter(|&j| raw[j].id != s.id)
+                    .collect()
+            })
+            .collect();
+        for cycle in find_cycles(&edges) {
+            let first = &raw[cycle[0]];
+            let names: Vec<String> = cycle
+                .iter()
+                .chain(std::iter::once(&cycle[0]))
+                .map(|&i| format!("`{}`", raw[i].id))
+                .collect();
+            let span = first.spans.get("needs").cloned().unwrap_or(first.id_span.clone());
+            self.error(
+                span,
+                format!("steps.{}.needs", first.id),
+                format!("needs form a cycle: {}", names.join(" → ")),
+            );
+        }
+    }
+}
+
+/// What is wrong with the artifacts a step would read from its needs.
+fn input_problems(
+    step: &RawStep,
+    inputs: &[(ArtifactKind, usize, usize)],
+    outputs: &BTreeMap<&str, ArtifactKind>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let kinds: Vec<(&str, ArtifactKind)> = step
+        .common
+        .needs
+        .iter()
+        .filter_map(|n| outputs.get(n.as_str()).map(|k| (n.as_str(), *k)))
+        .collect();
+    for (name, kind) in &kinds {
+        if !inputs.iter().any(|(k, _, _)| k == kind) {
+            let accepted: Vec<&str> = inputs.iter().map(|(k, _, _)| k.as_str()).collect();
+            problems.push(format!(
+                "`{name}` gives `{}`, which a `{}` step does not read; it reads {}",
+                kind.as_str(),
+                step.spec.kind(),
+                one_of(&accepted)
+            ));
+        }
+    }
+    for (kind, min, max) in inputs {
+        let count = kinds.iter().filter(|(_, k)| k == kind).count();
+        if count < *min {
+            problems.push(format!(
+                "a `{}` step needs a step that gives `{}`",
+                step.spec.kind(),
+                kind.as_str()
+            ));
+        } else if count > *max {
+            problems.push(format!(
+                "a `{}` step reads at most {max} `{}` input, not {count}",
+                step.spec.kind(),
+                kind.as_str()
+            ));
+        }
+    }
+    problems
+}
+
+fn unknown_name<'k>(what: &str, name: &str, known: impl Iterator<Item = &'k String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    if known.is_empty() {
+        format!("unknown {what} `{name}`; no {what}s are configured in config/")
+    } else {
+        format!(
+            "unknown {what} `{name}`{}; configured {what}s: {}",
+            suggest(name, known.iter().copied()),
+            one_of(&known)
+        )
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `[a-z][a-z0-9_]*`, plus `-` when `dash` (pipeline names).
+pub fn is_identifier(s: &str, dash: bool) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (dash && c == '-'))
+        && s.len() <= 64
+}
+
+/// A table name every store accepts unquoted, with room for a `__staging_<run>` suffix.
+pub fn is_table_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 48
+}
+
+/// Kahn's algorithm; among ready steps the lowest index (file order is sorted by id)
+/// goes first, so the order is stable.
+fn topological(raw: &[RawStep]) -> Vec<usize> {
+    let index: BTreeMap<&str, usize> =
+        raw.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let mut indegree: Vec<usize> = raw.iter().map(|s| s.common.needs.len()).collect();
+    let mut ready: BTreeSet<usize> = (0..raw.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut order = Vec::with_capacity(raw.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for (j, s) in raw.iter().enumerate() {
+            if s.common.needs.iter().any(|n| index.get(n.as_str()) == Some(&i)) {
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Elementary cycles found by depth-first search, each reported once, starting at
+/// its smallest node.
+fn find_cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnStack,
+        Done,
+    }
+    fn visit(
+        node: usize,
+        edges: &[Vec<usize>],
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+        cycles: &mut BTreeSet<Vec<usize>>,
+    ) {
+        marks[node] = Mark::OnStack;
+        stack.push(node);
+        for &next in &edges[node] {
+            match marks[next] {
+                Mark::New => visit(next, edges, marks, stack, cycles),
+                Mark::OnStack => {
+                    let start = stack.iter().position(|&n| n == next).unwrap_or(0);
+                    let mut cycle: Vec<usize> = stack[start..].to_vec();
+                    // Stack order follows `needs`, so reverse it to read as data flow.
+                    cycle.reverse();
+                    let min = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+                    cycle.rotate_left(min);
+                    cycles.insert(cycle);
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[node] = Mark::Done;
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    let mut cycles = BTreeSet::new();
+    for node in 0..edges.len() {
+        if marks[node] == Mark::New {
+            visit(node, edges, &mut marks, &mut Vec::new(), &mut cycles);
+        }
+    }
+    cycles.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_found_once() {
+        // 0 needs 1, 1 needs 2, 2 needs 0; 3 needs 3's neighbour 0 only
+        let edges = vec![vec![1], vec![2], vec![0], vec![0]];
+        let cycles = find_cycles(&edges);
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].len(), 3);
+        assert_eq!(cycles[0][0], 0);
+    }
+
+    #[test]
+    fn no_cycle_in_a_chain() {
+        assert!(find_cycles(&[vec![], vec![0], vec![1]]).is_empty());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("als_2", false));
+        assert!(!is_identifier("Als", false));
+        assert!(!is_identifier("mail-jobs", false));
+        assert!(is_identifier("mail-jobs", true));
+        assert!(!is_identifier("", true));
+        assert!(is_table_name("User_recs"));
+        assert!(!is_table_name("user recs"));
+        assert!(!is_table_name("x; drop table y"));
+    }
+}

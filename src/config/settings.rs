@@ -1,0 +1,234 @@
+//! Daemon settings: `config/default.toml`, then `config/$RECPIPE_ENV.toml`, then
+//! `RECPIPE__SECTION__KEY` environment variables, each layer overriding the last.
+//!
+//! Relative paths in the settings resolve against the project directory (the folder
+//! holding `config/`, `pipelines/` and `sql/`), never against the process's current
+//! directory, so the daemon behaves the same wherever it is started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the daemon and the CLI read from `config/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Run directories and sink versions live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_pipelines_dir")]
+    pub pipelines_dir: PathBuf,
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Set by [`Settings::load`]: the folder every relative path resolves against.
+    #[serde(skip)]
+    pub project_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    "state".into()
+}
+
+fn default_pipelines_dir() -> PathBuf {
+    "pipelines".into()
+}
+
+/// How runs use the machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Steps of one run that may execute at the same time.
+    pub max_parallel_steps: usize,
+    /// Threads of the compute (rayon) pool; 0 means one per core.
+    pub compute_threads: usize,
+    /// First retry delay; doubles per attempt, with full jitter.
+    #[serde(deserialize_with = "duration")]
+    pub retry_base_delay: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_max_delay: Duration,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            max_parallel_steps: 4,
+            compute_threads: 0,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A named place extract steps read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// The embedded DataFusion engine over local Parquet/CSV files.
+    Datafusion(DataFusionSourceConfig),
+}
+
+impl SourceConfig {
+    pub const KINDS: &[&str] = &["datafusion"];
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFusionSourceConfig {
+    /// SQL table name → file, directory or glob.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableFileConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFileConfig {
+    pub path: PathBuf,
+    /// Taken from the extension when absent.
+    pub format: Option<FileFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    Parquet,
+    Csv,
+}
+
+/// A named store that write steps publish to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Versioned Parquet directories with an atomically switched `CURRENT` pointer.
+    Parquet(ParquetSinkConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    pub path: PathBuf,
+    /// Published versions kept per table, the current one included.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
+}
+
+fn default_keep_versions() -> usize {
+    3
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("settings: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Settings {
+    /// Loads the layered settings of the project in `project_dir`.
+    pub fn load(project_dir: &Path) -> Result<Self, SettingsError> {
+        let config_dir = project_dir.join("config");
+        let env = std::env::var("RECPIPE_ENV").ok();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(config_dir.join("default.toml")).required(false));
+        if let Some(env) = env.filter(|e| !e.is_empty()) {
+            builder = builder.add_source(
+                config::File::from(config_dir.join(format!("{env}.toml"))).required(true),
+            );
+        }
+        let raw = builder
+            .add_source(
+                config::Environment::with_prefix("RECPIPE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?;
+        let mut settings: Settings = raw.try_deserialize()?;
+        settings.project_dir = project_dir.to_path_buf();
+        settings.resolve_paths();
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Settings with no file at all: used by the standalone step commands and tests.
+    pub fn empty(project_dir: &Path) -> Self {
+        let mut settings = Self {
+            state_dir: default_state_dir(),
+            pipelines_dir: default_pipelines_dir(),
+            runtime: RuntimeSettings::default(),
+            sources: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            project_dir: project_dir.to_path_buf(),
+        };
+        settings.resolve_paths();
+        settings
+    }
+
+    /// `path` made absolute against the project directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.project_dir.join(path)
+    }
+
+    fn resolve_paths(&mut self) {
+        self.state_dir = self.resolve(&self.state_dir);
+        self.pipelines_dir = self.resolve(&self.pipelines_dir);
+        let dir = self.project_dir.clone();
+        for source in self.sources.values_mut() {
+            match source {
+                SourceConfig::Datafusion(df) => {
+                    for table in df.tables.values_mut() {
+                        table.path = dir.join(&table.path);
+                    }
+                }
+            }
+        }
+        for sink in self.sinks.values_mut() {
+            match sink {
+                SinkConfig::Parquet(p) => p.path = dir.join(&p.path),
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let invalid = |key: String, message: &str| {
+            Err(SettingsError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.runtime.max_parallel_steps == 0 {
+            return invalid(
+                "runtime.max_parallel_steps".into(),
+                "must be at least 1",
+            );
+        }
+        for (name, sink) in &self.sinks {
+            match sink {
+                SinkConfig::Parquet(p) if p.keep_versions == 0 => {
+                    return invalid(
+                        format!("sinks.{name}.keep_versions"),
+                        "must be at least 1 (the current version)",
+                    );
+                }
+                SinkConfig::Parquet(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes `"30s"`, `"5m"`, `"1h 30m"`.
+pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""
+        ))
+    })
+}

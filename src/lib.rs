@@ -1,0 +1,30 @@
+//! recpipe: a batch recommendation pipeline daemon.
+//!
+//! Data flow of one run, each arrow a Parquet artifact in the run directory:
+//!
+//! ```text
+//! SQL (sources) ──extract──▶ interactions / items / filters
+//!        interactions ──train──▶ model (ids + parameters)
+//!        model + filters ──recommend──▶ user→item top-N list
+//!        list ──write──▶ sink (staged, then swapped in atomically)
+//! ```
+//!
+//! Modules, from the bottom up:
+//! - [`config`]: daemon settings and pipeline files, validated with file:line errors
+//! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O)
+//! - [`artifact`]: Parquet and JSON files written atomically
+//! - [`sources`], [`sinks`]: where SQL runs and where lists are published
+//! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
+//! - [`pipeline`]: the DAG executor and run directories
+//! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
+
+pub mod artifact;
+pub mod config;
+pub mod failpoint;
+pub mod models;
+pub mod pipeline;
+pub mod sinks;
+pub mod sources;
+pub mod steps;
+pub mod synth;
+pub mod topn;

@@ -1,0 +1,504 @@
+//! The `recpipe` command line: validate, plan and run pipelines, run any step
+//! alone on files, and generate example data.
+//!
+//! Exit codes: 0 success, 1 a run or step failed, 2 bad input (configuration,
+//! pipeline file, arguments).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use recpipe::artifact;
+use recpipe::config::pipeline::{self, ArtifactKind, ParamValue, Role, StepSpec, TrainSpec};
+use recpipe::config::settings::{DataFusionSourceConfig, TableFileConfig};
+use recpipe::config::{Diagnostics, Pipeline, Settings};
+use recpipe::models::StopFlag;
+use recpipe::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
+use recpipe::sources::AnySource;
+use recpipe::steps::{self, Resources, StepContext, StepOutput};
+use recpipe::synth;
+
+#[derive(Parser)]
+#[command(name = "recpipe", version, about = "Batch recommendation pipelines: SQL extract, train, top-N, atomic publish")]
+struct Cli {
+    /// Folder holding `config/`, `pipelines/` and `sql/`; relative paths resolve here.
+    #[arg(long, global = true, env = "RECPIPE_PROJECT_DIR", default_value = ".")]
+    project_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check pipeline files (default: every file in the pipelines dir); exit 2 on errors.
+    Validate { paths: Vec<PathBuf> },
+    /// Print a pipeline's steps in run order with what each reads and writes.
+    Plan { pipeline: String },
+    /// Run a pipeline once, now; rerunning a run id resumes it.
+    Run {
+        /// A pipeline name or the path of its file.
+        pipeline: String,
+        #[arg(long)]
+        run_id: Option<String>,
+        /// The date the run is for (RFC 3339), bound as `$logical_date`; default now.
+        #[arg(long)]
+        logical_date: Option<DateTime<Utc>>,
+    },
+    /// Run one step kind alone, file in / file out.
+    #[command(subcommand)]
+    Step(StepCommand),
+    /// Write seeded example data: interactions.parquet and items.parquet.
+    GenData {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2_000)]
+        users: usize,
+        #[arg(long, default_value_t = 500)]
+        items: usize,
+        #[arg(long, default_value_t = 40_000)]
+        events: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum StepCommand {
+    /// Run an SQL file and store the checked result as Parquet.
+    Extract(ExtractArgs),
+    /// Fit a model on an interactions file.
+    Train(TrainArgs),
+    /// Top-N items per user from a model, seen items and filters removed.
+    Recommend(RecommendArgs),
+    /// Publish a list file to a configured sink, atomically.
+    Write(WriteArgs),
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    /// A source from the settings; or give tables with `--table`.
+    #[arg(long, conflicts_with = "table")]
+    source: Option<String>,
+    /// `name=path` of a Parquet/CSV file (or glob) to query as table `name`.
+    #[arg(long, value_parser = parse_key_value)]
+    table: Vec<(String, String)>,
+    #[arg(long)]
+    sql: PathBuf,
+    /// `name=value`, bound as `$name`; numbers and true/false are typed.
+    #[arg(long, value_parser = parse_key_value)]
+    param: Vec<(String, String)>,
+    #[arg(long, value_enum)]
+    role: Role,
+    #[arg(long)]
+    allow_empty: bool,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// An interactions Parquet file.
+    #[arg(long)]
+    input: PathBuf,
+    /// The model: `popular`.
+    #[arg(long)]
+    model: String,
+    /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
+    #[arg(long = "set", value_parser = parse_key_value)]
+    set: Vec<(String, String)>,
+    /// Folder for the model artifact.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct RecommendArgs {
+    /// A model folder written by `step train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Whose seen items to exclude (default: the model's training data).
+    #[arg(long)]
+    interactions: Option<PathBuf>,
+    /// Filter lists (`item_id`, optional `user_id`) to exclude.
+    #[arg(long)]
+    filter: Vec<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    top_n: usize,
+    /// Keep items the user already interacted with.
+    #[arg(long)]
+    keep_seen: bool,
+    #[arg(long, default_value = "cli")]
+    run_id: String,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    #[arg(long)]
+    input: PathBuf,
+    /// A sink from the settings.
+    #[arg(long)]
+    sink: String,
+    #[arg(long)]
+    table: String,
+    /// The version name; rewriting the same version is a no-op.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+/// Failures with their exit code.
+enum Failure {
+    BadInput(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let project_dir = std::path::absolute(&cli.project_dir)
+        .map_err(|e| Failure::BadInput(anyhow!("--project-dir: {e}")))?;
+    let settings = || Settings::load(&project_dir).map(Arc::new).map_err(|e| Failure::BadInput(e.into()));
+    match cli.command {
+        Command::Validate { paths } => validate(&*settings()?, paths),
+        Command::Plan { pipeline } => {
+            let settings = settings()?;
+            plan(&settings, &*find_pipeline(&settings, &pipeline)?);
+            Ok(())
+        }
+        Command::Run { pipeline, run_id, logical_date } => {
+            let settings = settings()?;
+            let p = find_pipeline(&settings, &pipeline)?;
+            run(settings, p, run_id, logical_date).await
+        }
+        Command::Step(step) => run_step(&project_dir, step).await,
+        Command::GenData { out, users, items, events, seed } => {
+            let spec = synth::SynthSpec { users, items, events, seed, ..Default::default() };
+            gen_data(&out, &spec).map_err(Failure::Failed)
+        }
+    }
+}
+
+fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
+    let paths = if paths.is_empty() { vec![settings.pipelines_dir.clone()] } else { paths };
+    let (pipelines, diags) = pipeline::load_all(settings, &paths);
+    if !diags.is_empty() {
+        return Err(Failure::BadInput(anyhow!(
+            "{} problem{} found:\n{diags}",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        )));
+    }
+    for p in &pipelines {
+        println!("ok  {}  {} ({} steps)", p.file.display(), p.name, p.steps.len());
+    }
+    Ok(())
+}
+
+/// A pipeline by file path or by name (searched in the pipelines dir).
+fn find_pipeline(settings: &Settings, arg: &str) -> Result<Arc<Pipeline>, Failure> {
+    let bad = |d: Diagnostics| Failure::BadInput(anyhow!("invalid pipeline:\n{d}"));
+    if arg.ends_with(".toml") || arg.contains('/') {
+        return pipeline::load_file(settings, Path::new(arg)).map(Arc::new).map_err(bad);
+    }
+    let (pipelines, diags) = pipeline::load_all(settings, std::slice::from_ref(&settings.pipelines_dir));
+    if let Some(p) = pipelines.into_iter().find(|p| p.name == arg) {
+        return Ok(Arc::new(p));
+    }
+    if !diags.is_empty() {
+        return Err(bad(diags));
+    }
+    Err(Failure::BadInput(anyhow!(
+        "no pipeline named `{arg}` in {}",
+        settings.pipelines_dir.display()
+    )))
+}
+
+fn plan(settings: &Settings, p: &Pipeline) {
+    println!("pipeline {} ({})", p.name, p.file.display());
+    match &p.schedule {
+        Some(s) => println!("schedule {s} ({}), concurrency {:?}", p.timezone, p.concurrency),
+        None => println!("schedule none (manual runs only)"),
+    }
+    let run_dir = RunDir::new(&settings.state_dir, &p.name, "<run_id>");
+    for (i, step) in p.steps.iter().enumerate() {
+        let reads: Vec<String> = step
+            .needs
+            .iter()
+            .filter_map(|n| p.step(n).map(|s| format!("{n} ({})", s.spec.output().as_str())))
+            .collect();
+        let detail = match &step.spec {
+            StepSpec::Extract(e) => format!("{} on source `{}`, role {}", e.sql.display(), e.source, e.role.as_str()),
+            StepSpec::Train(TrainSpec::Popular(_)) => "model popular".to_string(),
+            StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
+            StepSpec::Write(w) => format!("to sink `{}` table `{}`", w.sink, w.table),
+        };
+        println!("{:>2}. {} [{}] {detail}", i + 1, step.id, step.spec.kind());
+        println!("      reads:  {}", if reads.is_empty() { "-".to_string() } else { reads.join(", ") });
+        let writes = match step.spec.output() {
+            ArtifactKind::Published => "the sink's table (staged, then swapped in)".to_string(),
+            kind => format!("{} ({})", run_dir.step_dir(&step.id).display(), kind.as_str()),
+        };
+        println!("      writes: {writes}");
+    }
+}
+
+async fn run(
+    settings: Arc<Settings>,
+    pipeline: Arc<Pipeline>,
+    run_id: Option<String>,
+    logical_date: Option<DateTime<Utc>>,
+) -> Result<(), Failure> {
+    let now = Utc::now();
+    let run_id = run_id.unwrap_or_else(|| format!("manual-{}", now.format("%Y%m%dT%H%M%SZ")));
+    let pool = steps::compute_pool(settings.runtime.compute_threads).map_err(|e| Failure::Failed(e.into()))?;
+    let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
+    let stop = StopFlag::default();
+    let ctrl_c_stop = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping; rerun with the same --run-id to resume");
+            ctrl_c_stop.stop();
+        }
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = tokio::spawn(show_progress(rx, pipeline.steps.len() as u64));
+    let request = RunRequest { pipeline: pipeline.clone(), run_id, logical_date: logical_date.unwrap_or(now), stop };
+    let record = executor.run(request, Some(tx)).await.map_err(|e| Failure::BadInput(e.into()))?;
+    let _ = progress.await;
+    report(&settings, &record)
+}
+
+/// A progress bar on a terminal; elsewhere the executor's log lines say the same.
+async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, steps: u64) {
+    if !std::io::stderr().is_terminal() {
+        while rx.recv().await.is_some() {}
+        return;
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Started { step, attempt } if attempt > 1 => {
+                bar.set_message(format!("running {step} (attempt {attempt})"))
+            }
+            Event::Started { step, .. } => bar.set_message(format!("running {step}")),
+            Event::Retrying { step, attempt, delay, error } => {
+                bar.println(format!("step {step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}"))
+            }
+            Event::Succeeded { step, rows, duration } => {
+                bar.println(format!("step {step}: done, {rows} rows in {duration:.2?}"));
+                bar.inc(1);
+            }
+            Event::Reused { step } => {
+                bar.println(format!("step {step}: already done in this run, reused"));
+                bar.inc(1);
+            }
+            Event::Failed { step, error } => bar.println(format!("step {step}: FAILED: {error}")),
+            Event::Skipped { step, reason } => bar.println(format!("step {step}: skipped, {reason}")),
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// Prints the outcome, where each published list is and its first rows.
+fn report(settings: &Settings, record: &RunRecord) -> Result<(), Failure> {
+    let dir = RunDir::new(&settings.state_dir, &record.pipeline, &record.run_id);
+    println!("run {} of {}: {:?}", record.run_id, record.pipeline, record.status);
+    println!("run directory: {}", dir.root.display());
+    for step in &record.steps {
+        let Some(manifest) = dir.manifest(&step.id) else { continue };
+        if manifest.output != ArtifactKind::Published {
+            continue;
+        }
+        if let Some(location) = manifest.details.get("location").and_then(|l| l.as_str()) {
+            println!("published `{}` ({} rows): {location}", step.id, manifest.rows);
+            if let Ok((_, batches)) = artifact::read_parquet(Path::new(location)) {
+                let head: Vec<_> = batches.first().map(|b| b.slice(0, b.num_rows().min(5))).into_iter().collect();
+                if let Ok(table) = arrow::util::pretty::pretty_format_batches(&head) {
+                    println!("{table}");
+                }
+            }
+        }
+    }
+    match record.status {
+        RunStatus::Succeeded => Ok(()),
+        status => {
+            let failed: Vec<String> = record
+                .steps
+                .iter()
+                .filter_map(|s| s.error.as_ref().map(|e| format!("step `{}`: {e}", s.id)))
+                .collect();
+            Err(Failure::Failed(anyhow!("run {status:?}\n{}", failed.join("\n"))))
+        }
+    }
+}
+
+async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failure> {
+    let pool = Arc::new(steps::compute_pool(0).map_err(|e| Failure::Failed(e.into()))?);
+    let cx = StepContext {
+        pipeline: "cli".into(),
+        run_id: "cli".into(),
+        logical_date: Utc::now(),
+        stop: StopFlag::default(),
+        pool: pool.clone(),
+    };
+    let output: StepOutput = match command {
+        StepCommand::Extract(a) => {
+            let source = if a.table.is_empty() {
+                let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
+                let name = a.source.ok_or_else(|| Failure::BadInput(anyhow!("give --source NAME or --table name=path")))?;
+                let config = settings
+                    .sources
+                    .get(&name)
+                    .ok_or_else(|| Failure::BadInput(anyhow!("unknown source `{name}`")))?;
+                AnySource::from_config(config)
+            } else {
+                let tables = a
+                    .table
+                    .into_iter()
+                    .map(|(name, path)| (name, TableFileConfig { path: path.into(), format: None }))
+                    .collect();
+                AnySource::DataFusion(recpipe::sources::datafusion::DataFusionSource::new(DataFusionSourceConfig { tables }))
+            };
+            let params: BTreeMap<String, ParamValue> =
+                a.param.into_iter().map(|(k, v)| (k, typed_param(&v))).collect();
+            let job = steps::extract::ExtractJob { source, sql_path: a.sql, params, role: a.role, allow_empty: a.allow_empty };
+            steps::extract::run(job, a.output, &cx).await.context("extract")?
+        }
+        StepCommand::Train(a) => {
+            let mut spec = format!("model = {}\n", toml_string(&a.model));
+            for (k, v) in &a.set {
+                spec.push_str(&format!("{k} = {v}\n"));
+            }
+            let spec: TrainSpec = toml::from_str(&spec).map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
+            std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+            let (input, out) = (a.input, a.output);
+            steps::compute(&pool, move || steps::train::run(&spec, &input, &out)).await.context("train")?
+        }
+        StepCommand::Recommend(a) => {
+            let job = steps::recommend::RecommendJob {
+                model_dir: a.model,
+                interactions: a.interactions,
+                filters: a.filter,
+                top_n: a.top_n,
+                exclude_seen: !a.keep_seen,
+                run_id: a.run_id,
+                generated_at: Utc::now(),
+            };
+            let out = a.output;
+            steps::compute(&pool, move || steps::recommend::run(&job, &out, &StopFlag::default()))
+                .await
+                .context("recommend")?
+        }
+        StepCommand::Write(a) => {
+            let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
+            let config = settings
+                .sinks
+                .get(&a.sink)
+                .ok_or_else(|| Failure::BadInput(anyhow!("unknown sink `{}`", a.sink)))?;
+            if !pipeline::is_table_name(&a.table) {
+                return Err(Failure::BadInput(anyhow!("`{}` is not a valid table name", a.table)));
+            }
+            let sink = recpipe::sinks::AnySink::from_config(&a.sink, config);
+            let version = a.version.unwrap_or_else(|| format!("cli-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "-"));
+            if !recpipe::pipeline::rundir::is_valid_run_id(&version) {
+                return Err(Failure::BadInput(anyhow!("`{version}` is not a valid version name")));
+            }
+            let input = a.input;
+            tokio::task::spawn_blocking(move || steps::write::run(&sink, &a.table, &version, input))
+                .await
+                .map_err(|e| anyhow!(e))?
+                .context("write")?
+        }
+    };
+    let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {
+    if spec.users == 0 || spec.items == 0 {
+        bail!("--users and --items must be at least 1");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let data = synth::generate(spec);
+    for (name, batch) in [("interactions.parquet", &data.interactions), ("items.parquet", &data.items)] {
+        let entry = artifact::write_parquet(&out.join(name), batch.schema(), std::slice::from_ref(batch))?;
+        println!("{}: {} rows", out.join(name).display(), entry.rows);
+    }
+    Ok(())
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not `key=value`"))
+}
+
+/// Command-line params are text unless they read as a number or boolean.
+fn typed_param(v: &str) -> ParamValue {
+    if let Ok(i) = v.parse::<i64>() {
+        ParamValue::Int(i)
+    } else if let Ok(f) = v.parse::<f64>() {
+        ParamValue::Float(f)
+    } else if let Ok(b) = v.parse::<bool>() {
+        ParamValue::Bool(b)
+    } else {
+        ParamValue::Text(v.to_string())
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

@@ -1,0 +1,71 @@
+//! Recommendation models: pure compute on CSR and dense arrays.
+//!
+//! Nothing here touches files, tokio or config. Long loops check a [`StopFlag`] so
+//! a cancelled or timed-out run stops within one iteration.
+
+pub mod csr;
+pub mod ids;
+pub mod popular;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use csr::Csr;
+pub use ids::IdMap;
+
+/// Shared cancellation flag, set by the executor and polled by compute loops. A
+/// child flag (one step of a run) is stopped by itself or by its parent (the run).
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag {
+    own: Arc<AtomicBool>,
+    parent: Option<Arc<AtomicBool>>,
+}
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.own.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.own.load(Ordering::Relaxed)
+            || self.parent.as_ref().is_some_and(|p| p.load(Ordering::Relaxed))
+    }
+
+    /// A flag that stops with this one but can also be stopped alone.
+    pub fn child(&self) -> StopFlag {
+        StopFlag {
+            own: Arc::new(AtomicBool::new(false)),
+            parent: Some(self.own.clone()),
+        }
+    }
+}
+
+/// Returned by compute that saw its [`StopFlag`] set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped: the run was cancelled or timed out")]
+pub struct Stopped;
+
+/// A fitted model that scores every item for a user.
+pub trait Recommender: Sync {
+    fn n_items(&self) -> usize;
+
+    /// Writes the score of every item for dense user `user` into `out`
+    /// (`out.len() == n_items()`); higher is better.
+    fn score_user(&self, user: u32, out: &mut [f32]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_stops_with_parent_not_the_reverse() {
+        let run = StopFlag::default();
+        let a = run.child();
+        let b = run.child();
+        a.stop();
+        assert!(a.is_stopped() && !b.is_stopped() && !run.is_stopped());
+        run.stop();
+        assert!(b.is_stopped());
+    }
+}

@@ -1,0 +1,429 @@
+//! Runs one pipeline run: the DAG of steps, each started when every step it needs
+//! has succeeded, at most `runtime.max_parallel_steps` at a time.
+//!
+//! Per step: retries with exponential backoff and full jitter for retryable errors
+//! only, an optional timeout, and cancellation through a [`StopFlag`]. A failed
+//! step fails the run; the steps that need it are reported as skipped. A step whose
+//! manifest exists with the same fingerprint is reused, so rerunning a run id
+//! resumes after its last completed step and is idempotent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::rundir::{
+    InputRef, RunDir, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
+};
+use crate::artifact::ArtifactError;
+use crate::config::{Pipeline, Step};
+use crate::models::StopFlag;
+use crate::steps::{self, Input, Resources, StepContext, StepError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("invalid run id `{0}`: use letters, digits, `_` and `-` (at most 64)")]
+    RunId(String),
+    #[error("run directory: {0}")]
+    RunDir(#[from] ArtifactError),
+}
+
+/// Progress of a run, for the CLI's progress display and the daemon's logs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started { step: String, attempt: u32 },
+    Retrying { step: String, attempt: u32, delay: Duration, error: String },
+    Succeeded { step: String, rows: u64, duration: Duration },
+    Reused { step: String },
+    Failed { step: String, error: String },
+    Skipped { step: String, reason: String },
+}
+
+/// One run to execute.
+pub struct RunRequest {
+    pub pipeline: Arc<Pipeline>,
+    pub run_id: String,
+    pub logical_date: DateTime<Utc>,
+    pub stop: StopFlag,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    resources: Arc<Resources>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+enum State {
+    Pending,
+    Running,
+    /// `fresh`: ran in this invocation (so its dependents must run too).
+    Done { manifest: StepManifest, fresh: bool },
+    Failed,
+    Skipped,
+}
+
+struct Finished {
+    id: String,
+    attempts: u32,
+    duration: Duration,
+    result: Result<StepManifest, StepError>,
+}
+
+impl Executor {
+    pub fn new(resources: Arc<Resources>, pool: Arc<rayon::ThreadPool>) -> Self {
+        Self { resources, pool }
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// Executes `req` to the end and returns its record (also written as `run.json`).
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        events: Option<UnboundedSender<Event>>,
+    ) -> Result<RunRecord, ExecutorError> {
+        if !is_valid_run_id(&req.run_id) {
+            return Err(ExecutorError::RunId(req.run_id));
+        }
+        let settings = &self.resources.settings;
+        let rundir = RunDir::new(&settings.state_dir, &req.pipeline.name, &req.run_id);
+        let mut record = RunRecord {
+            pipeline: req.pipeline.name.clone(),
+            run_id: req.run_id.clone(),
+            logical_date: req.logical_date,
+            status: RunStatus::Running,
+            started_at: Utc::now(),
+            finished_at: None,
+            steps: Vec::new(),
+        };
+        rundir.write_record(&record)?;
+        info!(pipeline = %req.pipeline.name, run_id = %req.run_id, "run started");
+        let emit = |e: Event| {
+            if let Some(tx) = &events {
+                let _ = tx.send(e);
+            }
+        };
+        let hashes: BTreeMap<&str, String> = req
+            .pipeline
+            .steps
+            .iter()
+            .map(|s| (s.id.as_str(), steps::spec_hash(s, settings)))
+            .collect();
+        let mut states: BTreeMap<&str, State> =
+            req.pipeline.steps.iter().map(|s| (s.id.as_str(), State::Pending)).collect();
+        let mut errors: BTreeMap<String, (String, u32, Duration)> = BTreeMap::new();
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let max_parallel = settings.runtime.max_parallel_steps;
+        let mut failed = false;
+        loop {
+            // Start (or reuse) every step whose needs are done, in plan order.
+            let mut progressed = true;
+            while progressed && !failed && !req.stop.is_stopped() {
+                progressed = false;
+                for step in &req.pipeline.steps {
+                    if running.len() >= max_parallel {
+                        break;
+                    }
+                    if !matches!(states[step.id.as_str()], State::Pending) {
+                        continue;
+                    }
+                    let needs_done: Option<Vec<bool>> = step
+                        .needs
+                        .iter()
+                        .map(|n| match &states[n.as_str()] {
+                            State::Done { fresh, .. } => Some(*fresh),
+                            _ => None,
+                        })
+                        .collect();
+                    let Some(needs_fresh) = needs_done else { continue };
+                    let hash = &hashes[step.id.as_str()];
+                    if !needs_fresh.iter().any(|f| *f)
+                        && let Some(m) = rundir.manifest(&step.id).filter(|m| &m.spec_hash == hash)
+                    {
+                        emit(Event::Reused { step: step.id.clone() });
+                        info!(pipeline = %req.pipeline.name, run_id = %req.run_id, step = %step.id, "step reused from an earlier attempt of this run");
+                        states.insert(&step.id, State::Done { manifest: m, fresh: false });
+                        progressed = true;
+                        continue;
+                    }
+                    let inputs: Vec<Input> = step
+                        .needs
+                        .iter()
+                        .map(|n| match &states[n.as_str()] {
+                            State::Done { manifest, .. } => Input {
+                                step: n.clone(),
+                                kind: manifest.output,
+                                dir: rundir.step_dir(n),
+                            },
+                            _ => unreachable!("needs checked done above"),
+                        })
+                        .collect();
+                    let cx = StepContext {
+                        pipeline: req.pipeline.name.clone(),
+                        run_id: req.run_id.clone(),
+                        logical_date: req.logical_date,
+                        stop: req.stop.child(),
+                        pool: self.pool.clone(),
+                    };
+                    let task = StepTask {
+                        executor: self.clone(),
+                        step: step.clone(),
+                        inputs,
+                        rundir: rundir.clone(),
+                        cx,
+                        hash: hash.clone(),
+                        events: events.clone(),
+                    };
+                    running.spawn(task.run());
+                    states.insert(&step.id, State::Running);
+                    progressed = true;
+                }
+            }
+            let Some(joined) = running.join_next().await else { break };
+            let finished = match joined {
+                Ok(f) => f,
+                Err(e) => {
+                    // A panic outside the compute pool is a bug; fail the run, keep going.
+                    warn!(error = %e, "step task ended abnormally");
+                    failed = true;
+                    continue;
+                }
+            };
+            let id = req.pipeline.step(&finished.id).map(|s| s.id.as_str()).unwrap_or_default();
+            match finished.result {
+                Ok(manifest) => {
+                    states.insert(id, State::Done { manifest, fresh: true });
+                }
+                Err(e) => {
+                    failed = true;
+                    states.insert(id, State::Failed);
+                    errors.insert(id.to_string(), (e.to_string(), finished.attempts, finished.duration));
+                }
+            }
+        }
+        for step in &req.pipeline.steps {
+            if matches!(states[step.id.as_str()], State::Pending) {
+                let reason = if req.stop.is_stopped() {
+                    "the run was cancelled".to_string()
+                } else {
+                    let failed_needs: Vec<&str> = step
+                        .needs
+                        .iter()
+                        .filter(|n| matches!(states[n.as_str()], State::Failed | State::Skipped))
+                        .map(String::as_str)
+                        .collect();
+                    if failed_needs.is_empty() {
+                        "another step of the run failed".to_string()
+                    } else {
+                        format!("needs {}, which did not succeed", failed_needs.join(", "))
+                    }
+                };
+                emit(Event::Skipped { step: step.id.clone(), reason });
+                states.insert(&step.id, State::Skipped);
+            }
+        }
+        let cancelled = req.stop.is_stopped();
+        record.steps = req
+            .pipeline
+            .steps
+            .iter()
+            .map(|s| step_record(s, &states[s.id.as_str()], errors.get(&s.id), cancelled))
+            .collect();
+        record.status = if record.steps.iter().all(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Reused)) {
+            RunStatus::Succeeded
+        } else if cancelled {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Failed
+        };
+        record.finished_at = Some(Utc::now());
+        rundir.write_record(&record)?;
+        info!(pipeline = %req.pipeline.name, run_id = %req.run_id, status = ?record.status, "run finished");
+        Ok(record)
+    }
+}
+
+fn step_record(step: &Step, state: &State, error: Option<&(String, u32, Duration)>, cancelled: bool) -> StepRecord {
+    let (status, attempts, duration_ms, rows) = match state {
+        State::Done { manifest, fresh } => (
+            if *fresh { StepStatus::Succeeded } else { StepStatus::Reused },
+            manifest.attempts,
+            manifest.duration_ms,
+            manifest.rows,
+        ),
+        State::Failed if cancelled => {
+            let (_, a, d) = error.cloned().unwrap_or_default();
+            (StepStatus::Cancelled, a, d.as_millis() as u64, 0)
+        }
+        State::Failed => {
+            let (_, a, d) = error.cloned().unwrap_or_default();
+            (StepStatus::Failed, a, d.as_millis() as u64, 0)
+        }
+        State::Pending | State::Running | State::Skipped => (StepStatus::Skipped, 0, 0, 0),
+    };
+    StepRecord {
+        id: step.id.clone(),
+        kind: step.spec.kind().to_string(),
+        status,
+        attempts,
+        duration_ms,
+        rows,
+        error: error.map(|e| e.0.clone()),
+    }
+}
+
+/// One step with its retries, run as its own task.
+struct StepTask {
+    executor: Executor,
+    step: Step,
+    inputs: Vec<Input>,
+    rundir: RunDir,
+    cx: StepContext,
+    hash: String,
+    events: Option<UnboundedSender<Event>>,
+}
+
+impl StepTask {
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    async fn run(self) -> Finished {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let settings = &self.executor.resources.settings;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.emit(Event::Started { step: self.step.id.clone(), attempt });
+            info!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, "step started");
+            let result = self.attempt().await;
+            let result = match result {
+                Ok(output) => {
+                    let manifest = StepManifest {
+                        step: self.step.id.clone(),
+                        kind: self.step.spec.kind().to_string(),
+                        output: self.step.spec.output(),
+                        spec_hash: self.hash.clone(),
+                        inputs: self
+                            .inputs
+                            .iter()
+                            .map(|i| InputRef { step: i.step.clone(), kind: i.kind, dir: i.dir.clone() })
+                            .collect(),
+                        files: output.files,
+                        rows: output.rows,
+                        attempts: attempt,
+                        started_at,
+                        finished_at: Utc::now(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        details: output.details,
+                    };
+                    self.rundir.write_manifest(&manifest).map(|()| manifest).map_err(StepError::from)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(manifest) => {
+                    self.emit(Event::Succeeded {
+                        step: self.step.id.clone(),
+                        rows: manifest.rows,
+                        duration: started.elapsed(),
+                    });
+                    info!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, rows = manifest.rows, "step succeeded");
+                    return self.finished(attempt, started, Ok(manifest));
+                }
+                Err(e) if e.is_retryable() && attempt <= self.step.retries && !self.cx.stop.is_stopped() => {
+                    let delay = backoff(settings.runtime.retry_base_delay, settings.runtime.retry_max_delay, attempt);
+                    warn!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, error = %e, delay_ms = delay.as_millis() as u64, "step failed, retrying");
+                    self.emit(Event::Retrying { step: self.step.id.clone(), attempt, delay, error: e.to_string() });
+                    if !sleep_unless_stopped(delay, &self.cx.stop).await {
+                        return self.finished(attempt, started, Err(e));
+                    }
+                }
+                Err(e) => {
+                    warn!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, error = %e, "step failed");
+                    self.emit(Event::Failed { step: self.step.id.clone(), error: e.to_string() });
+                    return self.finished(attempt, started, Err(e));
+                }
+            }
+        }
+    }
+
+    fn finished(&self, attempts: u32, started: Instant, result: Result<StepManifest, StepError>) -> Finished {
+        Finished { id: self.step.id.clone(), attempts, duration: started.elapsed(), result }
+    }
+
+    /// One attempt in a clean folder. On timeout or cancellation the step's flag is
+    /// raised and the attempt is awaited until it winds down, so a late write can
+    /// never land in the next attempt's folder.
+    async fn attempt(&self) -> Result<steps::StepOutput, StepError> {
+        let dir = self.rundir.reset_step(&self.step.id)?;
+        let cx = StepContext { stop: self.cx.stop.child(), ..self.cx.clone() };
+        let work = steps::run(&self.step.spec, &self.inputs, &dir, &cx, &self.executor.resources);
+        tokio::pin!(work);
+        let deadline = self.step.timeout;
+        tokio::select! {
+            r = &mut work => r,
+            () = wait_timeout(deadline) => {
+                cx.stop.stop();
+                let _ = work.await;
+                Err(StepError::Timeout(deadline.unwrap_or_default()))
+            }
+        }
+    }
+}
+
+async fn wait_timeout(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `base · 2^(attempt−1)`, capped at `max`, then a uniform pick from its upper half
+/// so that retries of many runs do not line up.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    let half = capped / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+/// Sleeps `d`; returns false early if `stop` is raised.
+async fn sleep_unless_stopped(d: Duration, stop: &StopFlag) -> bool {
+    let end = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < end {
+        if stop.is_stopped() {
+            return false;
+        }
+        let left = end - tokio::time::Instant::now();
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
+    !stop.is_stopped()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 1..10 {
+            let d = backoff(base, max, attempt);
+            let full = (base * 2u32.pow(attempt - 1)).min(max);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(base, max, 100) <= max);
+    }
+}

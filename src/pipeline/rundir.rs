@@ -1,0 +1,153 @@
+//! The run directory `<state_dir>/runs/<pipeline>/<run_id>/`: one folder per step
+//! holding its artifact files and `manifest.json`, plus `run.json` for the run.
+//!
+//! Invariant: a step is done exactly when its `manifest.json` exists. The manifest
+//! is written last, atomically, after every file it lists is complete; a folder
+//! without one is debris of an interrupted attempt and is cleared before a retry.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{self, ArtifactError, FileEntry};
+use crate::config::pipeline::ArtifactKind;
+
+pub const MANIFEST: &str = "manifest.json";
+pub const RUN_RECORD: &str = "run.json";
+
+/// Everything known about a finished step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepManifest {
+    pub step: String,
+    pub kind: String,
+    pub output: ArtifactKind,
+    /// Hash of the step's definition (and SQL text); a different hash means the
+    /// step changed since it ran and is not reused on resume.
+    pub spec_hash: String,
+    pub inputs: Vec<InputRef>,
+    pub files: Vec<FileEntry>,
+    pub rows: u64,
+    pub attempts: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    pub step: String,
+    pub kind: ArtifactKind,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Ran in this invocation and succeeded.
+    Succeeded,
+    /// Done by an earlier invocation of the same run id; its artifact was reused.
+    Reused,
+    Failed,
+    /// Not run because a step it needs failed or the run was cancelled.
+    Skipped,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    pub kind: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub duration_ms: u64,
+    pub rows: u64,
+    pub error: Option<String>,
+}
+
+/// `run.json`: the outcome of one invocation of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pipeline: String,
+    pub run_id: String,
+    pub logical_date: DateTime<Utc>,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+/// Run ids become folder names and table suffixes: `[A-Za-z0-9_-]`, 1–64 chars.
+pub fn is_valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl RunDir {
+    pub fn new(state_dir: &Path, pipeline: &str, run_id: &str) -> Self {
+        Self {
+            root: state_dir.join("runs").join(pipeline).join(run_id),
+        }
+    }
+
+    pub fn step_dir(&self, step: &str) -> PathBuf {
+        self.root.join(step)
+    }
+
+    /// The manifest of a finished step; `None` if the step has not finished (or
+    /// its manifest is unreadable, which is treated the same: run it again).
+    pub fn manifest(&self, step: &str) -> Option<StepManifest> {
+        artifact::read_json(&self.step_dir(step).join(MANIFEST)).ok()
+    }
+
+    pub fn write_manifest(&self, manifest: &StepManifest) -> Result<(), ArtifactError> {
+        artifact::write_json(&self.step_dir(&manifest.step).join(MANIFEST), manifest).map(|_| ())
+    }
+
+    /// Empties a step's folder for a fresh attempt.
+    pub fn reset_step(&self, step: &str) -> Result<PathBuf, ArtifactError> {
+        let dir = self.step_dir(step);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArtifactError::io(&dir)(e)),
+        }
+        fs::create_dir_all(&dir).map_err(ArtifactError::io(&dir))?;
+        Ok(dir)
+    }
+
+    pub fn write_record(&self, record: &RunRecord) -> Result<(), ArtifactError> {
+        fs::create_dir_all(&self.root).map_err(ArtifactError::io(&self.root))?;
+        artifact::write_json(&self.root.join(RUN_RECORD), record).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids() {
+        assert!(is_valid_run_id("manual-20261128T004612Z"));
+        assert!(!is_valid_run_id("../etc"));
+        assert!(!is_valid_run_id(""));
+        assert!(!is_valid_run_id(&"x".repeat(65)));
+    }
+}

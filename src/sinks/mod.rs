@@ -1,0 +1,89 @@
+//! Sinks: the stores services read their lists from.
+//!
+//! Invariant: publishing is two phases. `write_staging` puts the complete new list
+//! next to the current one, where no reader looks; `swap` makes it current in one
+//! atomic step. A failure before or during either leaves the previous list current.
+
+pub mod parquet;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::settings::SinkConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink `{sink}`: {message}")]
+    Io { sink: String, message: String },
+    #[error("sink `{sink}`: failure point `{point}` armed")]
+    FailPoint { sink: String, point: &'static str },
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Io { .. })
+    }
+}
+
+/// A staged version, ready to swap in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub table: String,
+    pub version: String,
+    pub rows: u64,
+}
+
+/// Where a published list now lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub table: String,
+    pub version: String,
+    pub rows: u64,
+    /// Where a reader finds the current list (path or table name).
+    pub location: String,
+    /// Versions removed because more than `keep_versions` were kept.
+    pub pruned: Vec<String>,
+}
+
+/// What every sink does.
+pub trait Sink {
+    /// Checks the store is reachable and writable.
+    fn healthcheck(&self) -> Result<(), SinkError>;
+    /// Stores the Parquet list at `input` as version `version` of `table`, not yet
+    /// visible to readers. Staging the same version again is a no-op.
+    fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError>;
+    /// Makes `staged` the current version of its table.
+    fn swap(&self, staged: &Staged) -> Result<Published, SinkError>;
+}
+
+/// A configured sink, built from its settings.
+#[derive(Debug, Clone)]
+pub enum AnySink {
+    Parquet(parquet::ParquetSink),
+}
+
+impl AnySink {
+    pub fn from_config(name: &str, config: &SinkConfig) -> Self {
+        match config {
+            SinkConfig::Parquet(c) => AnySink::Parquet(parquet::ParquetSink::new(name, c.clone())),
+        }
+    }
+
+    fn inner(&self) -> &impl Sink {
+        match self {
+            AnySink::Parquet(s) => s,
+        }
+    }
+
+    pub fn healthcheck(&self) -> Result<(), SinkError> {
+        self.inner().healthcheck()
+    }
+
+    /// Stages and swaps: the whole publish of one list.
+    pub fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
+        let sink = self.inner();
+        let staged = sink.write_staging(table, version, input)?;
+        sink.swap(&staged)
+    }
+}

@@ -1,0 +1,249 @@
+//! Step kinds: the glue between artifact files and the pure code in `models/`,
+//! `topn/`, `sources/` and `sinks/`. The daemon and `recpipe step <kind>` call the
+//! same functions here, so a step run alone behaves as it does in a pipeline.
+//!
+//! Invariant: CPU-heavy work goes through [`compute`] onto the rayon pool and
+//! blocking file I/O through `spawn_blocking`; no step blocks a tokio worker.
+
+pub mod contract;
+pub mod extract;
+pub mod interactions;
+pub mod model_io;
+pub mod recommend;
+pub mod train;
+pub mod write;
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::artifact::{ArtifactError, FileEntry};
+use crate::config::pipeline::{ArtifactKind, Role, StepSpec};
+use crate::config::{Settings, Step};
+use crate::models::{StopFlag, Stopped};
+use crate::sinks::{AnySink, SinkError};
+use crate::sources::{AnySource, SourceError};
+
+/// The file name of table artifacts (extracts and lists).
+pub const DATA_FILE: &str = "data.parquet";
+
+/// The configured sources and sinks, built once from the settings.
+pub struct Resources {
+    pub settings: Arc<Settings>,
+    pub sources: BTreeMap<String, AnySource>,
+    pub sinks: BTreeMap<String, AnySink>,
+}
+
+impl Resources {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        let sources = settings
+            .sources
+            .iter()
+            .map(|(name, c)| (name.clone(), AnySource::from_config(c)))
+            .collect();
+        let sinks = settings
+            .sinks
+            .iter()
+            .map(|(name, c)| (name.clone(), AnySink::from_config(name, c)))
+            .collect();
+        Self { settings, sources, sinks }
+    }
+}
+
+/// Runs one pipeline step: reads `inputs`, writes its artifact into `out_dir`.
+pub async fn run(
+    spec: &StepSpec,
+    inputs: &[Input],
+    out_dir: &Path,
+    cx: &StepContext,
+    resources: &Resources,
+) -> Result<StepOutput, StepError> {
+    let data = |i: &Input| i.dir.join(DATA_FILE);
+    match spec {
+        StepSpec::Extract(e) => {
+            // Validation guarantees the name; a stale settings object is a bug, not input.
+            let source = resources.sources.get(&e.source).cloned().ok_or_else(|| {
+                StepError::Data(format!("source `{}` is not configured", e.source))
+            })?;
+            let job = extract::ExtractJob {
+                source,
+                sql_path: resources.settings.resolve(&e.sql),
+                params: e.params.clone(),
+                role: e.role,
+                allow_empty: e.allow_empty.unwrap_or(e.role == Role::Filter),
+            };
+            extract::run(job, out_dir.join(DATA_FILE), cx).await
+        }
+        StepSpec::Train(t) => {
+            let input = data(input_of(inputs, ArtifactKind::Interactions)?);
+            let (t, out) = (t.clone(), out_dir.to_path_buf());
+            compute(&cx.pool, move || train::run(&t, &input, &out)).await
+        }
+        StepSpec::Recommend(r) => {
+            let job = recommend::RecommendJob {
+                model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
+                interactions: inputs
+                    .iter()
+                    .find(|i| i.kind == ArtifactKind::Interactions)
+                    .map(data),
+                filters: inputs
+                    .iter()
+                    .filter(|i| i.kind == ArtifactKind::Filter)
+                    .map(data)
+                    .collect(),
+                top_n: r.top_n,
+                exclude_seen: r.exclude_seen,
+                run_id: cx.run_id.clone(),
+                generated_at: Utc::now(),
+            };
+            let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
+            compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
+        }
+        StepSpec::Write(w) => {
+            let sink = resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
+                StepError::Data(format!("sink `{}` is not configured", w.sink))
+            })?;
+            let input = data(input_of(inputs, ArtifactKind::UserRecs)?);
+            let (table, version) = (w.table.clone(), cx.run_id.clone());
+            tokio::task::spawn_blocking(move || write::run(&sink, &table, &version, input))
+                .await
+                .map_err(|e| StepError::Panic(e.to_string()))?
+        }
+    }
+}
+
+/// A fingerprint of what a step does: its definition, its needs and, for extracts,
+/// the SQL text. A finished step whose fingerprint changed is run again on resume.
+pub fn spec_hash(step: &Step, settings: &Settings) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&step.spec).unwrap_or_default());
+    hasher.update(step.needs.join("\0").as_bytes());
+    if let StepSpec::Extract(e) = &step.spec {
+        // An unreadable file hashes as empty; the step itself reports the error.
+        hasher.update(std::fs::read(settings.resolve(&e.sql)).unwrap_or_default());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// What a step knows about the run it belongs to.
+#[derive(Clone)]
+pub struct StepContext {
+    pub pipeline: String,
+    pub run_id: String,
+    /// The scheduled time of the run (or when a manual run started).
+    pub logical_date: DateTime<Utc>,
+    pub stop: StopFlag,
+    pub pool: Arc<rayon::ThreadPool>,
+}
+
+/// An artifact a step reads: the folder another step wrote.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub step: String,
+    pub kind: ArtifactKind,
+    pub dir: PathBuf,
+}
+
+/// What a step leaves behind, recorded in its manifest.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepOutput {
+    pub files: Vec<FileEntry>,
+    pub rows: u64,
+    /// Step-specific facts: what was filtered, where a list was published …
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The data does not meet its contract (missing column, null id, NaN …).
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Stopped(#[from] Stopped),
+    #[error("panicked: {0}")]
+    Panic(String),
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
+}
+
+impl StepError {
+    /// Whether another attempt could succeed: transient I/O, not bad data or SQL.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepError::Source(e) => e.is_retryable(),
+            StepError::Sink(e) => e.is_retryable(),
+            StepError::Artifact(ArtifactError::Io { .. }) | StepError::Timeout(_) => true,
+            StepError::Artifact(_) | StepError::Data(_) | StepError::Stopped(_) | StepError::Panic(_) => false,
+        }
+    }
+}
+
+/// Runs `f` on the compute pool and waits for it without blocking the runtime; a
+/// panic becomes [`StepError::Panic`] instead of taking the process down.
+pub async fn compute<T, F>(pool: &rayon::ThreadPool, f: F) -> Result<T, StepError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StepError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.spawn(move || {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+        let _ = tx.send(result);
+    });
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(StepError::Panic(panic_message(&panic))),
+        Err(_) => Err(StepError::Panic("compute task vanished".into())),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Builds the compute pool; `threads == 0` means one per core.
+pub fn compute_pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("recpipe-compute-{i}"))
+        .build()
+}
+
+/// The single input of `kind` among `inputs`, or a clear error.
+pub fn input_of(inputs: &[Input], kind: ArtifactKind) -> Result<&Input, StepError> {
+    let mut found = inputs.iter().filter(|i| i.kind == kind);
+    match (found.next(), found.next()) {
+        (Some(i), None) => Ok(i),
+        (None, _) => Err(StepError::Data(format!("no `{}` input", kind.as_str()))),
+        (Some(_), Some(_)) => Err(StepError::Data(format!("more than one `{}` input", kind.as_str()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn compute_turns_panic_into_error() {
+        let pool = compute_pool(1).unwrap();
+        let r: Result<(), _> = compute(&pool, || panic!("boom")).await;
+        assert!(matches!(r, Err(StepError::Panic(m)) if m == "boom"));
+        let ok = compute(&pool, || Ok(41 + 1)).await.unwrap();
+        assert_eq!(ok, 42);
+    }
+}

@@ -1,0 +1,74 @@
+//! The extract step alone (`recpipe step extract`): bound parameters, and the
+//! data checks an extracted table must pass.
+
+use crate::common::{project, recpipe, text};
+
+fn extract(project: &std::path::Path, sql: &str, role: &str, extra: &[&str]) -> std::process::Output {
+    std::fs::write(project.join("q.sql"), sql).unwrap();
+    let items = project.join("data/example/items.parquet");
+    let table = format!("items={}", items.display());
+    let q = project.join("q.sql");
+    let out = project.join("out.parquet");
+    let mut args = vec![
+        "step", "extract", "--table", &table, "--sql", q.to_str().unwrap(), "--role", role, "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    recpipe(project, &args, &[])
+}
+
+fn rows(out: &std::process::Output) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["rows"].as_u64().unwrap()
+}
+
+#[test]
+fn params_are_bound_not_pasted() {
+    let dir = project();
+    let sql = "SELECT item_id FROM items WHERE status = $status";
+    let ok = extract(dir.path(), sql, "filter", &["--param", "status=closed"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(rows(&ok) > 0);
+    // Pasted into the text, this would match every row (or drop a table).
+    for attack in ["closed' OR '1'='1", "x'; DROP TABLE items; --"] {
+        let param = format!("status={attack}");
+        let out = extract(dir.path(), sql, "filter", &["--param", &param]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(rows(&out), 0, "{attack} was treated as SQL");
+    }
+}
+
+#[test]
+fn empty_interactions_are_an_error() {
+    let dir = project();
+    let out = extract(
+        dir.path(),
+        "SELECT item_id AS user_id, item_id FROM items WHERE status = 'none'",
+        "interactions",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the query returned no rows"), "{}", text(&out));
+}
+
+#[test]
+fn nan_values_are_rejected_with_their_row() {
+    let dir = project();
+    let out = extract(
+        dir.path(),
+        "SELECT item_id AS user_id, item_id, CASE WHEN item_id = 3 THEN CAST('NaN' AS DOUBLE) ELSE 1.0 END AS value FROM items ORDER BY item_id",
+        "interactions",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("column `value` is NaN at row 3"), "{}", text(&out));
+}
+
+#[test]
+fn bad_sql_names_the_file() {
+    let dir = project();
+    let out = extract(dir.path(), "SELEC item_id FROM items", "filter", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q.sql"), "{}", text(&out));
+}

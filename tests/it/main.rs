@@ -1,0 +1,6 @@
+//! Integration tests, one binary (ripgrep's layout): modules by topic.
+
+mod common;
+mod extract;
+mod run;
+mod validate;

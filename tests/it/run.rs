@@ -1,0 +1,185 @@
+//! Whole runs of the example pipeline through the real binary: the published list
+//! meets its contract, a failed publish keeps the previous list, and a rerun of the
+//! same run id resumes without redoing finished steps.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use arrow::array::{Array, Float32Array, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use recpipe::artifact::read_parquet;
+use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
+use recpipe::pipeline::rundir::StepManifest;
+
+use crate::common::{project, recpipe, text};
+
+fn published(project: &Path) -> std::path::PathBuf {
+    project.join("state/published/example_user_recs")
+}
+
+fn current(project: &Path) -> String {
+    std::fs::read_to_string(published(project).join("CURRENT")).unwrap().trim().to_string()
+}
+
+fn record(project: &Path, run_id: &str) -> RunRecord {
+    let path = project.join("state/runs/example").join(run_id).join("run.json");
+    recpipe::artifact::read_json(&path).unwrap()
+}
+
+fn manifest(project: &Path, run_id: &str, step: &str) -> StepManifest {
+    let path = project.join("state/runs/example").join(run_id).join(step).join("manifest.json");
+    recpipe::artifact::read_json(&path).unwrap()
+}
+
+fn i64s(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
+    batch.column_by_name(name).unwrap().as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+}
+
+#[test]
+fn example_pipeline_publishes_a_contract_list() {
+    let dir = project();
+    let out = recpipe(dir.path(), &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("published `publish`"), "{}", text(&out));
+
+    let (schema, batches) = read_parquet(&published(dir.path()).join("current/data.parquet")).unwrap();
+    let types: Vec<(String, DataType)> =
+        schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
+    assert_eq!(
+        types,
+        vec![
+            ("user_id".into(), DataType::Int64),
+            ("item_id".into(), DataType::Int64),
+            ("rank".into(), DataType::Int32),
+            ("score".into(), DataType::Float32),
+            ("run_id".into(), DataType::Utf8),
+            ("generated_at".into(), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+        ]
+    );
+
+    // Seen pairs and closed items from the source data.
+    let (_, inter) = read_parquet(&dir.path().join("data/example/interactions.parquet")).unwrap();
+    let seen: HashSet<(i64, i64)> = inter
+        .iter()
+        .flat_map(|b| i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")))
+        .collect();
+    let (_, items) = read_parquet(&dir.path().join("data/example/items.parquet")).unwrap();
+    let mut closed = HashSet::new();
+    for b in &items {
+        let status = b.column_by_name("status").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        for (i, id) in i64s(b, "item_id").into_iter().enumerate() {
+            if status.value(i) == "closed" {
+                closed.insert(id);
+            }
+        }
+    }
+    assert!(!closed.is_empty());
+
+    let mut lists: HashMap<i64, Vec<(i32, f32)>> = HashMap::new();
+    let mut rows = 0;
+    for b in &batches {
+        let users = i64s(b, "user_id");
+        let items = i64s(b, "item_id");
+        let ranks = b.column_by_name("rank").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
+        let scores = b.column_by_name("score").unwrap().as_any().downcast_ref::<Float32Array>().unwrap();
+        let run_ids = b.column_by_name("run_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            assert!(!seen.contains(&(users[i], items[i])), "seen item {} recommended to {}", items[i], users[i]);
+            assert!(!closed.contains(&items[i]), "closed item {} recommended", items[i]);
+            assert_eq!(run_ids.value(i), "r1");
+            lists.entry(users[i]).or_default().push((ranks.value(i), scores.value(i)));
+            rows += 1;
+        }
+    }
+    let users: HashSet<i64> = seen.iter().map(|p| p.0).collect();
+    assert_eq!(lists.len(), users.len(), "every user gets a list");
+    for (user, list) in &lists {
+        let ranks: Vec<i32> = list.iter().map(|r| r.0).collect();
+        assert_eq!(ranks, (1..=10).collect::<Vec<_>>(), "user {user}");
+        assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "scores fall with rank for user {user}");
+    }
+    assert_eq!(rows, users.len() * 10);
+    assert_eq!(current(dir.path()), "r1");
+}
+
+#[test]
+fn failed_publish_keeps_previous_list_and_rerun_resumes() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = std::fs::read(published(p).join("current/data.parquet")).unwrap();
+
+    // r2 dies between staging and the swap.
+    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[("RECPIPE_FAILPOINTS", "parquet.before_swap")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("parquet.before_swap"), "{}", text(&out));
+    assert_eq!(current(p), "r1");
+    assert_eq!(std::fs::read(published(p).join("current/data.parquet")).unwrap(), before);
+    let r2 = record(p, "r2");
+    assert_eq!(r2.status, RunStatus::Failed);
+    let publish = r2.steps.iter().find(|s| s.id == "publish").unwrap();
+    assert_eq!(publish.status, StepStatus::Failed);
+    let finished_before: Vec<_> = ["interactions", "closed_items", "popular", "user_recs"]
+        .iter()
+        .map(|s| manifest(p, "r2", s).finished_at)
+        .collect();
+
+    // Rerunning r2 reuses the four finished steps and only publishes.
+    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r2 = record(p, "r2");
+    for s in &r2.steps {
+        let expected = if s.id == "publish" { StepStatus::Succeeded } else { StepStatus::Reused };
+        assert_eq!(s.status, expected, "{}", s.id);
+    }
+    let finished_after: Vec<_> = ["interactions", "closed_items", "popular", "user_recs"]
+        .iter()
+        .map(|s| manifest(p, "r2", s).finished_at)
+        .collect();
+    assert_eq!(finished_before, finished_after, "finished steps were not redone");
+    assert_eq!(current(p), "r2");
+
+    // Once more: nothing left to do, and the published list stays r2.
+    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(record(p, "r2").steps.iter().all(|s| s.status == StepStatus::Reused));
+    assert_eq!(current(p), "r2");
+}
+
+#[test]
+fn old_versions_are_pruned_to_keep_versions() {
+    let dir = project();
+    let p = dir.path();
+    for id in ["v1", "v2", "v3", "v4"] {
+        let out = recpipe(p, &["run", "example", "--run-id", id], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let mut versions: Vec<String> = std::fs::read_dir(published(p).join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    assert_eq!(versions, vec!["v2", "v3", "v4"]);
+    assert_eq!(current(p), "v4");
+}
+
+#[test]
+fn a_failed_step_skips_its_dependents() {
+    let dir = project();
+    let p = dir.path();
+    // The interactions query now returns a table without `user_id`.
+    std::fs::write(p.join("sql/example_interactions.sql"), "SELECT item_id FROM interactions WHERE value >= $min_value").unwrap();
+    let out = recpipe(p, &["run", "example", "--run-id", "bad"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing column `user_id`"), "{}", text(&out));
+    let r = record(p, "bad");
+    let status = |id: &str| r.steps.iter().find(|s| s.id == id).unwrap().status;
+    assert_eq!(status("interactions"), StepStatus::Failed);
+    assert_eq!(status("popular"), StepStatus::Skipped);
+    assert_eq!(status("user_recs"), StepStatus::Skipped);
+    assert_eq!(status("publish"), StepStatus::Skipped);
+    assert!(std::fs::metadata(published(p)).is_err(), "nothing was published");
+}
