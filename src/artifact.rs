@@ -142,13 +142,14 @@ pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), Artifa
         }
     })?;
     let schema = builder.schema().clone();
-    let reader = builder
-        .with_batch_size(65_536)
-        .build()
-        .map_err(|source| ArtifactError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let reader =
+        builder
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|source| ArtifactError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            })?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ArtifactError::Arrow {

@@ -27,7 +27,11 @@ use recpipe::steps::{self, Resources, StepContext, StepOutput};
 use recpipe::synth;
 
 #[derive(Parser)]
-#[command(name = "recpipe", version, about = "Batch recommendation pipelines: SQL extract, train, top-N, atomic publish")]
+#[command(
+    name = "recpipe",
+    version,
+    about = "Batch recommendation pipelines: SQL extract, train, top-N, atomic publish"
+)]
 struct Cli {
     /// Folder holding `config/`, `pipelines/` and `sql/`; relative paths resolve here.
     #[arg(long, global = true, env = "RECPIPE_PROJECT_DIR", default_value = ".")]
@@ -191,7 +195,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let default = if std::io::stderr().is_terminal() {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -204,7 +212,11 @@ fn init_logging() {
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let project_dir = std::path::absolute(&cli.project_dir)
         .map_err(|e| Failure::BadInput(anyhow!("--project-dir: {e}")))?;
-    let settings = || Settings::load(&project_dir).map(Arc::new).map_err(|e| Failure::BadInput(e.into()));
+    let settings = || {
+        Settings::load(&project_dir)
+            .map(Arc::new)
+            .map_err(|e| Failure::BadInput(e.into()))
+    };
     match cli.command {
         Command::Validate { paths } => validate(&*settings()?, paths),
         Command::Plan { pipeline } => {
@@ -212,21 +224,41 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             plan(&settings, &*find_pipeline(&settings, &pipeline)?);
             Ok(())
         }
-        Command::Run { pipeline, run_id, logical_date } => {
+        Command::Run {
+            pipeline,
+            run_id,
+            logical_date,
+        } => {
             let settings = settings()?;
             let p = find_pipeline(&settings, &pipeline)?;
             run(settings, p, run_id, logical_date).await
         }
         Command::Step(step) => run_step(&project_dir, step).await,
-        Command::GenData { out, users, items, events, seed } => {
-            let spec = synth::SynthSpec { users, items, events, seed, ..Default::default() };
+        Command::GenData {
+            out,
+            users,
+            items,
+            events,
+            seed,
+        } => {
+            let spec = synth::SynthSpec {
+                users,
+                items,
+                events,
+                seed,
+                ..Default::default()
+            };
             gen_data(&out, &spec).map_err(Failure::Failed)
         }
     }
 }
 
 fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
-    let paths = if paths.is_empty() { vec![settings.pipelines_dir.clone()] } else { paths };
+    let paths = if paths.is_empty() {
+        vec![settings.pipelines_dir.clone()]
+    } else {
+        paths
+    };
     let (pipelines, diags) = pipeline::load_all(settings, &paths);
     if !diags.is_empty() {
         return Err(Failure::BadInput(anyhow!(
@@ -236,7 +268,12 @@ fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
         )));
     }
     for p in &pipelines {
-        println!("ok  {}  {} ({} steps)", p.file.display(), p.name, p.steps.len());
+        println!(
+            "ok  {}  {} ({} steps)",
+            p.file.display(),
+            p.name,
+            p.steps.len()
+        );
     }
     Ok(())
 }
@@ -245,9 +282,12 @@ fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
 fn find_pipeline(settings: &Settings, arg: &str) -> Result<Arc<Pipeline>, Failure> {
     let bad = |d: Diagnostics| Failure::BadInput(anyhow!("invalid pipeline:\n{d}"));
     if arg.ends_with(".toml") || arg.contains('/') {
-        return pipeline::load_file(settings, Path::new(arg)).map(Arc::new).map_err(bad);
+        return pipeline::load_file(settings, Path::new(arg))
+            .map(Arc::new)
+            .map_err(bad);
     }
-    let (pipelines, diags) = pipeline::load_all(settings, std::slice::from_ref(&settings.pipelines_dir));
+    let (pipelines, diags) =
+        pipeline::load_all(settings, std::slice::from_ref(&settings.pipelines_dir));
     if let Some(p) = pipelines.into_iter().find(|p| p.name == arg) {
         return Ok(Arc::new(p));
     }
@@ -263,7 +303,10 @@ fn find_pipeline(settings: &Settings, arg: &str) -> Result<Arc<Pipeline>, Failur
 fn plan(settings: &Settings, p: &Pipeline) {
     println!("pipeline {} ({})", p.name, p.file.display());
     match &p.schedule {
-        Some(s) => println!("schedule {s} ({}), concurrency {:?}", p.timezone, p.concurrency),
+        Some(s) => println!(
+            "schedule {s} ({}), concurrency {:?}",
+            p.timezone, p.concurrency
+        ),
         None => println!("schedule none (manual runs only)"),
     }
     let run_dir = RunDir::new(&settings.state_dir, &p.name, "<run_id>");
@@ -271,19 +314,38 @@ fn plan(settings: &Settings, p: &Pipeline) {
         let reads: Vec<String> = step
             .needs
             .iter()
-            .filter_map(|n| p.step(n).map(|s| format!("{n} ({})", s.spec.output().as_str())))
+            .filter_map(|n| {
+                p.step(n)
+                    .map(|s| format!("{n} ({})", s.spec.output().as_str()))
+            })
             .collect();
         let detail = match &step.spec {
-            StepSpec::Extract(e) => format!("{} on source `{}`, role {}", e.sql.display(), e.source, e.role.as_str()),
+            StepSpec::Extract(e) => format!(
+                "{} on source `{}`, role {}",
+                e.sql.display(),
+                e.source,
+                e.role.as_str()
+            ),
             StepSpec::Train(TrainSpec::Popular(_)) => "model popular".to_string(),
             StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
             StepSpec::Write(w) => format!("to sink `{}` table `{}`", w.sink, w.table),
         };
         println!("{:>2}. {} [{}] {detail}", i + 1, step.id, step.spec.kind());
-        println!("      reads:  {}", if reads.is_empty() { "-".to_string() } else { reads.join(", ") });
+        println!(
+            "      reads:  {}",
+            if reads.is_empty() {
+                "-".to_string()
+            } else {
+                reads.join(", ")
+            }
+        );
         let writes = match step.spec.output() {
             ArtifactKind::Published => "the sink's table (staged, then swapped in)".to_string(),
-            kind => format!("{} ({})", run_dir.step_dir(&step.id).display(), kind.as_str()),
+            kind => format!(
+                "{} ({})",
+                run_dir.step_dir(&step.id).display(),
+                kind.as_str()
+            ),
         };
         println!("      writes: {writes}");
     }
@@ -297,7 +359,8 @@ async fn run(
 ) -> Result<(), Failure> {
     let now = Utc::now();
     let run_id = run_id.unwrap_or_else(|| format!("manual-{}", now.format("%Y%m%dT%H%M%SZ")));
-    let pool = steps::compute_pool(settings.runtime.compute_threads).map_err(|e| Failure::Failed(e.into()))?;
+    let pool = steps::compute_pool(settings.runtime.compute_threads)
+        .map_err(|e| Failure::Failed(e.into()))?;
     let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
     let stop = StopFlag::default();
     let ctrl_c_stop = stop.clone();
@@ -309,8 +372,16 @@ async fn run(
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = tokio::spawn(show_progress(rx, pipeline.steps.len() as u64));
-    let request = RunRequest { pipeline: pipeline.clone(), run_id, logical_date: logical_date.unwrap_or(now), stop };
-    let record = executor.run(request, Some(tx)).await.map_err(|e| Failure::BadInput(e.into()))?;
+    let request = RunRequest {
+        pipeline: pipeline.clone(),
+        run_id,
+        logical_date: logical_date.unwrap_or(now),
+        stop,
+    };
+    let record = executor
+        .run(request, Some(tx))
+        .await
+        .map_err(|e| Failure::BadInput(e.into()))?;
     let _ = progress.await;
     report(&settings, &record)
 }
@@ -323,8 +394,10 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, step
     }
     let bar = ProgressBar::new(steps);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     while let Some(event) = rx.recv().await {
@@ -333,10 +406,19 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, step
                 bar.set_message(format!("running {step} (attempt {attempt})"))
             }
             Event::Started { step, .. } => bar.set_message(format!("running {step}")),
-            Event::Retrying { step, attempt, delay, error } => {
-                bar.println(format!("step {step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}"))
-            }
-            Event::Succeeded { step, rows, duration } => {
+            Event::Retrying {
+                step,
+                attempt,
+                delay,
+                error,
+            } => bar.println(format!(
+                "step {step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}"
+            )),
+            Event::Succeeded {
+                step,
+                rows,
+                duration,
+            } => {
                 bar.println(format!("step {step}: done, {rows} rows in {duration:.2?}"));
                 bar.inc(1);
             }
@@ -345,7 +427,9 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, step
                 bar.inc(1);
             }
             Event::Failed { step, error } => bar.println(format!("step {step}: FAILED: {error}")),
-            Event::Skipped { step, reason } => bar.println(format!("step {step}: skipped, {reason}")),
+            Event::Skipped { step, reason } => {
+                bar.println(format!("step {step}: skipped, {reason}"))
+            }
         }
     }
     bar.finish_and_clear();
@@ -354,17 +438,29 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, step
 /// Prints the outcome, where each published list is and its first rows.
 fn report(settings: &Settings, record: &RunRecord) -> Result<(), Failure> {
     let dir = RunDir::new(&settings.state_dir, &record.pipeline, &record.run_id);
-    println!("run {} of {}: {:?}", record.run_id, record.pipeline, record.status);
+    println!(
+        "run {} of {}: {:?}",
+        record.run_id, record.pipeline, record.status
+    );
     println!("run directory: {}", dir.root.display());
     for step in &record.steps {
-        let Some(manifest) = dir.manifest(&step.id) else { continue };
+        let Some(manifest) = dir.manifest(&step.id) else {
+            continue;
+        };
         if manifest.output != ArtifactKind::Published {
             continue;
         }
         if let Some(location) = manifest.details.get("location").and_then(|l| l.as_str()) {
-            println!("published `{}` ({} rows): {location}", step.id, manifest.rows);
+            println!(
+                "published `{}` ({} rows): {location}",
+                step.id, manifest.rows
+            );
             if let Ok((_, batches)) = artifact::read_parquet(Path::new(location)) {
-                let head: Vec<_> = batches.first().map(|b| b.slice(0, b.num_rows().min(5))).into_iter().collect();
+                let head: Vec<_> = batches
+                    .first()
+                    .map(|b| b.slice(0, b.num_rows().min(5)))
+                    .into_iter()
+                    .collect();
                 if let Ok(table) = arrow::util::pretty::pretty_format_batches(&head) {
                     println!("{table}");
                 }
@@ -379,7 +475,10 @@ fn report(settings: &Settings, record: &RunRecord) -> Result<(), Failure> {
                 .iter()
                 .filter_map(|s| s.error.as_ref().map(|e| format!("step `{}`: {e}", s.id)))
                 .collect();
-            Err(Failure::Failed(anyhow!("run {status:?}\n{}", failed.join("\n"))))
+            Err(Failure::Failed(anyhow!(
+                "run {status:?}\n{}",
+                failed.join("\n")
+            )))
         }
     }
 }
@@ -396,8 +495,11 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
     let output: StepOutput = match command {
         StepCommand::Extract(a) => {
             let source = if a.table.is_empty() {
-                let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
-                let name = a.source.ok_or_else(|| Failure::BadInput(anyhow!("give --source NAME or --table name=path")))?;
+                let settings =
+                    Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
+                let name = a.source.ok_or_else(|| {
+                    Failure::BadInput(anyhow!("give --source NAME or --table name=path"))
+                })?;
                 let config = settings
                     .sources
                     .get(&name)
@@ -407,24 +509,51 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 let tables = a
                     .table
                     .into_iter()
-                    .map(|(name, path)| (name, TableFileConfig { path: path.into(), format: None }))
+                    .map(|(name, path)| {
+                        (
+                            name,
+                            TableFileConfig {
+                                path: path.into(),
+                                format: None,
+                            },
+                        )
+                    })
                     .collect();
-                AnySource::DataFusion(recpipe::sources::datafusion::DataFusionSource::new(DataFusionSourceConfig { tables }))
+                AnySource::DataFusion(recpipe::sources::datafusion::DataFusionSource::new(
+                    DataFusionSourceConfig { tables },
+                ))
             };
-            let params: BTreeMap<String, ParamValue> =
-                a.param.into_iter().map(|(k, v)| (k, typed_param(&v))).collect();
-            let job = steps::extract::ExtractJob { source, sql_path: a.sql, params, role: a.role, allow_empty: a.allow_empty };
-            steps::extract::run(job, a.output, &cx).await.context("extract")?
+            let params: BTreeMap<String, ParamValue> = a
+                .param
+                .into_iter()
+                .map(|(k, v)| (k, typed_param(&v)))
+                .collect();
+            // As in a pipeline: an empty filter list is normal, other empty tables are errors.
+            let allow_empty = a.allow_empty || a.role == Role::Filter;
+            let job = steps::extract::ExtractJob {
+                source,
+                sql_path: a.sql,
+                params,
+                role: a.role,
+                allow_empty,
+            };
+            steps::extract::run(job, a.output, &cx)
+                .await
+                .context("extract")?
         }
         StepCommand::Train(a) => {
             let mut spec = format!("model = {}\n", toml_string(&a.model));
             for (k, v) in &a.set {
                 spec.push_str(&format!("{k} = {v}\n"));
             }
-            let spec: TrainSpec = toml::from_str(&spec).map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
-            std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+            let spec: TrainSpec = toml::from_str(&spec)
+                .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
+            std::fs::create_dir_all(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
-            steps::compute(&pool, move || steps::train::run(&spec, &input, &out)).await.context("train")?
+            steps::compute(&pool, move || steps::train::run(&spec, &input, &out))
+                .await
+                .context("train")?
         }
         StepCommand::Recommend(a) => {
             let job = steps::recommend::RecommendJob {
@@ -437,9 +566,11 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 generated_at: Utc::now(),
             };
             let out = a.output;
-            steps::compute(&pool, move || steps::recommend::run(&job, &out, &StopFlag::default()))
-                .await
-                .context("recommend")?
+            steps::compute(&pool, move || {
+                steps::recommend::run(&job, &out, &StopFlag::default())
+            })
+            .await
+            .context("recommend")?
         }
         StepCommand::Write(a) => {
             let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
@@ -448,12 +579,19 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 .get(&a.sink)
                 .ok_or_else(|| Failure::BadInput(anyhow!("unknown sink `{}`", a.sink)))?;
             if !pipeline::is_table_name(&a.table) {
-                return Err(Failure::BadInput(anyhow!("`{}` is not a valid table name", a.table)));
+                return Err(Failure::BadInput(anyhow!(
+                    "`{}` is not a valid table name",
+                    a.table
+                )));
             }
             let sink = recpipe::sinks::AnySink::from_config(&a.sink, config);
-            let version = a.version.unwrap_or_else(|| format!("cli-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "-"));
+            let version = a.version.unwrap_or_else(|| {
+                format!("cli-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "-")
+            });
             if !recpipe::pipeline::rundir::is_valid_run_id(&version) {
-                return Err(Failure::BadInput(anyhow!("`{version}` is not a valid version name")));
+                return Err(Failure::BadInput(anyhow!(
+                    "`{version}` is not a valid version name"
+                )));
             }
             let input = a.input;
             tokio::task::spawn_blocking(move || steps::write::run(&sink, &a.table, &version, input))
@@ -473,8 +611,12 @@ fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let data = synth::generate(spec);
-    for (name, batch) in [("interactions.parquet", &data.interactions), ("items.parquet", &data.items)] {
-        let entry = artifact::write_parquet(&out.join(name), batch.schema(), std::slice::from_ref(batch))?;
+    for (name, batch) in [
+        ("interactions.parquet", &data.interactions),
+        ("items.parquet", &data.items),
+    ] {
+        let entry =
+            artifact::write_parquet(&out.join(name), batch.schema(), std::slice::from_ref(batch))?;
         println!("{}: {} rows", out.join(name).display(), entry.rows);
     }
     Ok(())

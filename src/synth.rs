@@ -49,18 +49,89 @@ pub struct SynthData {
 }
 
 const TOPICS: &[(&str, &[&str])] = &[
-    ("backend", &["rust engineer", "go developer", "api developer", "platform engineer"]),
-    ("frontend", &["react developer", "web designer", "ui engineer", "typescript developer"]),
-    ("data", &["data engineer", "ml engineer", "analyst", "data scientist"]),
-    ("sales", &["account executive", "sales manager", "business developer", "inside sales"]),
-    ("support", &["support agent", "customer success", "help desk", "call center"]),
-    ("design", &["product designer", "illustrator", "ux researcher", "graphic designer"]),
-    ("logistics", &["warehouse staff", "driver", "forklift operator", "dispatcher"]),
-    ("care", &["nurse", "caregiver", "pharmacist", "dental hygienist"]),
-    ("food", &["cook", "barista", "kitchen staff", "restaurant manager"]),
-    ("office", &["accountant", "office assistant", "hr specialist", "legal clerk"]),
-    ("retail", &["store clerk", "cashier", "store manager", "merchandiser"]),
-    ("education", &["teacher", "tutor", "school counselor", "trainer"]),
+    (
+        "backend",
+        &[
+            "rust engineer",
+            "go developer",
+            "api developer",
+            "platform engineer",
+        ],
+    ),
+    (
+        "frontend",
+        &[
+            "react developer",
+            "web designer",
+            "ui engineer",
+            "typescript developer",
+        ],
+    ),
+    (
+        "data",
+        &["data engineer", "ml engineer", "analyst", "data scientist"],
+    ),
+    (
+        "sales",
+        &[
+            "account executive",
+            "sales manager",
+            "business developer",
+            "inside sales",
+        ],
+    ),
+    (
+        "support",
+        &[
+            "support agent",
+            "customer success",
+            "help desk",
+            "call center",
+        ],
+    ),
+    (
+        "design",
+        &[
+            "product designer",
+            "illustrator",
+            "ux researcher",
+            "graphic designer",
+        ],
+    ),
+    (
+        "logistics",
+        &[
+            "warehouse staff",
+            "driver",
+            "forklift operator",
+            "dispatcher",
+        ],
+    ),
+    (
+        "care",
+        &["nurse", "caregiver", "pharmacist", "dental hygienist"],
+    ),
+    (
+        "food",
+        &["cook", "barista", "kitchen staff", "restaurant manager"],
+    ),
+    (
+        "office",
+        &[
+            "accountant",
+            "office assistant",
+            "hr specialist",
+            "legal clerk",
+        ],
+    ),
+    (
+        "retail",
+        &["store clerk", "cashier", "store manager", "merchandiser"],
+    ),
+    (
+        "education",
+        &["teacher", "tutor", "school counselor", "trainer"],
+    ),
 ];
 const PLACES: &[&str] = &["tokyo", "osaka", "remote", "nagoya", "fukuoka", "sapporo"];
 
@@ -71,7 +142,9 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
     let mut ranks: Vec<usize> = (1..=spec.items).collect();
     shuffle(&mut ranks, &mut rng);
     let item_weight: Vec<f64> = ranks.iter().map(|&r| (r as f64).powf(-0.9)).collect();
-    let item_topic: Vec<usize> = (0..spec.items).map(|_| rng.random_range(0..topics)).collect();
+    let item_topic: Vec<usize> = (0..spec.items)
+        .map(|_| rng.random_range(0..topics))
+        .collect();
     let global = WeightedIndex::new(&item_weight).ok();
     let by_topic: Vec<(Vec<usize>, Option<WeightedIndex<f64>>)> = (0..topics)
         .map(|t| {
@@ -87,50 +160,85 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
     let start = 1_785_000_000_000_000i64; // 2026-07-25T17:20:00Z in µs
     let span = 90 * 24 * 3600 * 1_000_000i64;
     let mut counts: BTreeMap<(i64, i64), (f32, i64)> = BTreeMap::new();
-    for u in 0..spec.users {
-        let n = ((activity[u] / total) * spec.events as f64).round().max(3.0) as usize;
+    for (u, act) in activity.iter().enumerate() {
+        let n = ((act / total) * spec.events as f64).round().max(3.0) as usize;
         let topic = rng.random_range(0..topics);
         for _ in 0..n {
             let item = match (&by_topic[topic], &global) {
-                ((members, Some(dist)), _) if rng.random_bool(spec.affinity) => members[dist.sample(&mut rng)],
+                ((members, Some(dist)), _) if rng.random_bool(spec.affinity) => {
+                    members[dist.sample(&mut rng)]
+                }
                 (_, Some(dist)) => dist.sample(&mut rng),
                 _ => continue,
             };
             let ts = start + rng.random_range(0..span);
-            let e = counts.entry((u as i64 + 1, item as i64 + 1)).or_insert((0.0, ts));
+            let e = counts
+                .entry((u as i64 + 1, item as i64 + 1))
+                .or_insert((0.0, ts));
             e.0 += 1.0;
             e.1 = e.1.min(ts);
         }
     }
     let interactions = RecordBatch::try_from_iter([
-        ("user_id", Arc::new(Int64Array::from_iter_values(counts.keys().map(|k| k.0))) as ArrayRef),
-        ("item_id", Arc::new(Int64Array::from_iter_values(counts.keys().map(|k| k.1))) as ArrayRef),
-        ("value", Arc::new(Float32Array::from_iter_values(counts.values().map(|v| v.0))) as ArrayRef),
+        (
+            "user_id",
+            Arc::new(Int64Array::from_iter_values(counts.keys().map(|k| k.0))) as ArrayRef,
+        ),
+        (
+            "item_id",
+            Arc::new(Int64Array::from_iter_values(counts.keys().map(|k| k.1))) as ArrayRef,
+        ),
+        (
+            "value",
+            Arc::new(Float32Array::from_iter_values(counts.values().map(|v| v.0))) as ArrayRef,
+        ),
         (
             "ts",
-            Arc::new(TimestampMicrosecondArray::from_iter_values(counts.values().map(|v| v.1)).with_timezone("UTC"))
-                as ArrayRef,
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(counts.values().map(|v| v.1))
+                    .with_timezone("UTC"),
+            ) as ArrayRef,
         ),
     ])
     .expect("columns have equal length");
     let titles: Vec<String> = (0..spec.items)
         .map(|i| {
             let (_, roles) = TOPICS[item_topic[i]];
-            format!("{} in {}", roles[rng.random_range(0..roles.len())], PLACES[rng.random_range(0..PLACES.len())])
+            format!(
+                "{} in {}",
+                roles[rng.random_range(0..roles.len())],
+                PLACES[rng.random_range(0..PLACES.len())]
+            )
         })
         .collect();
-    let status: Vec<&str> = (0..spec.items).map(|_| if rng.random_bool(0.1) { "closed" } else { "open" }).collect();
+    let status: Vec<&str> = (0..spec.items)
+        .map(|_| {
+            if rng.random_bool(0.1) {
+                "closed"
+            } else {
+                "open"
+            }
+        })
+        .collect();
     let items = RecordBatch::try_from_iter([
-        ("item_id", Arc::new(Int64Array::from_iter_values(1..=spec.items as i64)) as ArrayRef),
+        (
+            "item_id",
+            Arc::new(Int64Array::from_iter_values(1..=spec.items as i64)) as ArrayRef,
+        ),
         ("title", Arc::new(StringArray::from(titles)) as ArrayRef),
         (
             "category",
-            Arc::new(StringArray::from_iter_values(item_topic.iter().map(|&t| TOPICS[t].0))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                item_topic.iter().map(|&t| TOPICS[t].0),
+            )) as ArrayRef,
         ),
         ("status", Arc::new(StringArray::from(status)) as ArrayRef),
     ])
     .expect("columns have equal length");
-    SynthData { interactions, items }
+    SynthData {
+        interactions,
+        items,
+    }
 }
 
 fn shuffle<T>(v: &mut [T], rng: &mut StdRng) {
@@ -146,7 +254,12 @@ mod tests {
 
     #[test]
     fn same_seed_same_data() {
-        let spec = SynthSpec { users: 50, items: 30, events: 500, ..SynthSpec::default() };
+        let spec = SynthSpec {
+            users: 50,
+            items: 30,
+            events: 500,
+            ..SynthSpec::default()
+        };
         let a = generate(&spec);
         let b = generate(&spec);
         assert_eq!(a.interactions, b.interactions);

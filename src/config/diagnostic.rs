@@ -88,9 +88,8 @@ impl Diagnostics {
     /// Sorts by position and drops exact repeats.
     pub fn sorted(mut self) -> Self {
         self.0.sort_by(|a, b| {
-            (&a.file, a.line, a.col, &a.key, &a.message).cmp(&(
-                &b.file, b.line, b.col, &b.key, &b.message,
-            ))
+            (&a.file, a.line, a.col, &a.key, &a.message)
+                .cmp(&(&b.file, b.line, b.col, &b.key, &b.message))
         });
         self.0.dedup();
         self

@@ -266,11 +266,9 @@ impl StepSpec {
         match self {
             StepSpec::Extract(_) => None,
             StepSpec::Train(_) => Some(&[(Interactions, 1, 1)]),
-            StepSpec::Recommend(_) => Some(&[
-                (Model, 1, 1),
-                (Interactions, 0, 1),
-                (Filter, 0, usize::MAX),
-            ]),
+            StepSpec::Recommend(_) => {
+                Some(&[(Model, 1, 1), (Interactions, 0, 1), (Filter, 0, usize::MAX)])
+            }
             StepSpec::Write(_) => Some(&[(UserRecs, 1, 1)]),
         }
     }
@@ -429,14 +427,17 @@ struct Checker<'a> {
     settings: &'a Settings,
     diags: Diagnostics,
     /// Value spans of the top-level keys, for checks after deserialization.
-    header_spans: BTreeMap<String, Range<usize>>,
+    header_spans: Spans,
 }
+
+/// Value spans of a table's keys, for checks made after deserialization.
+type Spans = BTreeMap<String, Range<usize>>;
 
 /// A step whose keys parsed, waiting for the checks that need all steps.
 struct RawStep {
     id: String,
     id_span: Range<usize>,
-    spans: BTreeMap<String, Range<usize>>,
+    spans: Spans,
     common: CommonSpec,
     spec: StepSpec,
 }
@@ -470,7 +471,7 @@ impl<'a> Checker<'a> {
             TOP_KEYS,
             "a pipeline file",
         );
-        let raw_steps = match steps_value {
+        let (raw_steps, all_ids) = match steps_value {
             Some(v) => self.steps(v),
             None => {
                 self.error(
@@ -478,16 +479,18 @@ impl<'a> Checker<'a> {
                     "steps",
                     "missing `[steps.<id>]` tables; a pipeline needs at least one step",
                 );
-                Vec::new()
+                (Vec::new(), BTreeSet::new())
             }
         };
-        let header = header?;
-        let timezone = self.timezone(&header);
-        self.check_name(&header.name);
-        if let Some(schedule) = &header.schedule {
-            self.check_schedule(schedule);
+        let timezone = header.as_ref().and_then(|h| self.timezone(h));
+        if let Some(h) = &header {
+            self.check_name(&h.name);
+            if let Some(schedule) = &h.schedule {
+                self.check_schedule(schedule);
+            }
         }
-        let steps = self.link_steps(raw_steps)?;
+        let steps = self.link_steps(raw_steps, &all_ids);
+        let (header, steps) = (header?, steps?);
         let writes = steps
             .iter()
             .filter_map(|(step, spans)| match &step.spec {
@@ -519,6 +522,11 @@ impl<'a> Checker<'a> {
     }
 
     /// Reports every key of `table` not in `allowed`, then deserializes the rest.
+    ///
+    /// serde stops at the first bad value, so after each error the offending key is
+    /// dropped and the rest tried again: every bad value is reported, and the struct
+    /// is still returned (with defaults for the dropped keys) when it can be built,
+    /// so later checks run on it too.
     fn deserialize_table<T: DeserializeOwned>(
         &mut self,
         path: &str,
@@ -528,11 +536,9 @@ impl<'a> Checker<'a> {
     ) -> Option<T> {
         let span = table.span();
         let mut known = DeTable::new();
-        let mut value_spans: Vec<(String, Range<usize>)> = Vec::new();
         for (key, value) in table.into_inner() {
             let name = key.get_ref().to_string();
             if allowed.contains(&name.as_str()) {
-                value_spans.push((name, value.span()));
                 known.insert(key, value);
             } else {
                 let message = format!(
@@ -543,27 +549,52 @@ impl<'a> Checker<'a> {
                 self.error(key.span(), join(path, &name), message);
             }
         }
-        let value = Spanned::new(span.clone(), DeValue::Table(known));
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let at = e.span().unwrap_or(span.clone());
-                let key = value_spans
-                    .iter()
-                    .find(|(_, s)| s.start <= at.start && at.end <= s.end)
-                    .map_or_else(|| path.to_string(), |(k, _)| join(path, k));
-                self.error(at, key, e.message().trim().to_string());
-                None
+        let mut dropped: Vec<String> = Vec::new();
+        loop {
+            let value = Spanned::new(span.clone(), DeValue::Table(known.clone()));
+            let e = match T::deserialize(ValueDeserializer::from(value)) {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let message = polish(e.message().trim());
+            if dropped
+                .iter()
+                .any(|k| message == format!("missing field `{k}`"))
+            {
+                return None;
+            }
+            let at = e.span().unwrap_or(span.clone());
+            let bad_key = known
+                .iter()
+                .find(|(_, v)| v.span().start <= at.start && at.end <= v.span().end)
+                .map(|(k, _)| k.get_ref().to_string());
+            self.error(
+                at,
+                bad_key
+                    .as_deref()
+                    .map_or_else(|| path.to_string(), |k| join(path, k)),
+                message,
+            );
+            match bad_key {
+                Some(k) => {
+                    known.remove(k.as_str());
+                    dropped.push(k);
+                }
+                None => return None,
             }
         }
     }
 
-    fn steps(&mut self, value: Spanned<DeValue<'a>>) -> Vec<RawStep> {
+    /// The steps that parsed, and the ids of all steps (parsed or not), so that a
+    /// step with a bad value does not also make every `needs` naming it an error.
+    fn steps(&mut self, value: Spanned<DeValue<'a>>) -> (Vec<RawStep>, BTreeSet<String>) {
         let span = value.span();
         let DeValue::Table(table) = value.into_inner() else {
             self.error(span, "steps", "must be a table of steps: `[steps.<id>]`");
-            return Vec::new();
+            return (Vec::new(), BTreeSet::new());
         };
+        let all_ids: BTreeSet<String> =
+            table.iter().map(|(k, _)| k.get_ref().to_string()).collect();
         if table.is_empty() {
             self.error(span, "steps", "a pipeline needs at least one step");
         }
@@ -587,7 +618,7 @@ impl<'a> Checker<'a> {
                 steps.push(step);
             }
         }
-        steps
+        (steps, all_ids)
     }
 
     fn step(
@@ -598,8 +629,9 @@ impl<'a> Checker<'a> {
         table: Spanned<DeTable<'a>>,
     ) -> Option<RawStep> {
         let span = table.span();
+        let span_of_step = span.clone();
         let table = table.into_inner();
-        let spans: BTreeMap<String, Range<usize>> = table
+        let spans: Spans = table
             .iter()
             .map(|(k, v)| (k.get_ref().to_string(), v.span()))
             .collect();
@@ -634,7 +666,12 @@ impl<'a> Checker<'a> {
         if kind.0 == "train" {
             allowed.extend(self.model_fields(path, &table, span.clone())?);
         }
-        let what = format!("a `{}` step", kind.0);
+        let article = if kind.0.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        let what = format!("{article} `{}` step", kind.0);
         // Split the table: the common keys and the kind's keys are two structs, so
         // that neither needs `#[serde(flatten)]` (which lets unknown keys through).
         let common_keys = fields::<CommonSpec>();
@@ -657,8 +694,39 @@ impl<'a> Checker<'a> {
         }
         let common: Option<CommonSpec> =
             self.deserialize_table(path, Spanned::new(span.clone(), common), common_keys, &what);
-        let spec: Option<StepSpec> =
-            self.deserialize_table(path, Spanned::new(span, specific), &allowed, &what);
+        // Each variant's struct is deserialized directly: serde's internally tagged
+        // enums buffer their input and lose the spans that errors point at.
+        specific.remove("kind");
+        let specific = Spanned::new(span, specific);
+        let spec = match kind.0.as_str() {
+            "extract" => self
+                .deserialize_table(path, specific, &allowed, &what)
+                .map(StepSpec::Extract),
+            "train" => {
+                let model = specific
+                    .get_ref()
+                    .get("model")
+                    .and_then(|m| m.get_ref().as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let mut table = specific.into_inner();
+                table.remove("model");
+                let table = Spanned::new(span_of_step.clone(), table);
+                match model.as_str() {
+                    "popular" => self
+                        .deserialize_table(path, table, &allowed, &what)
+                        .map(|p| StepSpec::Train(TrainSpec::Popular(p))),
+                    _ => None,
+                }
+            }
+            "recommend" => self
+                .deserialize_table(path, specific, &allowed, &what)
+                .map(StepSpec::Recommend),
+            "write" => self
+                .deserialize_table(path, specific, &allowed, &what)
+                .map(StepSpec::Write),
+            _ => None,
+        };
         Some(RawStep {
             id,
             id_span,
@@ -678,7 +746,10 @@ impl<'a> Checker<'a> {
         let key = join(path, "model");
         match table.get("model") {
             None => {
-                let message = format!("missing key; accepted models: {}", one_of(TrainSpec::MODELS));
+                let message = format!(
+                    "missing key; accepted models: {}",
+                    one_of(TrainSpec::MODELS)
+                );
                 self.error(span.start..span.start, key, message);
                 None
             }
@@ -751,7 +822,13 @@ impl<'a> Checker<'a> {
                 .build()
                 .parse(schedule)
                 .err()
-                .map(|e| format!("`{schedule}` is not a valid cron expression: {e}"))
+                .map(|e| {
+                    let e = e.to_string();
+                    format!(
+                        "`{schedule}` is not a valid cron expression: {}",
+                        e.trim_end_matches('.')
+                    )
+                })
         };
         if let Some(message) = problem {
             let span = self.key_span("schedule");
@@ -763,14 +840,21 @@ impl<'a> Checker<'a> {
     fn link_steps(
         &mut self,
         raw: Vec<RawStep>,
-    ) -> Option<Vec<(Step, BTreeMap<String, Range<usize>>)>> {
-        let ids: BTreeSet<&str> = raw.iter().map(|s| s.id.as_str()).collect();
-        let outputs: BTreeMap<&str, ArtifactKind> =
-            raw.iter().map(|s| (s.id.as_str(), s.spec.output())).collect();
+        all_ids: &BTreeSet<String>,
+    ) -> Option<Vec<(Step, Spans)>> {
+        let ids: BTreeSet<&str> = all_ids.iter().map(String::as_str).collect();
+        let outputs: BTreeMap<&str, ArtifactKind> = raw
+            .iter()
+            .map(|s| (s.id.as_str(), s.spec.output()))
+            .collect();
         let mut errors = Vec::new();
         for step in &raw {
             let path = format!("steps.{}", step.id);
-            let needs_span = step.spans.get("needs").cloned().unwrap_or(step.id_span.clone());
+            let needs_span = step
+                .spans
+                .get("needs")
+                .cloned()
+                .unwrap_or(step.id_span.clone());
             let mut seen = BTreeSet::new();
             for need in &step.common.needs {
                 let message = if need == &step.id {
@@ -789,7 +873,13 @@ impl<'a> Checker<'a> {
                     errors.push((needs_span.clone(), join(&path, "needs"), m));
                 }
             }
-            if let Some(inputs) = step.spec.inputs() {
+            // A need that failed to parse has no known output: its own error suffices.
+            let needs_parsed = step
+                .common
+                .needs
+                .iter()
+                .all(|n| outputs.contains_key(n.as_str()));
+            if let Some(inputs) = step.spec.inputs().filter(|_| needs_parsed) {
                 for m in input_problems(step, inputs, &outputs) {
                     errors.push((needs_span.clone(), join(&path, "needs"), m));
                 }
@@ -902,8 +992,11 @@ impl<'a> Checker<'a> {
 
     /// Reports each cycle of `needs` once, as `a` → `b` → `a`.
     fn check_cycles(&mut self, raw: &[RawStep]) {
-        let index: BTreeMap<&str, usize> =
-            raw.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
         let edges: Vec<Vec<usize>> = raw
             .iter()
             .map(|s| {
@@ -922,7 +1015,11 @@ impl<'a> Checker<'a> {
                 .chain(std::iter::once(&cycle[0]))
                 .map(|&i| format!("`{}`", raw[i].id))
                 .collect();
-            let span = first.spans.get("needs").cloned().unwrap_or(first.id_span.clone());
+            let span = first
+                .spans
+                .get("needs")
+                .cloned()
+                .unwrap_or(first.id_span.clone());
             self.error(
                 span,
                 format!("steps.{}.needs", first.id),
@@ -975,6 +1072,34 @@ fn input_problems(
     problems
 }
 
+/// serde's messages in our style: Rust type names become plain words, and an
+/// unknown enum value gets a suggestion and the accepted values.
+fn polish(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((value, expected)) = rest.split_once('`')
+    {
+        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        return format!(
+            "unknown value `{value}`{}; accepted: {}",
+            suggest(value, accepted.iter().copied()),
+            one_of(&accepted)
+        );
+    }
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(stripped) = out.strip_suffix(rust) {
+            out = format!("{stripped}{plain}");
+        }
+    }
+    out
+}
+
 fn unknown_name<'k>(what: &str, name: &str, known: impl Iterator<Item = &'k String>) -> String {
     let known: Vec<&str> = known.map(String::as_str).collect();
     if known.is_empty() {
@@ -1000,7 +1125,8 @@ fn join(path: &str, key: &str) -> String {
 pub fn is_identifier(s: &str, dash: bool) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (dash && c == '-'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (dash && c == '-'))
         && s.len() <= 64
 }
 
@@ -1015,15 +1141,22 @@ pub fn is_table_name(s: &str) -> bool {
 /// Kahn's algorithm; among ready steps the lowest index (file order is sorted by id)
 /// goes first, so the order is stable.
 fn topological(raw: &[RawStep]) -> Vec<usize> {
-    let index: BTreeMap<&str, usize> =
-        raw.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     let mut indegree: Vec<usize> = raw.iter().map(|s| s.common.needs.len()).collect();
     let mut ready: BTreeSet<usize> = (0..raw.len()).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(raw.len());
     while let Some(i) = ready.pop_first() {
         order.push(i);
         for (j, s) in raw.iter().enumerate() {
-            if s.common.needs.iter().any(|n| index.get(n.as_str()) == Some(&i)) {
+            if s.common
+                .needs
+                .iter()
+                .any(|n| index.get(n.as_str()) == Some(&i))
+            {
                 indegree[j] -= 1;
                 if indegree[j] == 0 {
                     ready.insert(j);
@@ -1060,7 +1193,11 @@ fn find_cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
                     let mut cycle: Vec<usize> = stack[start..].to_vec();
                     // Stack order follows `needs`, so reverse it to read as data flow.
                     cycle.reverse();
-                    let min = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map_or(0, |(i, _)| i);
+                    let min = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| **n)
+                        .map_or(0, |(i, _)| i);
                     cycle.rotate_left(min);
                     cycles.insert(cycle);
                 }
@@ -1097,6 +1234,18 @@ mod tests {
     #[test]
     fn no_cycle_in_a_chain() {
         assert!(find_cycles(&[vec![], vec![0], vec![1]]).is_empty());
+    }
+
+    #[test]
+    fn serde_messages_are_polished() {
+        assert_eq!(
+            polish("unknown variant `forbidd`, expected one of `forbid`, `replace`, `allow`"),
+            "unknown value `forbidd` (did you mean `forbid`?); accepted: `forbid`, `replace` or `allow`"
+        );
+        assert_eq!(
+            polish("invalid type: string \"ten\", expected usize"),
+            "invalid type: string \"ten\", expected a whole number ≥ 0"
+        );
     }
 
     #[test]

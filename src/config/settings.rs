@@ -203,10 +203,7 @@ impl Settings {
             })
         };
         if self.runtime.max_parallel_steps == 0 {
-            return invalid(
-                "runtime.max_parallel_steps".into(),
-                "must be at least 1",
-            );
+            return invalid("runtime.max_parallel_steps".into(), "must be at least 1");
         }
         for (name, sink) in &self.sinks {
             match sink {

@@ -16,7 +16,13 @@ impl Csr {
     ///
     /// # Panics
     /// If a row or column is out of range (callers map ids to dense indices first).
-    pub fn from_triplets(n_rows: usize, n_cols: usize, rows: &[u32], cols: &[u32], vals: &[f32]) -> Self {
+    pub fn from_triplets(
+        n_rows: usize,
+        n_cols: usize,
+        rows: &[u32],
+        cols: &[u32],
+        vals: &[f32],
+    ) -> Self {
         assert!(rows.len() == cols.len() && cols.len() == vals.len());
         let mut counts = vec![0usize; n_rows + 1];
         for &r in rows {
@@ -59,7 +65,13 @@ impl Csr {
         }
         indices.truncate(out);
         data.truncate(out);
-        Self { n_rows, n_cols, indptr, indices, data }
+        Self {
+            n_rows,
+            n_cols,
+            indptr,
+            indices,
+            data,
+        }
     }
 
     pub fn nnz(&self) -> usize {

@@ -47,10 +47,26 @@ impl IdMap {
     /// Rebuilds the lookup of an id list that is already in dense-index order.
     pub fn from_sorted(ids: Ids) -> Self {
         let (int_index, str_index) = match &ids {
-            Ids::Int(v) => (v.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect(), HashMap::new()),
-            Ids::Str(v) => (HashMap::new(), v.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect()),
+            Ids::Int(v) => (
+                v.iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, i as u32))
+                    .collect(),
+                HashMap::new(),
+            ),
+            Ids::Str(v) => (
+                HashMap::new(),
+                v.iter()
+                    .enumerate()
+                    .map(|(i, id)| (id.clone(), i as u32))
+                    .collect(),
+            ),
         };
-        Self { ids, int_index, str_index }
+        Self {
+            ids,
+            int_index,
+            str_index,
+        }
     }
 
     pub fn len(&self) -> usize {

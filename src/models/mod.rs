@@ -28,7 +28,10 @@ impl StopFlag {
 
     pub fn is_stopped(&self) -> bool {
         self.own.load(Ordering::Relaxed)
-            || self.parent.as_ref().is_some_and(|p| p.load(Ordering::Relaxed))
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Relaxed))
     }
 
     /// A flag that stops with this one but can also be stopped alone.

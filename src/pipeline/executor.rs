@@ -36,12 +36,32 @@ pub enum ExecutorError {
 /// Progress of a run, for the CLI's progress display and the daemon's logs.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { step: String, attempt: u32 },
-    Retrying { step: String, attempt: u32, delay: Duration, error: String },
-    Succeeded { step: String, rows: u64, duration: Duration },
-    Reused { step: String },
-    Failed { step: String, error: String },
-    Skipped { step: String, reason: String },
+    Started {
+        step: String,
+        attempt: u32,
+    },
+    Retrying {
+        step: String,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+    Succeeded {
+        step: String,
+        rows: u64,
+        duration: Duration,
+    },
+    Reused {
+        step: String,
+    },
+    Failed {
+        step: String,
+        error: String,
+    },
+    Skipped {
+        step: String,
+        reason: String,
+    },
 }
 
 /// One run to execute.
@@ -62,7 +82,10 @@ enum State {
     Pending,
     Running,
     /// `fresh`: ran in this invocation (so its dependents must run too).
-    Done { manifest: StepManifest, fresh: bool },
+    Done {
+        manifest: Box<StepManifest>,
+        fresh: bool,
+    },
     Failed,
     Skipped,
 }
@@ -116,8 +139,12 @@ impl Executor {
             .iter()
             .map(|s| (s.id.as_str(), steps::spec_hash(s, settings)))
             .collect();
-        let mut states: BTreeMap<&str, State> =
-            req.pipeline.steps.iter().map(|s| (s.id.as_str(), State::Pending)).collect();
+        let mut states: BTreeMap<&str, State> = req
+            .pipeline
+            .steps
+            .iter()
+            .map(|s| (s.id.as_str(), State::Pending))
+            .collect();
         let mut errors: BTreeMap<String, (String, u32, Duration)> = BTreeMap::new();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let max_parallel = settings.runtime.max_parallel_steps;
@@ -142,14 +169,24 @@ impl Executor {
                             _ => None,
                         })
                         .collect();
-                    let Some(needs_fresh) = needs_done else { continue };
+                    let Some(needs_fresh) = needs_done else {
+                        continue;
+                    };
                     let hash = &hashes[step.id.as_str()];
                     if !needs_fresh.iter().any(|f| *f)
                         && let Some(m) = rundir.manifest(&step.id).filter(|m| &m.spec_hash == hash)
                     {
-                        emit(Event::Reused { step: step.id.clone() });
+                        emit(Event::Reused {
+                            step: step.id.clone(),
+                        });
                         info!(pipeline = %req.pipeline.name, run_id = %req.run_id, step = %step.id, "step reused from an earlier attempt of this run");
-                        states.insert(&step.id, State::Done { manifest: m, fresh: false });
+                        states.insert(
+                            &step.id,
+                            State::Done {
+                                manifest: Box::new(m),
+                                fresh: false,
+                            },
+                        );
                         progressed = true;
                         continue;
                     }
@@ -186,7 +223,9 @@ impl Executor {
                     progressed = true;
                 }
             }
-            let Some(joined) = running.join_next().await else { break };
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
             let finished = match joined {
                 Ok(f) => f,
                 Err(e) => {
@@ -196,15 +235,28 @@ impl Executor {
                     continue;
                 }
             };
-            let id = req.pipeline.step(&finished.id).map(|s| s.id.as_str()).unwrap_or_default();
+            let id = req
+                .pipeline
+                .step(&finished.id)
+                .map(|s| s.id.as_str())
+                .unwrap_or_default();
             match finished.result {
                 Ok(manifest) => {
-                    states.insert(id, State::Done { manifest, fresh: true });
+                    states.insert(
+                        id,
+                        State::Done {
+                            manifest: Box::new(manifest),
+                            fresh: true,
+                        },
+                    );
                 }
                 Err(e) => {
                     failed = true;
                     states.insert(id, State::Failed);
-                    errors.insert(id.to_string(), (e.to_string(), finished.attempts, finished.duration));
+                    errors.insert(
+                        id.to_string(),
+                        (e.to_string(), finished.attempts, finished.duration),
+                    );
                 }
             }
         }
@@ -225,7 +277,10 @@ impl Executor {
                         format!("needs {}, which did not succeed", failed_needs.join(", "))
                     }
                 };
-                emit(Event::Skipped { step: step.id.clone(), reason });
+                emit(Event::Skipped {
+                    step: step.id.clone(),
+                    reason,
+                });
                 states.insert(&step.id, State::Skipped);
             }
         }
@@ -236,7 +291,11 @@ impl Executor {
             .iter()
             .map(|s| step_record(s, &states[s.id.as_str()], errors.get(&s.id), cancelled))
             .collect();
-        record.status = if record.steps.iter().all(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Reused)) {
+        record.status = if record
+            .steps
+            .iter()
+            .all(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Reused))
+        {
             RunStatus::Succeeded
         } else if cancelled {
             RunStatus::Cancelled
@@ -250,10 +309,19 @@ impl Executor {
     }
 }
 
-fn step_record(step: &Step, state: &State, error: Option<&(String, u32, Duration)>, cancelled: bool) -> StepRecord {
+fn step_record(
+    step: &Step,
+    state: &State,
+    error: Option<&(String, u32, Duration)>,
+    cancelled: bool,
+) -> StepRecord {
     let (status, attempts, duration_ms, rows) = match state {
         State::Done { manifest, fresh } => (
-            if *fresh { StepStatus::Succeeded } else { StepStatus::Reused },
+            if *fresh {
+                StepStatus::Succeeded
+            } else {
+                StepStatus::Reused
+            },
             manifest.attempts,
             manifest.duration_ms,
             manifest.rows,
@@ -304,7 +372,10 @@ impl StepTask {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.emit(Event::Started { step: self.step.id.clone(), attempt });
+            self.emit(Event::Started {
+                step: self.step.id.clone(),
+                attempt,
+            });
             info!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, "step started");
             let result = self.attempt().await;
             let result = match result {
@@ -317,7 +388,11 @@ impl StepTask {
                         inputs: self
                             .inputs
                             .iter()
-                            .map(|i| InputRef { step: i.step.clone(), kind: i.kind, dir: i.dir.clone() })
+                            .map(|i| InputRef {
+                                step: i.step.clone(),
+                                kind: i.kind,
+                                dir: i.dir.clone(),
+                            })
                             .collect(),
                         files: output.files,
                         rows: output.rows,
@@ -327,7 +402,10 @@ impl StepTask {
                         duration_ms: started.elapsed().as_millis() as u64,
                         details: output.details,
                     };
-                    self.rundir.write_manifest(&manifest).map(|()| manifest).map_err(StepError::from)
+                    self.rundir
+                        .write_manifest(&manifest)
+                        .map(|()| manifest)
+                        .map_err(StepError::from)
                 }
                 Err(e) => Err(e),
             };
@@ -341,25 +419,51 @@ impl StepTask {
                     info!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, rows = manifest.rows, "step succeeded");
                     return self.finished(attempt, started, Ok(manifest));
                 }
-                Err(e) if e.is_retryable() && attempt <= self.step.retries && !self.cx.stop.is_stopped() => {
-                    let delay = backoff(settings.runtime.retry_base_delay, settings.runtime.retry_max_delay, attempt);
+                Err(e)
+                    if e.is_retryable()
+                        && attempt <= self.step.retries
+                        && !self.cx.stop.is_stopped() =>
+                {
+                    let delay = backoff(
+                        settings.runtime.retry_base_delay,
+                        settings.runtime.retry_max_delay,
+                        attempt,
+                    );
                     warn!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, error = %e, delay_ms = delay.as_millis() as u64, "step failed, retrying");
-                    self.emit(Event::Retrying { step: self.step.id.clone(), attempt, delay, error: e.to_string() });
+                    self.emit(Event::Retrying {
+                        step: self.step.id.clone(),
+                        attempt,
+                        delay,
+                        error: e.to_string(),
+                    });
                     if !sleep_unless_stopped(delay, &self.cx.stop).await {
                         return self.finished(attempt, started, Err(e));
                     }
                 }
                 Err(e) => {
                     warn!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, error = %e, "step failed");
-                    self.emit(Event::Failed { step: self.step.id.clone(), error: e.to_string() });
+                    self.emit(Event::Failed {
+                        step: self.step.id.clone(),
+                        error: e.to_string(),
+                    });
                     return self.finished(attempt, started, Err(e));
                 }
             }
         }
     }
 
-    fn finished(&self, attempts: u32, started: Instant, result: Result<StepManifest, StepError>) -> Finished {
-        Finished { id: self.step.id.clone(), attempts, duration: started.elapsed(), result }
+    fn finished(
+        &self,
+        attempts: u32,
+        started: Instant,
+        result: Result<StepManifest, StepError>,
+    ) -> Finished {
+        Finished {
+            id: self.step.id.clone(),
+            attempts,
+            duration: started.elapsed(),
+            result,
+        }
     }
 
     /// One attempt in a clean folder. On timeout or cancellation the step's flag is
@@ -367,8 +471,17 @@ impl StepTask {
     /// never land in the next attempt's folder.
     async fn attempt(&self) -> Result<steps::StepOutput, StepError> {
         let dir = self.rundir.reset_step(&self.step.id)?;
-        let cx = StepContext { stop: self.cx.stop.child(), ..self.cx.clone() };
-        let work = steps::run(&self.step.spec, &self.inputs, &dir, &cx, &self.executor.resources);
+        let cx = StepContext {
+            stop: self.cx.stop.child(),
+            ..self.cx.clone()
+        };
+        let work = steps::run(
+            &self.step.spec,
+            &self.inputs,
+            &dir,
+            &cx,
+            &self.executor.resources,
+        );
         tokio::pin!(work);
         let deadline = self.step.timeout;
         tokio::select! {
@@ -392,7 +505,10 @@ async fn wait_timeout(timeout: Option<Duration>) {
 /// `base · 2^(attempt−1)`, capped at `max`, then a uniform pick from its upper half
 /// so that retries of many runs do not line up.
 pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+    let exp = base.saturating_mul(
+        1u32.checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX),
+    );
     let capped = exp.min(max);
     let half = capped / 2;
     half + rand::rng().random_range(Duration::ZERO..=half)

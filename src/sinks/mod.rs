@@ -81,7 +81,12 @@ impl AnySink {
     }
 
     /// Stages and swaps: the whole publish of one list.
-    pub fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
+    pub fn publish(
+        &self,
+        table: &str,
+        version: &str,
+        input: &Path,
+    ) -> Result<Published, SinkError> {
         let sink = self.inner();
         let staged = sink.write_staging(table, version, input)?;
         sink.swap(&staged)

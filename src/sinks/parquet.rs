@@ -72,7 +72,8 @@ impl ParquetSink {
                 .and_then(|m| m.modified())
                 .map_err(|e| self.err("cannot stat version", e))?;
             if name.starts_with(".staging-") {
-                fs::remove_dir_all(entry.path()).map_err(|e| self.err("cannot remove staging", e))?;
+                fs::remove_dir_all(entry.path())
+                    .map_err(|e| self.err("cannot remove staging", e))?;
             } else if name != current {
                 versions.push((modified, name));
             }
@@ -80,7 +81,10 @@ impl ParquetSink {
         // Newest first; the current version counts as one of the kept.
         versions.sort_by(|a, b| b.cmp(a));
         let mut pruned = Vec::new();
-        for (_, name) in versions.into_iter().skip(self.config.keep_versions.saturating_sub(1)) {
+        for (_, name) in versions
+            .into_iter()
+            .skip(self.config.keep_versions.saturating_sub(1))
+        {
             fs::remove_dir_all(versions_dir.join(&name))
                 .map_err(|e| self.err(&format!("cannot remove version {name}"), e))?;
             pruned.push(name);
@@ -139,8 +143,11 @@ impl Sink for ParquetSink {
             });
         }
         let dir = self.table_dir(&staged.table);
-        artifact::write_bytes(&dir.join("CURRENT"), format!("{}\n", staged.version).as_bytes())
-            .map_err(|e| self.err("cannot switch CURRENT", e))?;
+        artifact::write_bytes(
+            &dir.join("CURRENT"),
+            format!("{}\n", staged.version).as_bytes(),
+        )
+        .map_err(|e| self.err("cannot switch CURRENT", e))?;
         let link_tmp = dir.join(format!(".current-{}", staged.version));
         let _ = fs::remove_file(&link_tmp);
         std::os::unix::fs::symlink(Path::new("versions").join(&staged.version), &link_tmp)

@@ -36,7 +36,11 @@ impl DataFusionSource {
     }
 }
 
-async fn register(ctx: &SessionContext, name: &str, table: &TableFileConfig) -> Result<(), SourceError> {
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: &TableFileConfig,
+) -> Result<(), SourceError> {
     let path = table.path.to_string_lossy();
     let format = table.format.unwrap_or_else(|| {
         if path.ends_with(".csv") || path.ends_with(".csv.gz") {
@@ -46,12 +50,22 @@ async fn register(ctx: &SessionContext, name: &str, table: &TableFileConfig) -> 
         }
     });
     let result = match format {
-        FileFormat::Parquet => ctx.register_parquet(name, path.as_ref(), ParquetReadOptions::default()).await,
-        FileFormat::Csv => ctx.register_csv(name, path.as_ref(), CsvReadOptions::new()).await,
+        FileFormat::Parquet => {
+            ctx.register_parquet(name, path.as_ref(), ParquetReadOptions::default())
+                .await
+        }
+        FileFormat::Csv => {
+            ctx.register_csv(name, path.as_ref(), CsvReadOptions::new())
+                .await
+        }
     };
     result.map_err(|e| SourceError::Table {
         table: name.to_string(),
-        message: format!("cannot register {}: {}", table.path.display(), first_line(&e)),
+        message: format!(
+            "cannot register {}: {}",
+            table.path.display(),
+            first_line(&e)
+        ),
     })
 }
 
@@ -62,10 +76,8 @@ impl Source for DataFusionSource {
         params: &BTreeMap<String, ParamValue>,
     ) -> Result<QueryResult, SourceError> {
         let ctx = self.context().await?;
-        let values: Vec<(String, ScalarValue)> = params
-            .iter()
-            .map(|(k, v)| (k.clone(), scalar(v)))
-            .collect();
+        let values: Vec<(String, ScalarValue)> =
+            params.iter().map(|(k, v)| (k.clone(), scalar(v))).collect();
         let frame = ctx.sql(sql).await.map_err(query_error)?;
         let frame = if values.is_empty() {
             frame

@@ -24,7 +24,9 @@ fn required(role: Role) -> &'static [&'static str] {
 
 fn id_type(dt: &DataType) -> Option<DataType> {
     match dt {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => Some(DataType::Int64),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            Some(DataType::Int64)
+        }
         DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => Some(DataType::Int64),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(DataType::Utf8),
         DataType::Dictionary(_, v) => id_type(v),
@@ -45,8 +47,19 @@ pub fn conform_schema(role: Role, schema: &Schema) -> Result<SchemaRef, String> 
             problems.push(format!(
                 "missing column `{col}` (a `{}` table needs {}; the query returned {})",
                 role.as_str(),
-                required(role).iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
-                if have.is_empty() { "no columns".to_string() } else { have.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ") }
+                required(role)
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if have.is_empty() {
+                    "no columns".to_string()
+                } else {
+                    have.iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ));
         }
     }
@@ -66,7 +79,10 @@ pub fn conform_schema(role: Role, schema: &Schema) -> Result<SchemaRef, String> 
             }
         } else if role == Role::Interactions && name == "value" {
             if !f.data_type().is_numeric() {
-                problems.push(format!("column `value` is {}; it must be numeric", f.data_type()));
+                problems.push(format!(
+                    "column `value` is {}; it must be numeric",
+                    f.data_type()
+                ));
                 continue;
             }
             DataType::Float32
@@ -85,7 +101,8 @@ pub fn conform_schema(role: Role, schema: &Schema) -> Result<SchemaRef, String> 
         } else {
             f.data_type().clone()
         };
-        let nullable = !is_id_column(role, name) && !(role == Role::Interactions && name == "value");
+        let nullable =
+            !(is_id_column(role, name) || (role == Role::Interactions && name == "value"));
         fields.push(Field::new(name, dt, nullable));
     }
     if role == Role::Interactions && schema.field_with_name("value").is_err() {
@@ -110,8 +127,12 @@ pub fn conform_batch(
     for field in target.fields() {
         let name = field.name().as_str();
         let column = match batch.column_by_name(name) {
-            Some(c) => cast(c, field.data_type())
-                .map_err(|e| format!("column `{name}` cannot be read as {}: {e}", field.data_type()))?,
+            Some(c) => cast(c, field.data_type()).map_err(|e| {
+                format!(
+                    "column `{name}` cannot be read as {}: {e}",
+                    field.data_type()
+                )
+            })?,
             // Only `value` may be absent; it defaults to 1.
             None => Arc::new(Float32Array::from(vec![1.0f32; batch.num_rows()])) as ArrayRef,
         };
@@ -152,20 +173,32 @@ mod tests {
     #[test]
     fn interactions_are_cast_and_value_defaults_to_one() {
         let b = batch(vec![
-            ("user_id", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
-            ("item_id", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+            (
+                "user_id",
+                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
+            ),
+            (
+                "item_id",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
         ]);
         let target = conform_schema(Role::Interactions, &b.schema()).unwrap();
         let out = conform_batch(Role::Interactions, &b, &target, 0).unwrap();
         assert_eq!(out.schema().field(0).data_type(), &DataType::Int64);
         assert_eq!(out.schema().field(1).data_type(), &DataType::Utf8);
         let v = out.column_by_name("value").unwrap();
-        assert_eq!(v.as_any().downcast_ref::<Float32Array>().unwrap().values(), &[1.0, 1.0]);
+        assert_eq!(
+            v.as_any().downcast_ref::<Float32Array>().unwrap().values(),
+            &[1.0, 1.0]
+        );
     }
 
     #[test]
     fn missing_column_is_named() {
-        let b = batch(vec![("user", Arc::new(Int32Array::from(vec![1])) as ArrayRef)]);
+        let b = batch(vec![(
+            "user",
+            Arc::new(Int32Array::from(vec![1])) as ArrayRef,
+        )]);
         let e = conform_schema(Role::Interactions, &b.schema()).unwrap_err();
         assert!(e.contains("missing column `user_id`"), "{e}");
         assert!(e.contains("the query returned `user`"), "{e}");
@@ -174,15 +207,30 @@ mod tests {
     #[test]
     fn nan_and_null_are_rejected_with_row() {
         let b = batch(vec![
-            ("user_id", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
-            ("item_id", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
-            ("value", Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as ArrayRef),
+            (
+                "user_id",
+                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
+            ),
+            (
+                "item_id",
+                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
+            ),
+            (
+                "value",
+                Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as ArrayRef,
+            ),
         ]);
         let target = conform_schema(Role::Interactions, &b.schema()).unwrap();
         let e = conform_batch(Role::Interactions, &b, &target, 10).unwrap_err();
-        assert_eq!(e, "column `value` is NaN at row 12; values must be finite numbers");
+        assert_eq!(
+            e,
+            "column `value` is NaN at row 12; values must be finite numbers"
+        );
 
-        let b = batch(vec![("item_id", Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef)]);
+        let b = batch(vec![(
+            "item_id",
+            Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef,
+        )]);
         let target = conform_schema(Role::Filter, &b.schema()).unwrap();
         let e = conform_batch(Role::Filter, &b, &target, 0).unwrap_err();
         assert!(e.starts_with("column `item_id` is null at row 2"), "{e}");

@@ -23,13 +23,25 @@ pub struct ExtractJob {
     pub allow_empty: bool,
 }
 
-pub async fn run(job: ExtractJob, output: PathBuf, cx: &StepContext) -> Result<StepOutput, StepError> {
+pub async fn run(
+    job: ExtractJob,
+    output: PathBuf,
+    cx: &StepContext,
+) -> Result<StepOutput, StepError> {
     let sql = tokio::fs::read_to_string(&job.sql_path)
         .await
-        .map_err(|e| StepError::Data(format!("cannot read SQL file {}: {e}", job.sql_path.display())))?;
+        .map_err(|e| {
+            StepError::Data(format!(
+                "cannot read SQL file {}: {e}",
+                job.sql_path.display()
+            ))
+        })?;
     let mut params = BTreeMap::from([
         ("run_id".to_string(), ParamValue::Text(cx.run_id.clone())),
-        ("logical_date".to_string(), ParamValue::Text(cx.logical_date.to_rfc3339())),
+        (
+            "logical_date".to_string(),
+            ParamValue::Text(cx.logical_date.to_rfc3339()),
+        ),
     ]);
     params.extend(job.params.clone());
     let stop = cx.stop.clone();
@@ -45,7 +57,8 @@ pub async fn run(job: ExtractJob, output: PathBuf, cx: &StepContext) -> Result<S
                 return Err(StepError::Stopped(crate::models::Stopped));
             }
             let batch = batch?;
-            let batch = contract::conform_batch(job.role, &batch, &target, rows).map_err(StepError::Data)?;
+            let batch = contract::conform_batch(job.role, &batch, &target, rows)
+                .map_err(StepError::Data)?;
             rows += batch.num_rows() as u64;
             sink.write(&batch)?;
         }

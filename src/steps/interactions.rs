@@ -59,10 +59,16 @@ impl<'a> IdColumn<'a> {
     pub fn collect_into(&self, ids: &mut Option<Ids>) {
         match (self, ids) {
             (IdColumn::Int(a), Some(Ids::Int(v))) => v.extend(a.values().iter().copied()),
-            (IdColumn::Str(a), Some(Ids::Str(v))) => v.extend(a.iter().map(|s| s.unwrap_or_default().to_string())),
+            (IdColumn::Str(a), Some(Ids::Str(v))) => {
+                v.extend(a.iter().map(|s| s.unwrap_or_default().to_string()))
+            }
             (IdColumn::Int(a), slot @ None) => *slot = Some(Ids::Int(a.values().to_vec())),
             (IdColumn::Str(a), slot @ None) => {
-                *slot = Some(Ids::Str(a.iter().map(|s| s.unwrap_or_default().to_string()).collect()))
+                *slot = Some(Ids::Str(
+                    a.iter()
+                        .map(|s| s.unwrap_or_default().to_string())
+                        .collect(),
+                ))
             }
             // Parquet files have one schema, so the type cannot change between batches.
             _ => {}
@@ -88,12 +94,19 @@ pub fn load(path: &Path) -> Result<Interactions, StepError> {
         IdColumn::of(b, "item_id", path)?.collect_into(&mut item_ids);
     }
     let (Some(user_ids), Some(item_ids)) = (user_ids, item_ids) else {
-        return Err(StepError::Data(format!("{}: no interactions", path.display())));
+        return Err(StepError::Data(format!(
+            "{}: no interactions",
+            path.display()
+        )));
     };
     let users = IdMap::from_ids(user_ids);
     let items = IdMap::from_ids(item_ids);
     let matrix = matrix(path, &batches, &users, &items)?;
-    Ok(Interactions { users, items, matrix })
+    Ok(Interactions {
+        users,
+        items,
+        matrix,
+    })
 }
 
 /// Reads an interactions artifact as a user × item matrix in the dense indices of
@@ -103,7 +116,12 @@ pub fn load_with(path: &Path, users: &IdMap, items: &IdMap) -> Result<Csr, StepE
     matrix(path, &batches, users, items)
 }
 
-fn matrix(path: &Path, batches: &[RecordBatch], users: &IdMap, items: &IdMap) -> Result<Csr, StepError> {
+fn matrix(
+    path: &Path,
+    batches: &[RecordBatch],
+    users: &IdMap,
+    items: &IdMap,
+) -> Result<Csr, StepError> {
     let mut rows = Vec::new();
     let mut cols = Vec::new();
     let mut vals = Vec::new();
@@ -123,11 +141,22 @@ fn matrix(path: &Path, batches: &[RecordBatch], users: &IdMap, items: &IdMap) ->
             }
         }
     }
-    Ok(Csr::from_triplets(users.len(), items.len(), &rows, &cols, &vals))
+    Ok(Csr::from_triplets(
+        users.len(),
+        items.len(),
+        &rows,
+        &cols,
+        &vals,
+    ))
 }
 
 /// Ids of different types never match; say so instead of silently matching nothing.
-pub fn check_type(col: &IdColumn<'_>, map: &IdMap, name: &str, path: &Path) -> Result<(), StepError> {
+pub fn check_type(
+    col: &IdColumn<'_>,
+    map: &IdMap,
+    name: &str,
+    path: &Path,
+) -> Result<(), StepError> {
     let expected = ids_type_name(map);
     if map.is_empty() || col.type_name() == expected {
         Ok(())

@@ -51,7 +51,11 @@ impl Resources {
             .iter()
             .map(|(name, c)| (name.clone(), AnySink::from_config(name, c)))
             .collect();
-        Self { settings, sources, sinks }
+        Self {
+            settings,
+            sources,
+            sinks,
+        }
     }
 }
 
@@ -105,9 +109,10 @@ pub async fn run(
             compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
         }
         StepSpec::Write(w) => {
-            let sink = resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
-                StepError::Data(format!("sink `{}` is not configured", w.sink))
-            })?;
+            let sink =
+                resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
+                    StepError::Data(format!("sink `{}` is not configured", w.sink))
+                })?;
             let input = data(input_of(inputs, ArtifactKind::UserRecs)?);
             let (table, version) = (w.table.clone(), cx.run_id.clone());
             tokio::task::spawn_blocking(move || write::run(&sink, &table, &version, input))
@@ -184,7 +189,10 @@ impl StepError {
             StepError::Source(e) => e.is_retryable(),
             StepError::Sink(e) => e.is_retryable(),
             StepError::Artifact(ArtifactError::Io { .. }) | StepError::Timeout(_) => true,
-            StepError::Artifact(_) | StepError::Data(_) | StepError::Stopped(_) | StepError::Panic(_) => false,
+            StepError::Artifact(_)
+            | StepError::Data(_)
+            | StepError::Stopped(_)
+            | StepError::Panic(_) => false,
         }
     }
 }
@@ -230,7 +238,10 @@ pub fn input_of(inputs: &[Input], kind: ArtifactKind) -> Result<&Input, StepErro
     match (found.next(), found.next()) {
         (Some(i), None) => Ok(i),
         (None, _) => Err(StepError::Data(format!("no `{}` input", kind.as_str()))),
-        (Some(_), Some(_)) => Err(StepError::Data(format!("more than one `{}` input", kind.as_str()))),
+        (Some(_), Some(_)) => Err(StepError::Data(format!(
+            "more than one `{}` input",
+            kind.as_str()
+        ))),
     }
 }
 

@@ -61,7 +61,10 @@ pub fn save_popular(
         .map_err(|e| StepError::Data(e.to_string()))?;
     let items_batch = RecordBatch::try_from_iter([
         ("item_id", ids_array(items.ids())),
-        ("score", Arc::new(Float32Array::from(model.scores.clone())) as ArrayRef),
+        (
+            "score",
+            Arc::new(Float32Array::from(model.scores.clone())) as ArrayRef,
+        ),
     ])
     .map_err(|e| StepError::Data(e.to_string()))?;
     Ok(vec![
@@ -97,7 +100,12 @@ pub fn load(dir: &Path) -> Result<LoadedModel, StepError> {
                 let col = b
                     .column_by_name("score")
                     .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
-                    .ok_or_else(|| StepError::Data(format!("{}: no Float32 column `score`", items_path.display())))?;
+                    .ok_or_else(|| {
+                        StepError::Data(format!(
+                            "{}: no Float32 column `score`",
+                            items_path.display()
+                        ))
+                    })?;
                 scores.extend_from_slice(col.values());
             }
             Box::new(Popular { scores })
@@ -109,7 +117,12 @@ pub fn load(dir: &Path) -> Result<LoadedModel, StepError> {
             )));
         }
     };
-    Ok(LoadedModel { meta, users, items, model })
+    Ok(LoadedModel {
+        meta,
+        users,
+        items,
+        model,
+    })
 }
 
 fn read_ids(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Ids, StepError> {

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
@@ -41,8 +43,15 @@ pub struct RecommendJob {
 pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOutput, StepError> {
     let loaded = model_io::load(&job.model_dir)?;
     let seen = if job.exclude_seen {
-        let path = job.interactions.clone().unwrap_or_else(|| loaded.meta.trained_on.clone());
-        Some(interactions::load_with(&path, &loaded.users, &loaded.items)?)
+        let path = job
+            .interactions
+            .clone()
+            .unwrap_or_else(|| loaded.meta.trained_on.clone());
+        Some(interactions::load_with(
+            &path,
+            &loaded.users,
+            &loaded.items,
+        )?)
     } else {
         None
     };
@@ -52,7 +61,13 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
     let mut provenance = Vec::new();
     for path in &job.filters {
         let before = (denied_items.len(), pair_rows.len());
-        let rows = read_filter(path, &loaded.users, &loaded.items, &mut denied_items, (&mut pair_rows, &mut pair_cols))?;
+        let rows = read_filter(
+            path,
+            &loaded.users,
+            &loaded.items,
+            &mut denied_items,
+            (&mut pair_rows, &mut pair_cols),
+        )?;
         provenance.push(json!({
             "file": path.display().to_string(),
             "rows": rows,
@@ -79,7 +94,8 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
     let users: Vec<u32> = (0..loaded.users.len() as u32).collect();
     let mut rows = 0u64;
     for block in users.chunks(USER_BLOCK) {
-        let lists = topn::recommend_block(loaded.model.as_ref(), block, job.top_n, &exclusions, stop)?;
+        let lists =
+            topn::recommend_block(loaded.model.as_ref(), block, job.top_n, &exclusions, stop)?;
         let batch = to_batch(&schema, block, &lists, &loaded.users, &loaded.items, job)?;
         rows += batch.num_rows() as u64;
         sink.write(&batch)?;
@@ -125,7 +141,9 @@ fn read_filter(
             None => None,
         };
         for row in 0..b.num_rows() {
-            let Some(item) = items.index(item_col.get(row)) else { continue };
+            let Some(item) = items.index(item_col.get(row)) else {
+                continue;
+            };
             match &user_col {
                 Some((c, Some(raw))) if raw.is_valid(row) => {
                     if let Some(user) = users.index(c.get(row)) {
@@ -139,7 +157,6 @@ fn read_filter(
     }
     Ok(rows)
 }
-
 
 fn id_type(map: &IdMap) -> DataType {
     match map.ids() {
@@ -155,14 +172,20 @@ pub fn output_schema(users: &IdMap, items: &IdMap) -> SchemaRef {
         Field::new("rank", DataType::Int32, false),
         Field::new("score", DataType::Float32, false),
         Field::new("run_id", DataType::Utf8, false),
-        Field::new("generated_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "generated_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ]))
 }
 
 fn gather(map: &IdMap, indices: impl Iterator<Item = u32>) -> ArrayRef {
     match map.ids() {
         Ids::Int(v) => Arc::new(Int64Array::from_iter_values(indices.map(|i| v[i as usize]))),
-        Ids::Str(v) => Arc::new(StringArray::from_iter_values(indices.map(|i| v[i as usize].as_str()))),
+        Ids::Str(v) => Arc::new(StringArray::from_iter_values(
+            indices.map(|i| v[i as usize].as_str()),
+        )),
     }
 }
 
@@ -175,7 +198,10 @@ fn to_batch(
     job: &RecommendJob,
 ) -> Result<RecordBatch, StepError> {
     let n: usize = lists.iter().map(Vec::len).sum();
-    let user_idx = users.iter().zip(lists).flat_map(|(&u, l)| std::iter::repeat_n(u, l.len()));
+    let user_idx = users
+        .iter()
+        .zip(lists)
+        .flat_map(|(&u, l)| std::iter::repeat_n(u, l.len()));
     let item_idx = lists.iter().flatten().map(|s| s.item);
     let ranks = lists.iter().flat_map(|l| 1..=l.len() as i32);
     let scores = lists.iter().flatten().map(|s| s.score);
@@ -185,8 +211,14 @@ fn to_batch(
         gather(item_ids, item_idx),
         Arc::new(Int32Array::from_iter_values(ranks)),
         Arc::new(Float32Array::from_iter_values(scores)),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(job.run_id.as_str(), n))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ts, n)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            job.run_id.as_str(),
+            n,
+        ))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ts, n))
+                .with_timezone("UTC"),
+        ),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| StepError::Data(e.to_string()))
 }

@@ -14,9 +14,13 @@ use crate::models::popular::Popular;
 pub fn run(spec: &TrainSpec, input: &Path, out_dir: &Path) -> Result<StepOutput, StepError> {
     let data = interactions::load(input)?;
     if data.matrix.nnz() == 0 {
-        return Err(StepError::Data(format!("{}: no interactions to train on", input.display())));
+        return Err(StepError::Data(format!(
+            "{}: no interactions to train on",
+            input.display()
+        )));
     }
-    let trained_on: PathBuf = std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
+    let trained_on: PathBuf =
+        std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
     let meta = |model: &str, params: serde_json::Value| ModelMeta {
         model: model.to_string(),
         params,

@@ -9,7 +9,12 @@ use super::{StepError, StepOutput};
 use crate::sinks::AnySink;
 
 /// Blocking file or network I/O: call through `spawn_blocking`.
-pub fn run(sink: &AnySink, table: &str, version: &str, input: PathBuf) -> Result<StepOutput, StepError> {
+pub fn run(
+    sink: &AnySink,
+    table: &str,
+    version: &str,
+    input: PathBuf,
+) -> Result<StepOutput, StepError> {
     sink.healthcheck()?;
     let published = sink.publish(table, version, &input)?;
     Ok(StepOutput {

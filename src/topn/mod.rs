@@ -59,7 +59,10 @@ pub fn top_k(scores: &[f32], k: usize, order: &mut Vec<u32>) -> Vec<Scored> {
     order.sort_unstable_by(better);
     order
         .iter()
-        .map(|&i| Scored { item: i, score: scores[i as usize] })
+        .map(|&i| Scored {
+            item: i,
+            score: scores[i as usize],
+        })
         .collect()
 }
 

@@ -34,7 +34,8 @@ pub fn project() -> tempfile::TempDir {
 pub fn recpipe(project: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recpipe"));
     cmd.arg("--project-dir").arg(project).args(args);
-    cmd.env_remove("RECPIPE_FAILPOINTS").env_remove("RECPIPE_ENV");
+    cmd.env_remove("RECPIPE_FAILPOINTS")
+        .env_remove("RECPIPE_ENV");
     for (k, v) in env {
         cmd.env(k, v);
     }

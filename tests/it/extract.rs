@@ -3,14 +3,27 @@
 
 use crate::common::{project, recpipe, text};
 
-fn extract(project: &std::path::Path, sql: &str, role: &str, extra: &[&str]) -> std::process::Output {
+fn extract(
+    project: &std::path::Path,
+    sql: &str,
+    role: &str,
+    extra: &[&str],
+) -> std::process::Output {
     std::fs::write(project.join("q.sql"), sql).unwrap();
     let items = project.join("data/example/items.parquet");
     let table = format!("items={}", items.display());
     let q = project.join("q.sql");
     let out = project.join("out.parquet");
     let mut args = vec![
-        "step", "extract", "--table", &table, "--sql", q.to_str().unwrap(), "--role", role, "--output",
+        "step",
+        "extract",
+        "--table",
+        &table,
+        "--sql",
+        q.to_str().unwrap(),
+        "--role",
+        role,
+        "--output",
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
@@ -48,7 +61,11 @@ fn empty_interactions_are_an_error() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the query returned no rows"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the query returned no rows"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -62,7 +79,11 @@ fn nan_values_are_rejected_with_their_row() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("column `value` is NaN at row 3"), "{}", text(&out));
+    assert!(
+        stderr.contains("column `value` is NaN at row 3"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -70,5 +91,9 @@ fn bad_sql_names_the_file() {
     let dir = project();
     let out = extract(dir.path(), "SELEC item_id FROM items", "filter", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("q.sql"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("q.sql"),
+        "{}",
+        text(&out)
+    );
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 use arrow::array::{Array, Float32Array, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use recpipe::artifact::read_parquet;
-use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
 use recpipe::pipeline::rundir::StepManifest;
+use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
 
 use crate::common::{project, recpipe, text};
 
@@ -18,21 +18,38 @@ fn published(project: &Path) -> std::path::PathBuf {
 }
 
 fn current(project: &Path) -> String {
-    std::fs::read_to_string(published(project).join("CURRENT")).unwrap().trim().to_string()
+    std::fs::read_to_string(published(project).join("CURRENT"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn record(project: &Path, run_id: &str) -> RunRecord {
-    let path = project.join("state/runs/example").join(run_id).join("run.json");
+    let path = project
+        .join("state/runs/example")
+        .join(run_id)
+        .join("run.json");
     recpipe::artifact::read_json(&path).unwrap()
 }
 
 fn manifest(project: &Path, run_id: &str, step: &str) -> StepManifest {
-    let path = project.join("state/runs/example").join(run_id).join(step).join("manifest.json");
+    let path = project
+        .join("state/runs/example")
+        .join(run_id)
+        .join(step)
+        .join("manifest.json");
     recpipe::artifact::read_json(&path).unwrap()
 }
 
 fn i64s(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
-    batch.column_by_name(name).unwrap().as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
 }
 
 #[test]
@@ -43,9 +60,13 @@ fn example_pipeline_publishes_a_contract_list() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("published `publish`"), "{}", text(&out));
 
-    let (schema, batches) = read_parquet(&published(dir.path()).join("current/data.parquet")).unwrap();
-    let types: Vec<(String, DataType)> =
-        schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
+    let (schema, batches) =
+        read_parquet(&published(dir.path()).join("current/data.parquet")).unwrap();
+    let types: Vec<(String, DataType)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
     assert_eq!(
         types,
         vec![
@@ -54,7 +75,10 @@ fn example_pipeline_publishes_a_contract_list() {
             ("rank".into(), DataType::Int32),
             ("score".into(), DataType::Float32),
             ("run_id".into(), DataType::Utf8),
-            ("generated_at".into(), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            (
+                "generated_at".into(),
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            ),
         ]
     );
 
@@ -67,7 +91,12 @@ fn example_pipeline_publishes_a_contract_list() {
     let (_, items) = read_parquet(&dir.path().join("data/example/items.parquet")).unwrap();
     let mut closed = HashSet::new();
     for b in &items {
-        let status = b.column_by_name("status").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let status = b
+            .column_by_name("status")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         for (i, id) in i64s(b, "item_id").into_iter().enumerate() {
             if status.value(i) == "closed" {
                 closed.insert(id);
@@ -81,14 +110,41 @@ fn example_pipeline_publishes_a_contract_list() {
     for b in &batches {
         let users = i64s(b, "user_id");
         let items = i64s(b, "item_id");
-        let ranks = b.column_by_name("rank").unwrap().as_any().downcast_ref::<Int32Array>().unwrap();
-        let scores = b.column_by_name("score").unwrap().as_any().downcast_ref::<Float32Array>().unwrap();
-        let run_ids = b.column_by_name("run_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let ranks = b
+            .column_by_name("rank")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .unwrap();
+        let scores = b
+            .column_by_name("score")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .unwrap();
+        let run_ids = b
+            .column_by_name("run_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         for i in 0..b.num_rows() {
-            assert!(!seen.contains(&(users[i], items[i])), "seen item {} recommended to {}", items[i], users[i]);
-            assert!(!closed.contains(&items[i]), "closed item {} recommended", items[i]);
+            assert!(
+                !seen.contains(&(users[i], items[i])),
+                "seen item {} recommended to {}",
+                items[i],
+                users[i]
+            );
+            assert!(
+                !closed.contains(&items[i]),
+                "closed item {} recommended",
+                items[i]
+            );
             assert_eq!(run_ids.value(i), "r1");
-            lists.entry(users[i]).or_default().push((ranks.value(i), scores.value(i)));
+            lists
+                .entry(users[i])
+                .or_default()
+                .push((ranks.value(i), scores.value(i)));
             rows += 1;
         }
     }
@@ -97,7 +153,10 @@ fn example_pipeline_publishes_a_contract_list() {
     for (user, list) in &lists {
         let ranks: Vec<i32> = list.iter().map(|r| r.0).collect();
         assert_eq!(ranks, (1..=10).collect::<Vec<_>>(), "user {user}");
-        assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "scores fall with rank for user {user}");
+        assert!(
+            list.windows(2).all(|w| w[0].1 >= w[1].1),
+            "scores fall with rank for user {user}"
+        );
     }
     assert_eq!(rows, users.len() * 10);
     assert_eq!(current(dir.path()), "r1");
@@ -112,11 +171,22 @@ fn failed_publish_keeps_previous_list_and_rerun_resumes() {
     let before = std::fs::read(published(p).join("current/data.parquet")).unwrap();
 
     // r2 dies between staging and the swap.
-    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[("RECPIPE_FAILPOINTS", "parquet.before_swap")]);
+    let out = recpipe(
+        p,
+        &["run", "example", "--run-id", "r2"],
+        &[("RECPIPE_FAILPOINTS", "parquet.before_swap")],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("parquet.before_swap"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("parquet.before_swap"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(current(p), "r1");
-    assert_eq!(std::fs::read(published(p).join("current/data.parquet")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(published(p).join("current/data.parquet")).unwrap(),
+        before
+    );
     let r2 = record(p, "r2");
     assert_eq!(r2.status, RunStatus::Failed);
     let publish = r2.steps.iter().find(|s| s.id == "publish").unwrap();
@@ -131,20 +201,32 @@ fn failed_publish_keeps_previous_list_and_rerun_resumes() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r2 = record(p, "r2");
     for s in &r2.steps {
-        let expected = if s.id == "publish" { StepStatus::Succeeded } else { StepStatus::Reused };
+        let expected = if s.id == "publish" {
+            StepStatus::Succeeded
+        } else {
+            StepStatus::Reused
+        };
         assert_eq!(s.status, expected, "{}", s.id);
     }
     let finished_after: Vec<_> = ["interactions", "closed_items", "popular", "user_recs"]
         .iter()
         .map(|s| manifest(p, "r2", s).finished_at)
         .collect();
-    assert_eq!(finished_before, finished_after, "finished steps were not redone");
+    assert_eq!(
+        finished_before, finished_after,
+        "finished steps were not redone"
+    );
     assert_eq!(current(p), "r2");
 
     // Once more: nothing left to do, and the published list stays r2.
     let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(record(p, "r2").steps.iter().all(|s| s.status == StepStatus::Reused));
+    assert!(
+        record(p, "r2")
+            .steps
+            .iter()
+            .all(|s| s.status == StepStatus::Reused)
+    );
     assert_eq!(current(p), "r2");
 }
 
@@ -170,16 +252,27 @@ fn a_failed_step_skips_its_dependents() {
     let dir = project();
     let p = dir.path();
     // The interactions query now returns a table without `user_id`.
-    std::fs::write(p.join("sql/example_interactions.sql"), "SELECT item_id FROM interactions WHERE value >= $min_value").unwrap();
+    std::fs::write(
+        p.join("sql/example_interactions.sql"),
+        "SELECT item_id FROM interactions WHERE value >= $min_value",
+    )
+    .unwrap();
     let out = recpipe(p, &["run", "example", "--run-id", "bad"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("missing column `user_id`"), "{}", text(&out));
+    assert!(
+        stderr.contains("missing column `user_id`"),
+        "{}",
+        text(&out)
+    );
     let r = record(p, "bad");
     let status = |id: &str| r.steps.iter().find(|s| s.id == id).unwrap().status;
     assert_eq!(status("interactions"), StepStatus::Failed);
     assert_eq!(status("popular"), StepStatus::Skipped);
     assert_eq!(status("user_recs"), StepStatus::Skipped);
     assert_eq!(status("publish"), StepStatus::Skipped);
-    assert!(std::fs::metadata(published(p)).is_err(), "nothing was published");
+    assert!(
+        std::fs::metadata(published(p)).is_err(),
+        "nothing was published"
+    );
 }

@@ -64,14 +64,24 @@ fn every_shipped_pipeline_validates() {
 
 #[test]
 fn validate_command_exits_2_with_every_error() {
-    let out = recpipe(&repo(), &["validate", "tests/it/fixtures/invalid/many_errors.toml"], &[]);
+    let out = recpipe(
+        &repo(),
+        &["validate", "tests/it/fixtures/invalid/many_errors.toml"],
+        &[],
+    );
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Every problem, each with file:line:col, in one run.
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("many_errors.toml:")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("many_errors.toml:"))
+        .collect();
     assert!(lines.len() >= 8, "{all}");
-    assert!(stderr.contains("(did you mean `extract`?)") || stderr.contains("did you mean"), "{all}");
+    assert!(
+        stderr.contains("(did you mean `extract`?)") || stderr.contains("did you mean"),
+        "{all}"
+    );
 }
 
 #[test]
