@@ -104,6 +104,9 @@ impl Sink for ParquetSink {
     }
 
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
+        if failpoint::armed("parquet.write_staging") {
+            return Err(self.err("staging", "failure point `parquet.write_staging` armed"));
+        }
         let versions_dir = self.table_dir(table).join("versions");
         let final_dir = versions_dir.join(version);
         let rows = parquet_rows(input).map_err(|e| self.err("cannot read input", e))?;

@@ -276,3 +276,160 @@ fn a_failed_step_skips_its_dependents() {
         "nothing was published"
     );
 }
+
+#[test]
+fn retryable_errors_are_retried_then_fail_the_run() {
+    let dir = project();
+    let p = dir.path();
+    let env = [
+        ("RECPIPE_FAILPOINTS", "parquet.write_staging"),
+        ("RECPIPE__RUNTIME__RETRY_BASE_DELAY", "10ms"),
+    ];
+    let out = recpipe(p, &["run", "example", "--run-id", "flaky"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let r = record(p, "flaky");
+    let publish = r.steps.iter().find(|s| s.id == "publish").unwrap();
+    // `retries = 3` in the example: one attempt and three retries.
+    assert_eq!((publish.status, publish.attempts), (StepStatus::Failed, 4));
+    assert!(
+        publish
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("parquet.write_staging")
+    );
+
+    // A failure that cannot be cured by retrying is not retried.
+    let out = recpipe(
+        p,
+        &["run", "example", "--run-id", "swap"],
+        &[("RECPIPE_FAILPOINTS", "parquet.before_swap")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let publish = record(p, "swap")
+        .steps
+        .into_iter()
+        .find(|s| s.id == "publish")
+        .unwrap();
+    assert_eq!(publish.attempts, 1);
+}
+
+#[test]
+fn state_dir_follows_the_environment() {
+    let dir = project();
+    let elsewhere = dir.path().join("elsewhere");
+    let out = recpipe(
+        dir.path(),
+        &["run", "example", "--run-id", "env"],
+        &[("RECPIPE__STATE_DIR", elsewhere.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(std::fs::metadata(elsewhere.join("runs/example/env/run.json")).is_ok());
+    assert!(std::fs::metadata(dir.path().join("state/runs")).is_err());
+}
+
+#[test]
+fn plan_lists_steps_in_run_order() {
+    let dir = project();
+    let out = recpipe(dir.path(), &["plan", "example"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let order: Vec<&str> = [
+        "closed_items [extract]",
+        "interactions [extract]",
+        "popular [train]",
+        "user_recs [recommend]",
+        "publish [write]",
+    ]
+    .into_iter()
+    .collect();
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|s| {
+            stdout
+                .find(s)
+                .unwrap_or_else(|| panic!("{s} missing:\n{stdout}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{stdout}");
+    assert!(
+        stdout.contains("reads:  popular (model), closed_items (filter)"),
+        "{stdout}"
+    );
+}
+
+/// The step commands run the same code as the pipeline: chaining them by hand on
+/// the pipeline's own extracts gives the same list.
+#[test]
+fn step_commands_reproduce_the_pipeline() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = p.join("state/runs/example/r1");
+    let s = |x: &Path| x.to_str().unwrap().to_string();
+    let model = p.join("cli-model");
+    let recs = p.join("cli-recs.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            &s(&run.join("interactions/data.parquet")),
+            "--model",
+            "popular",
+            "--output",
+            &s(&model),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "recommend",
+            "--model",
+            &s(&model),
+            "--filter",
+            &s(&run.join("closed_items/data.parquet")),
+            "--top-n",
+            "10",
+            "--run-id",
+            "r1",
+            "--output",
+            &s(&recs),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let strip = |path: &Path| {
+        let (_, batches) = read_parquet(path).unwrap();
+        batches
+            .iter()
+            .map(|b| b.project(&[0, 1, 2, 3]).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&recs), strip(&run.join("user_recs/data.parquet")));
+
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "write",
+            "--input",
+            &s(&recs),
+            "--sink",
+            "local_lists",
+            "--table",
+            "by_hand",
+            "--version",
+            "v1",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let current = std::fs::read_to_string(p.join("state/published/by_hand/CURRENT")).unwrap();
+    assert_eq!(current.trim(), "v1");
+}
