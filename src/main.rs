@@ -82,6 +82,8 @@ enum StepCommand {
     Train(TrainArgs),
     /// Top-N items per user from a model, seen items and filters removed.
     Recommend(RecommendArgs),
+    /// Top-N similar items per item from a factor model, filtered items removed.
+    SimilarItems(RecommendArgs),
     /// Publish a list file to a configured sink, atomically.
     Write(WriteArgs),
 }
@@ -112,7 +114,7 @@ struct TrainArgs {
     /// An interactions Parquet file.
     #[arg(long)]
     input: PathBuf,
-    /// The model: `popular`.
+    /// The model: `popular` or `als`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
@@ -136,7 +138,10 @@ struct RecommendArgs {
     filter: Vec<PathBuf>,
     #[arg(long, default_value_t = 10)]
     top_n: usize,
-    /// Keep items the user already interacted with.
+    /// Leave out items scoring below this.
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Keep items the user already interacted with (`recommend` only).
     #[arg(long)]
     keep_seen: bool,
     #[arg(long, default_value = "cli")]
@@ -326,7 +331,8 @@ fn plan(settings: &Settings, p: &Pipeline) {
                 e.source,
                 e.role.as_str()
             ),
-            StepSpec::Train(TrainSpec::Popular(_)) => "model popular".to_string(),
+            StepSpec::Train(t) => format!("model {}", t.model()),
+            StepSpec::SimilarItems(r) => format!("top {} similar items per item", r.top_n),
             StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
             StepSpec::Write(w) => format!("to sink `{}` table `{}`", w.sink, w.table),
         };
@@ -551,26 +557,27 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
-            steps::compute(&pool, move || steps::train::run(&spec, &input, &out))
-                .await
-                .context("train")?
+            steps::compute(&pool, move || {
+                steps::train::run(&spec, &input, &out, &StopFlag::default())
+            })
+            .await
+            .context("train")?
         }
         StepCommand::Recommend(a) => {
-            let job = steps::recommend::RecommendJob {
-                model_dir: a.model,
-                interactions: a.interactions,
-                filters: a.filter,
-                top_n: a.top_n,
-                exclude_seen: !a.keep_seen,
-                run_id: a.run_id,
-                generated_at: Utc::now(),
-            };
-            let out = a.output;
+            let (job, out) = list_job(a);
             steps::compute(&pool, move || {
                 steps::recommend::run(&job, &out, &StopFlag::default())
             })
             .await
             .context("recommend")?
+        }
+        StepCommand::SimilarItems(a) => {
+            let (job, out) = list_job(a);
+            steps::compute(&pool, move || {
+                steps::recommend::similar(&job, &out, &StopFlag::default())
+            })
+            .await
+            .context("similar-items")?
         }
         StepCommand::Write(a) => {
             let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
@@ -603,6 +610,20 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;
     println!("{summary}");
     Ok(())
+}
+
+fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {
+    let job = steps::recommend::RecommendJob {
+        model_dir: a.model,
+        interactions: a.interactions,
+        filters: a.filter,
+        top_n: a.top_n,
+        exclude_seen: !a.keep_seen,
+        min_score: a.min_score,
+        run_id: a.run_id,
+        generated_at: Utc::now(),
+    };
+    (job, a.output)
 }
 
 fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {

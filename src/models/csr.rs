@@ -74,6 +74,36 @@ impl Csr {
         }
     }
 
+    /// The `n_cols × n_rows` transpose (rows stay sorted).
+    pub fn transpose(&self) -> Csr {
+        let mut counts = vec![0usize; self.n_cols + 1];
+        for &c in &self.indices {
+            counts[c as usize + 1] += 1;
+        }
+        for i in 0..self.n_cols {
+            counts[i + 1] += counts[i];
+        }
+        let mut next = counts.clone();
+        let mut indices = vec![0u32; self.nnz()];
+        let mut data = vec![0f32; self.nnz()];
+        for r in 0..self.n_rows {
+            let (idx, val) = self.row(r);
+            for (&c, &v) in idx.iter().zip(val) {
+                let slot = &mut next[c as usize];
+                indices[*slot] = r as u32;
+                data[*slot] = v;
+                *slot += 1;
+            }
+        }
+        Csr {
+            n_rows: self.n_cols,
+            n_cols: self.n_rows,
+            indptr: counts,
+            indices,
+            data,
+        }
+    }
+
     pub fn nnz(&self) -> usize {
         self.indices.len()
     }
@@ -96,6 +126,14 @@ mod tests {
         assert_eq!(m.indptr, vec![0, 1, 3]);
         assert_eq!(m.row(0), (&[1u32][..], &[2.0f32][..]));
         assert_eq!(m.row(1), (&[0u32, 2][..], &[3.0f32, 5.0][..]));
+    }
+
+    #[test]
+    fn transpose_twice_is_identity() {
+        let m = Csr::from_triplets(3, 4, &[0, 2, 2, 1], &[3, 0, 3, 1], &[1.0, 2.0, 3.0, 4.0]);
+        let t = m.transpose();
+        assert_eq!(t.row(3), (&[0u32, 2][..], &[1.0f32, 3.0][..]));
+        assert_eq!(t.transpose(), m);
     }
 
     proptest! {

@@ -3,9 +3,13 @@
 //! Nothing here touches files, tokio or config. Long loops check a [`StopFlag`] so
 //! a cancelled or timed-out run stops within one iteration.
 
+pub mod als;
 pub mod csr;
+pub mod dense;
+pub mod eval;
 pub mod ids;
 pub mod popular;
+pub mod similarity;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,13 +52,14 @@ impl StopFlag {
 #[error("stopped: the run was cancelled or timed out")]
 pub struct Stopped;
 
-/// A fitted model that scores every item for a user.
+/// Scores every item for a block of query rows: users for a recommender, items
+/// for a similarity.
 pub trait Recommender: Sync {
     fn n_items(&self) -> usize;
 
-    /// Writes the score of every item for dense user `user` into `out`
-    /// (`out.len() == n_items()`); higher is better.
-    fn score_user(&self, user: u32, out: &mut [f32]);
+    /// Writes the score of every item for each of `rows` into `out`, row-major
+    /// (`out.len() == rows.len() * n_items()`); higher is better.
+    fn score_block(&self, rows: &[u32], out: &mut [f32]);
 }
 
 #[cfg(test)]

@@ -85,41 +85,64 @@ pub async fn run(
         }
         StepSpec::Train(t) => {
             let input = data(input_of(inputs, ArtifactKind::Interactions)?);
-            let (t, out) = (t.clone(), out_dir.to_path_buf());
-            compute(&cx.pool, move || train::run(&t, &input, &out)).await
+            let (t, out, stop) = (t.clone(), out_dir.to_path_buf(), cx.stop.clone());
+            compute(&cx.pool, move || train::run(&t, &input, &out, &stop)).await
         }
         StepSpec::Recommend(r) => {
-            let job = recommend::RecommendJob {
-                model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
-                interactions: inputs
-                    .iter()
-                    .find(|i| i.kind == ArtifactKind::Interactions)
-                    .map(data),
-                filters: inputs
-                    .iter()
-                    .filter(|i| i.kind == ArtifactKind::Filter)
-                    .map(data)
-                    .collect(),
-                top_n: r.top_n,
-                exclude_seen: r.exclude_seen,
-                run_id: cx.run_id.clone(),
-                generated_at: Utc::now(),
-            };
+            let mut job = list_job(inputs, cx, r.top_n, r.min_score)?;
+            job.exclude_seen = r.exclude_seen;
+            job.interactions = inputs
+                .iter()
+                .find(|i| i.kind == ArtifactKind::Interactions)
+                .map(data);
             let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
             compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
+        }
+        StepSpec::SimilarItems(r) => {
+            let job = list_job(inputs, cx, r.top_n, r.min_score)?;
+            let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
+            compute(&cx.pool, move || recommend::similar(&job, &out, &stop)).await
         }
         StepSpec::Write(w) => {
             let sink =
                 resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
                     StepError::Data(format!("sink `{}` is not configured", w.sink))
                 })?;
-            let input = data(input_of(inputs, ArtifactKind::UserRecs)?);
+            // Validation guarantees exactly one list among the inputs.
+            let list = inputs
+                .iter()
+                .find(|i| matches!(i.kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
+                .ok_or_else(|| StepError::Data("no list to write".into()))?;
+            let input = data(list);
             let (table, version) = (w.table.clone(), cx.run_id.clone());
             tokio::task::spawn_blocking(move || write::run(&sink, &table, &version, input))
                 .await
                 .map_err(|e| StepError::Panic(e.to_string()))?
         }
     }
+}
+
+/// The model and filters a list step reads from its inputs.
+fn list_job(
+    inputs: &[Input],
+    cx: &StepContext,
+    top_n: usize,
+    min_score: Option<f32>,
+) -> Result<recommend::RecommendJob, StepError> {
+    Ok(recommend::RecommendJob {
+        model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
+        interactions: None,
+        filters: inputs
+            .iter()
+            .filter(|i| i.kind == ArtifactKind::Filter)
+            .map(|i| i.dir.join(DATA_FILE))
+            .collect(),
+        top_n,
+        exclude_seen: false,
+        min_score,
+        run_id: cx.run_id.clone(),
+        generated_at: Utc::now(),
+    })
 }
 
 /// A fingerprint of what a step does: its definition, its needs and, for extracts,

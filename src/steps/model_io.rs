@@ -1,6 +1,8 @@
 //! The model artifact: `model.json` (kind, parameters, sizes, training input),
-//! `users.parquet` (`user_id` in dense-index order) and `items.parquet` (`item_id`
-//! in dense-index order plus the model's per-item columns).
+//! `users.parquet` (`user_id` in dense-index order, plus `factors` for factor
+//! models) and `items.parquet` (`item_id` in dense-index order plus the model's
+//! per-item column: `score` for popularity, `factors` for ALS). Factors are a
+//! `FixedSizeList<Float32>` column of length `factors`.
 //!
 //! The id maps travel with the model, so scoring never re-derives indices from
 //! data that may have changed since training.
@@ -8,15 +10,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Array, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::StepError;
 use super::interactions::IdColumn;
 use crate::artifact::{self, FileEntry};
+use crate::models::als::AlsModel;
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
+use crate::models::similarity::CosineSimilarity;
 use crate::models::{IdMap, Recommender};
 
 pub const META_FILE: &str = "model.json";
@@ -32,6 +37,32 @@ pub struct ModelMeta {
     pub nnz: usize,
     /// The interactions artifact the model was fitted on; also the "seen" items.
     pub trained_on: PathBuf,
+    /// Training facts: loss per iteration …
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+/// A fitted model of any kind.
+pub enum Fitted {
+    Popular(Popular),
+    Als(AlsModel),
+}
+
+impl Fitted {
+    pub fn recommender(&self) -> &(dyn Recommender + Send) {
+        match self {
+            Fitted::Popular(m) => m,
+            Fitted::Als(m) => m,
+        }
+    }
+
+    /// Item→item similarity, for models that have item vectors.
+    pub fn similarity(&self) -> Option<CosineSimilarity> {
+        match self {
+            Fitted::Popular(_) => None,
+            Fitted::Als(m) => Some(CosineSimilarity::new(&m.item_factors, m.factors)),
+        }
+    }
 }
 
 /// A model read back from its artifact.
@@ -39,7 +70,7 @@ pub struct LoadedModel {
     pub meta: ModelMeta,
     pub users: IdMap,
     pub items: IdMap,
-    pub model: Box<dyn Recommender + Send>,
+    pub fitted: Fitted,
 }
 
 pub fn ids_array(ids: &Ids) -> ArrayRef {
@@ -49,24 +80,52 @@ pub fn ids_array(ids: &Ids) -> ArrayRef {
     }
 }
 
-/// Writes a popularity model.
-pub fn save_popular(
+fn factors_array(values: &[f32], k: usize) -> Result<ArrayRef, StepError> {
+    let field = Arc::new(Field::new("item", DataType::Float32, false));
+    FixedSizeListArray::try_new(
+        field,
+        k as i32,
+        Arc::new(Float32Array::from(values.to_vec())),
+        None,
+    )
+    .map(|a| Arc::new(a) as ArrayRef)
+    .map_err(|e| StepError::Data(e.to_string()))
+}
+
+fn table(id_name: &str, ids: &IdMap, column: (&str, ArrayRef)) -> Result<RecordBatch, StepError> {
+    RecordBatch::try_from_iter([(id_name, ids_array(ids.ids())), column])
+        .map_err(|e| StepError::Data(e.to_string()))
+}
+
+/// Writes a fitted model and its id maps.
+pub fn save(
     dir: &Path,
     meta: &ModelMeta,
     users: &IdMap,
     items: &IdMap,
-    model: &Popular,
+    fitted: &Fitted,
 ) -> Result<Vec<FileEntry>, StepError> {
-    let users_batch = RecordBatch::try_from_iter([("user_id", ids_array(users.ids()))])
-        .map_err(|e| StepError::Data(e.to_string()))?;
-    let items_batch = RecordBatch::try_from_iter([
-        ("item_id", ids_array(items.ids())),
-        (
-            "score",
-            Arc::new(Float32Array::from(model.scores.clone())) as ArrayRef,
-        ),
-    ])
-    .map_err(|e| StepError::Data(e.to_string()))?;
+    let users_batch = match fitted {
+        Fitted::Popular(_) => RecordBatch::try_from_iter([("user_id", ids_array(users.ids()))])
+            .map_err(|e| StepError::Data(e.to_string()))?,
+        Fitted::Als(m) => table(
+            "user_id",
+            users,
+            ("factors", factors_array(&m.user_factors, m.factors)?),
+        )?,
+    };
+    let items_batch = match fitted {
+        Fitted::Popular(m) => table(
+            "item_id",
+            items,
+            ("score", Arc::new(Float32Array::from(m.scores.clone()))),
+        )?,
+        Fitted::Als(m) => table(
+            "item_id",
+            items,
+            ("factors", factors_array(&m.item_factors, m.factors)?),
+        )?,
+    };
     Ok(vec![
         artifact::write_parquet(&dir.join(USERS_FILE), users_batch.schema(), &[users_batch])?,
         artifact::write_parquet(&dir.join(ITEMS_FILE), items_batch.schema(), &[items_batch])?,
@@ -93,22 +152,24 @@ pub fn load(dir: &Path) -> Result<LoadedModel, StepError> {
             items.len()
         )));
     }
-    let model: Box<dyn Recommender + Send> = match meta.model.as_str() {
-        "popular" => {
-            let mut scores = Vec::with_capacity(items.len());
-            for b in &item_batches {
-                let col = b
-                    .column_by_name("score")
-                    .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
-                    .ok_or_else(|| {
-                        StepError::Data(format!(
-                            "{}: no Float32 column `score`",
-                            items_path.display()
-                        ))
-                    })?;
-                scores.extend_from_slice(col.values());
+    let fitted = match meta.model.as_str() {
+        "popular" => Fitted::Popular(Popular {
+            scores: floats(&item_batches, "score", &items_path)?,
+        }),
+        "als" => {
+            let (user_factors, k) = factors(&user_batches, &users_path)?;
+            let (item_factors, k_items) = factors(&item_batches, &items_path)?;
+            if k != k_items {
+                return Err(StepError::Data(format!(
+                    "{}: users have {k} factors, items {k_items}",
+                    dir.display()
+                )));
             }
-            Box::new(Popular { scores })
+            Fitted::Als(AlsModel {
+                factors: k,
+                user_factors,
+                item_factors,
+            })
         }
         other => {
             return Err(StepError::Data(format!(
@@ -121,8 +182,50 @@ pub fn load(dir: &Path) -> Result<LoadedModel, StepError> {
         meta,
         users,
         items,
-        model,
+        fitted,
     })
+}
+
+fn floats(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Vec<f32>, StepError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = b
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+            .ok_or_else(|| {
+                StepError::Data(format!("{}: no Float32 column `{name}`", path.display()))
+            })?;
+        out.extend_from_slice(col.values());
+    }
+    Ok(out)
+}
+
+/// The flattened `factors` column and its width.
+fn factors(batches: &[RecordBatch], path: &Path) -> Result<(Vec<f32>, usize), StepError> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    for b in batches {
+        let list = b
+            .column_by_name("factors")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .ok_or_else(|| {
+                StepError::Data(format!(
+                    "{}: no FixedSizeList column `factors`",
+                    path.display()
+                ))
+            })?;
+        k = list.value_length() as usize;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| {
+                StepError::Data(format!("{}: `factors` is not Float32", path.display()))
+            })?;
+        let start = list.offset() * k;
+        out.extend_from_slice(&values.values()[start..start + list.len() * k]);
+    }
+    Ok((out, k))
 }
 
 fn read_ids(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Ids, StepError> {

@@ -1,8 +1,9 @@
-//! `recommend`: top-N items per user from a model artifact, with the user's seen
-//! items and every filter list removed, written as the user→item contract:
-//! `user_id, item_id, rank (1-based), score, run_id, generated_at`.
+//! `recommend` and `similar_items`: top-N lists from a model artifact, with every
+//! filter list (and, for users, their seen items) removed. User→item lists follow
+//! `user_id, item_id, rank (1-based), score, run_id, generated_at`; item→item lists
+//! `item_id, similar_item_id, rank, score, run_id, generated_at`.
 //!
-//! Users are scored in blocks that stream to the Parquet writer, so memory is
+//! Rows are scored in blocks that stream to the Parquet writer, so memory is
 //! bounded by one block of lists, never users × items.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,8 @@ use super::interactions::{self, IdColumn};
 use super::{StepError, StepOutput, model_io};
 use crate::artifact::{ParquetSink, read_parquet};
 use crate::models::ids::Ids;
-use crate::models::{Csr, IdMap, StopFlag};
-use crate::topn::{self, Exclusions, Scored};
+use crate::models::{Csr, IdMap, Recommender, StopFlag};
+use crate::topn::{self, Scored, Selection};
 
 /// Users scored per block: large enough to keep both cores busy, small enough that
 /// a block of lists stays a few MB.
@@ -35,11 +36,92 @@ pub struct RecommendJob {
     pub filters: Vec<PathBuf>,
     pub top_n: usize,
     pub exclude_seen: bool,
+    pub min_score: Option<f32>,
     pub run_id: String,
     pub generated_at: DateTime<Utc>,
 }
 
-/// Blocking: call through [`super::compute`] so scoring runs on the compute pool.
+/// Filter lists mapped to the model's indices.
+struct Filters {
+    blocked_items: Vec<u32>,
+    pairs: Csr,
+    provenance: Vec<serde_json::Value>,
+}
+
+fn load_filters(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, StepError> {
+    let mut blocked_items = Vec::new();
+    let mut pair_rows = Vec::new();
+    let mut pair_cols = Vec::new();
+    let mut provenance = Vec::new();
+    for path in paths {
+        let before = (blocked_items.len(), pair_rows.len());
+        let rows = read_filter(
+            path,
+            users,
+            items,
+            &mut blocked_items,
+            (&mut pair_rows, &mut pair_cols),
+        )?;
+        provenance.push(json!({
+            "file": path.display().to_string(),
+            "rows": rows,
+            "items": blocked_items.len() - before.0,
+            "pairs": pair_rows.len() - before.1,
+        }));
+    }
+    blocked_items.sort_unstable();
+    blocked_items.dedup();
+    let ones = vec![1.0; pair_rows.len()];
+    let pairs = Csr::from_triplets(users.len(), items.len(), &pair_rows, &pair_cols, &ones);
+    Ok(Filters {
+        blocked_items,
+        pairs,
+        provenance,
+    })
+}
+
+/// Names of the two id columns of a list.
+struct ListShape {
+    row_column: &'static str,
+    item_column: &'static str,
+}
+
+const USER_LIST: ListShape = ListShape {
+    row_column: "user_id",
+    item_column: "item_id",
+};
+const ITEM_LIST: ListShape = ListShape {
+    row_column: "item_id",
+    item_column: "similar_item_id",
+};
+
+/// Scores every row of `rows_ids` and streams the lists to `output`.
+#[allow(clippy::too_many_arguments)]
+fn write_lists(
+    model: &dyn Recommender,
+    shape: &ListShape,
+    row_ids: &IdMap,
+    item_ids: &IdMap,
+    selection: &Selection<'_>,
+    stamp: (&str, DateTime<Utc>),
+    output: &Path,
+    stop: &StopFlag,
+) -> Result<(u64, crate::artifact::FileEntry), StepError> {
+    let schema = list_schema(shape, row_ids, item_ids);
+    let mut sink = ParquetSink::create(output, schema.clone())?;
+    let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
+    let mut written = 0u64;
+    for block in rows.chunks(USER_BLOCK) {
+        let lists = topn::select_block(model, block, selection, stop)?;
+        let batch = to_batch(&schema, block, &lists, row_ids, item_ids, stamp)?;
+        written += batch.num_rows() as u64;
+        sink.write(&batch)?;
+    }
+    Ok((written, sink.finish()?))
+}
+
+/// User→item lists. Blocking: call through [`super::compute`] so scoring runs on
+/// the compute pool.
 pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOutput, StepError> {
     let loaded = model_io::load(&job.model_dir)?;
     let seen = if job.exclude_seen {
@@ -55,52 +137,25 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
     } else {
         None
     };
-    let mut denied_items = Vec::new();
-    let mut pair_rows = Vec::new();
-    let mut pair_cols = Vec::new();
-    let mut provenance = Vec::new();
-    for path in &job.filters {
-        let before = (denied_items.len(), pair_rows.len());
-        let rows = read_filter(
-            path,
-            &loaded.users,
-            &loaded.items,
-            &mut denied_items,
-            (&mut pair_rows, &mut pair_cols),
-        )?;
-        provenance.push(json!({
-            "file": path.display().to_string(),
-            "rows": rows,
-            "items": denied_items.len() - before.0,
-            "pairs": pair_rows.len() - before.1,
-        }));
-    }
-    denied_items.sort_unstable();
-    denied_items.dedup();
-    let pairs = Csr::from_triplets(
-        loaded.users.len(),
-        loaded.items.len(),
-        &pair_rows,
-        &pair_cols,
-        &vec![1.0; pair_rows.len()],
-    );
-    let exclusions = Exclusions {
+    let filters = load_filters(&job.filters, &loaded.users, &loaded.items)?;
+    let selection = Selection {
+        k: job.top_n,
         seen: seen.as_ref(),
-        denied_items: &denied_items,
-        denied_pairs: (pairs.nnz() > 0).then_some(&pairs),
+        blocked_items: &filters.blocked_items,
+        denied_pairs: (filters.pairs.nnz() > 0).then_some(&filters.pairs),
+        min_score: job.min_score,
+        ..Selection::default()
     };
-    let schema = output_schema(&loaded.users, &loaded.items);
-    let mut sink = ParquetSink::create(output, schema.clone())?;
-    let users: Vec<u32> = (0..loaded.users.len() as u32).collect();
-    let mut rows = 0u64;
-    for block in users.chunks(USER_BLOCK) {
-        let lists =
-            topn::recommend_block(loaded.model.as_ref(), block, job.top_n, &exclusions, stop)?;
-        let batch = to_batch(&schema, block, &lists, &loaded.users, &loaded.items, job)?;
-        rows += batch.num_rows() as u64;
-        sink.write(&batch)?;
-    }
-    let file = sink.finish()?;
+    let (rows, file) = write_lists(
+        loaded.fitted.recommender(),
+        &USER_LIST,
+        &loaded.users,
+        &loaded.items,
+        &selection,
+        (&job.run_id, job.generated_at),
+        output,
+        stop,
+    )?;
     Ok(StepOutput {
         rows,
         details: json!({
@@ -108,9 +163,53 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
             "items": loaded.items.len(),
             "top_n": job.top_n,
             "excluded_seen": seen.as_ref().map_or(0, Csr::nnz),
-            "denied_items": denied_items.len(),
-            "denied_pairs": pairs.nnz(),
-            "filters": provenance,
+            "denied_items": filters.blocked_items.len(),
+            "denied_pairs": filters.pairs.nnz(),
+            "filters": filters.provenance,
+        }),
+        files: vec![file],
+    })
+}
+
+/// Item→item lists: the most similar items of every item, itself excluded and
+/// filtered items (their `item_id` rows; pair rows do not apply) removed.
+pub fn similar(
+    job: &RecommendJob,
+    output: &Path,
+    stop: &StopFlag,
+) -> Result<StepOutput, StepError> {
+    let loaded = model_io::load(&job.model_dir)?;
+    let similarity = loaded.fitted.similarity().ok_or_else(|| {
+        StepError::Data(format!(
+            "model `{}` has no item vectors to compare; train `als` for similar items",
+            loaded.meta.model
+        ))
+    })?;
+    let filters = load_filters(&job.filters, &loaded.users, &loaded.items)?;
+    let selection = Selection {
+        k: job.top_n,
+        blocked_items: &filters.blocked_items,
+        exclude_self: true,
+        min_score: job.min_score,
+        ..Selection::default()
+    };
+    let (rows, file) = write_lists(
+        &similarity,
+        &ITEM_LIST,
+        &loaded.items,
+        &loaded.items,
+        &selection,
+        (&job.run_id, job.generated_at),
+        output,
+        stop,
+    )?;
+    Ok(StepOutput {
+        rows,
+        details: json!({
+            "items": loaded.items.len(),
+            "top_n": job.top_n,
+            "denied_items": filters.blocked_items.len(),
+            "filters": filters.provenance,
         }),
         files: vec![file],
     })
@@ -165,10 +264,10 @@ fn id_type(map: &IdMap) -> DataType {
     }
 }
 
-pub fn output_schema(users: &IdMap, items: &IdMap) -> SchemaRef {
+fn list_schema(shape: &ListShape, rows: &IdMap, items: &IdMap) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("user_id", id_type(users), false),
-        Field::new("item_id", id_type(items), false),
+        Field::new(shape.row_column, id_type(rows), false),
+        Field::new(shape.item_column, id_type(items), false),
         Field::new("rank", DataType::Int32, false),
         Field::new("score", DataType::Float32, false),
         Field::new("run_id", DataType::Utf8, false),
@@ -195,7 +294,7 @@ fn to_batch(
     lists: &[Vec<Scored>],
     user_ids: &IdMap,
     item_ids: &IdMap,
-    job: &RecommendJob,
+    (run_id, generated_at): (&str, DateTime<Utc>),
 ) -> Result<RecordBatch, StepError> {
     let n: usize = lists.iter().map(Vec::len).sum();
     let user_idx = users
@@ -205,15 +304,14 @@ fn to_batch(
     let item_idx = lists.iter().flatten().map(|s| s.item);
     let ranks = lists.iter().flat_map(|l| 1..=l.len() as i32);
     let scores = lists.iter().flatten().map(|s| s.score);
-    let ts = job.generated_at.timestamp_micros();
+    let ts = generated_at.timestamp_micros();
     let columns: Vec<ArrayRef> = vec![
         gather(user_ids, user_idx),
         gather(item_ids, item_idx),
         Arc::new(Int32Array::from_iter_values(ranks)),
         Arc::new(Float32Array::from_iter_values(scores)),
         Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            job.run_id.as_str(),
-            n,
+            run_id, n,
         ))),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ts, n))

@@ -4,14 +4,39 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::model_io::{self, ModelMeta};
+use super::model_io::{self, Fitted, ModelMeta};
 use super::{StepError, StepOutput, interactions};
-use crate::config::pipeline::{PopularBy, TrainSpec};
+use crate::config::pipeline::{AlsSolver, AlsSpec, PopularBy, TrainSpec};
+use crate::models::StopFlag;
+use crate::models::als::{self, AlsParams, Solver};
 use crate::models::popular::Popular;
+
+pub fn als_params(spec: &AlsSpec) -> AlsParams {
+    AlsParams {
+        factors: spec.factors,
+        iterations: spec.iterations,
+        regularization: spec.regularization,
+        alpha: spec.alpha,
+        log_epsilon: spec.log_epsilon,
+        solver: match spec.solver {
+            AlsSolver::Cg => Solver::ConjugateGradient {
+                steps: spec.cg_steps,
+            },
+            AlsSolver::Cholesky => Solver::Cholesky,
+        },
+        seed: spec.seed,
+        loss: spec.report_loss,
+    }
+}
 
 /// Fits `spec` on the interactions in `input` and writes the model into `out_dir`.
 /// Blocking: call through [`super::compute`].
-pub fn run(spec: &TrainSpec, input: &Path, out_dir: &Path) -> Result<StepOutput, StepError> {
+pub fn run(
+    spec: &TrainSpec,
+    input: &Path,
+    out_dir: &Path,
+    stop: &StopFlag,
+) -> Result<StepOutput, StepError> {
     let data = interactions::load(input)?;
     if data.matrix.nnz() == 0 {
         return Err(StepError::Data(format!(
@@ -21,27 +46,34 @@ pub fn run(spec: &TrainSpec, input: &Path, out_dir: &Path) -> Result<StepOutput,
     }
     let trained_on: PathBuf =
         std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
-    let meta = |model: &str, params: serde_json::Value| ModelMeta {
-        model: model.to_string(),
-        params,
+    let (fitted, report) = match spec {
+        TrainSpec::Popular(p) => (
+            Fitted::Popular(Popular::fit(&data.matrix, p.by == PopularBy::Value)),
+            json!({}),
+        ),
+        TrainSpec::Als(a) => {
+            let (model, report) = als::fit(&data.matrix, &als_params(a), stop)?;
+            (Fitted::Als(model), json!({ "loss": report.losses }))
+        }
+    };
+    let meta = ModelMeta {
+        model: spec.model().to_string(),
+        params: serde_json::to_value(spec).unwrap_or_default(),
         n_users: data.users.len(),
         n_items: data.items.len(),
         nnz: data.matrix.nnz(),
-        trained_on: trained_on.clone(),
+        trained_on,
+        report: report.clone(),
     };
-    let files = match spec {
-        TrainSpec::Popular(p) => {
-            let model = Popular::fit(&data.matrix, p.by == PopularBy::Value);
-            let meta = meta("popular", serde_json::to_value(p).unwrap_or_default());
-            model_io::save_popular(out_dir, &meta, &data.users, &data.items, &model)?
-        }
-    };
+    let files = model_io::save(out_dir, &meta, &data.users, &data.items, &fitted)?;
     Ok(StepOutput {
         rows: data.matrix.nnz() as u64,
         details: json!({
+            "model": spec.model(),
             "users": data.users.len(),
             "items": data.items.len(),
             "interactions": data.matrix.nnz(),
+            "report": report,
         }),
         files,
     })

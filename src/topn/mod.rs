@@ -1,13 +1,22 @@
-//! Top-N selection: score a block of users, remove what must never be shown, keep
-//! the best `k` per user.
+//! Top-N selection: score a block of query rows (users, or items for similar
+//! items), remove what must never be shown, keep the best `k` per row.
 //!
 //! Invariant: exclusions are applied to the scores *before* selection (an excluded
 //! item scores −∞ and is never selected), so no output path can skip a filter, and
-//! a user with fewer than `k` eligible items simply gets a shorter list.
+//! a row with fewer than `k` eligible items simply gets a shorter list. Rows are
+//! scored in small blocks (one GEMM each) on the current rayon pool, so memory is
+//! bounded by `threads × block × items` scores, never rows × items.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
 use crate::models::{Csr, Recommender, StopFlag, Stopped};
+
+/// Query rows scored by one GEMM: enough to amortise it, few enough that a block
+/// of scores (rows × items × 4 bytes) stays in the last-level cache for common sizes.
+const ROWS_PER_GEMM: usize = 64;
 
 /// One recommended item with its score.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,80 +25,180 @@ pub struct Scored {
     pub score: f32,
 }
 
-/// What to leave out of every user's list.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Exclusions<'a> {
-    /// Items each user already interacted with (user × item).
-    pub seen: Option<&'a Csr>,
-    /// Items nobody may get (dense item indices).
-    pub denied_items: &'a [u32],
-    /// Per-user denied items (user × item).
-    pub denied_pairs: Option<&'a Csr>,
+/// At most `cap` items of the same group in one list (e.g. per company).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupCaps {
+    /// Group of each item; `u32::MAX` for an item in no group.
+    pub group_of: Vec<u32>,
+    pub cap: usize,
 }
 
-impl Exclusions<'_> {
-    fn apply(&self, user: u32, scores: &mut [f32]) {
-        for &i in self.denied_items {
+/// What to leave out of every list, and how to select.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection<'a> {
+    pub k: usize,
+    /// Items each query row already interacted with (row × item).
+    pub seen: Option<&'a Csr>,
+    /// Items no row may get (dense item indices): denied, or outside the allow list.
+    pub blocked_items: &'a [u32],
+    /// Per-row denied items (row × item).
+    pub denied_pairs: Option<&'a Csr>,
+    /// Drop the query row's own index (item→item lists).
+    pub exclude_self: bool,
+    pub min_score: Option<f32>,
+    pub groups: Option<&'a GroupCaps>,
+}
+
+impl Selection<'_> {
+    fn apply(&self, row: u32, scores: &mut [f32]) {
+        for &i in self.blocked_items {
             scores[i as usize] = f32::NEG_INFINITY;
         }
         for m in [self.seen, self.denied_pairs].into_iter().flatten() {
-            if (user as usize) < m.n_rows {
-                for &i in m.row(user as usize).0 {
+            if (row as usize) < m.n_rows {
+                for &i in m.row(row as usize).0 {
                     scores[i as usize] = f32::NEG_INFINITY;
                 }
             }
         }
+        if self.exclude_self && (row as usize) < scores.len() {
+            scores[row as usize] = f32::NEG_INFINITY;
+        }
+        if let Some(min) = self.min_score {
+            scores
+                .iter_mut()
+                .filter(|s| **s < min)
+                .for_each(|s| *s = f32::NEG_INFINITY);
+        }
+    }
+}
+
+/// A candidate in the selection heap, ordered so that the heap's top is the worst
+/// kept candidate: lower score, then higher index, is worse.
+#[derive(Clone, Copy)]
+struct Worst(Scored);
+
+impl PartialEq for Worst {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .0
+            .score
+            .total_cmp(&self.0.score)
+            .then(self.0.item.cmp(&other.0.item))
     }
 }
 
 /// The `k` best finite scores, best first; equal scores go to the lower index so the
-/// result is deterministic. `order` is scratch space, reused across calls.
-pub fn top_k(scores: &[f32], k: usize, order: &mut Vec<u32>) -> Vec<Scored> {
-    order.clear();
-    order.extend((0..scores.len() as u32).filter(|&i| scores[i as usize].is_finite()));
-    let better = |a: &u32, b: &u32| {
-        scores[*b as usize]
-            .total_cmp(&scores[*a as usize])
-            .then(a.cmp(b))
-    };
-    if order.len() > k && k > 0 {
-        order.select_nth_unstable_by(k - 1, better);
+/// result is deterministic. One comparison rejects most items once `k` are held.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<Scored> {
+    if k == 0 {
+        return Vec::new();
     }
-    order.truncate(k);
-    order.sort_unstable_by(better);
-    order
-        .iter()
-        .map(|&i| Scored {
-            item: i,
-            score: scores[i as usize],
-        })
-        .collect()
+    let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
+    let mut threshold = f32::NEG_INFINITY;
+    for (i, &s) in scores.iter().enumerate() {
+        if !s.is_finite() || (heap.len() == k && s < threshold) {
+            continue;
+        }
+        let cand = Worst(Scored {
+            item: i as u32,
+            score: s,
+        });
+        if heap.len() < k {
+            heap.push(cand);
+        } else if heap.peek().is_some_and(|w| cand < *w) {
+            heap.pop();
+            heap.push(cand);
+        } else {
+            continue;
+        }
+        if heap.len() == k {
+            threshold = heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score);
+        }
+    }
+    let mut out: Vec<Scored> = heap.into_iter().map(|w| w.0).collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+    out
 }
 
-/// Top-`k` lists for `users`, in the same order, computed in parallel on the current
-/// rayon pool. Checks `stop` between users.
-pub fn recommend_block(
+/// Like [`top_k`] but with at most `caps.cap` items per group.
+fn top_k_capped(scores: &[f32], k: usize, caps: &GroupCaps) -> Vec<Scored> {
+    // Usually the best 4k candidates hold k that respect the caps; if not, look at all.
+    for pool in [k.saturating_mul(4), scores.len()] {
+        let mut taken = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(k);
+        let candidates = top_k(scores, pool);
+        let exhausted = candidates.len() < pool || pool == scores.len();
+        for c in candidates {
+            let g = caps
+                .group_of
+                .get(c.item as usize)
+                .copied()
+                .unwrap_or(u32::MAX);
+            if g != u32::MAX {
+                let n = taken.entry(g).or_insert(0usize);
+                if *n >= caps.cap {
+                    continue;
+                }
+                *n += 1;
+            }
+            out.push(c);
+            if out.len() == k {
+                return out;
+            }
+        }
+        if exhausted {
+            return out;
+        }
+    }
+    Vec::new()
+}
+
+/// Top-`k` lists for `rows`, in the same order, computed in parallel on the current
+/// rayon pool. Checks `stop` between GEMM blocks.
+pub fn select_block(
     model: &dyn Recommender,
-    users: &[u32],
-    k: usize,
-    exclusions: &Exclusions<'_>,
+    rows: &[u32],
+    selection: &Selection<'_>,
     stop: &StopFlag,
 ) -> Result<Vec<Vec<Scored>>, Stopped> {
     let n_items = model.n_items();
-    users
-        .par_iter()
+    let blocks: Vec<Vec<Vec<Scored>>> = rows
+        .par_chunks(ROWS_PER_GEMM)
         .map_init(
-            || (vec![0f32; n_items], Vec::with_capacity(n_items)),
-            |(scores, order), &user| {
+            || vec![0f32; ROWS_PER_GEMM * n_items],
+            |scores, block| {
                 if stop.is_stopped() {
                     return Err(Stopped);
                 }
-                model.score_user(user, scores);
-                exclusions.apply(user, scores);
-                Ok(top_k(scores, k, order))
+                let scores = &mut scores[..block.len() * n_items];
+                model.score_block(block, scores);
+                Ok(block
+                    .iter()
+                    .zip(scores.chunks_exact_mut(n_items.max(1)))
+                    .map(|(&row, s)| {
+                        selection.apply(row, s);
+                        match selection.groups {
+                            Some(caps) => top_k_capped(s, selection.k, caps),
+                            None => top_k(s, selection.k),
+                        }
+                    })
+                    .collect())
             },
         )
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(blocks.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -97,6 +206,19 @@ mod tests {
     use super::*;
     use crate::models::popular::Popular;
     use proptest::prelude::*;
+
+    fn full_sort(scores: &[f32], k: usize) -> Vec<u32> {
+        let mut all: Vec<u32> = (0..scores.len() as u32)
+            .filter(|&i| scores[i as usize].is_finite())
+            .collect();
+        all.sort_by(|a, b| {
+            scores[*b as usize]
+                .total_cmp(&scores[*a as usize])
+                .then(a.cmp(b))
+        });
+        all.truncate(k);
+        all
+    }
 
     proptest! {
         #[test]
@@ -108,20 +230,18 @@ mod tests {
             ], 0..80),
             k in 0usize..20,
         ) {
-            let mut all: Vec<u32> = (0..scores.len() as u32)
-                .filter(|&i| scores[i as usize].is_finite())
-                .collect();
-            all.sort_by(|a, b| scores[*b as usize].total_cmp(&scores[*a as usize]).then(a.cmp(b)));
-            all.truncate(k);
-            let got: Vec<u32> = top_k(&scores, k, &mut Vec::new()).iter().map(|s| s.item).collect();
-            prop_assert_eq!(got, all);
+            let got: Vec<u32> = top_k(&scores, k).iter().map(|s| s.item).collect();
+            prop_assert_eq!(got, full_sort(&scores, k));
         }
 
         #[test]
         fn excluded_items_never_appear(
             seen in proptest::collection::vec((0u32..6, 0u32..12), 0..40),
             pairs in proptest::collection::vec((0u32..6, 0u32..12), 0..20),
-            denied in proptest::collection::btree_set(0u32..12, 0..6),
+            blocked in proptest::collection::btree_set(0u32..12, 0..6),
+            groups in proptest::collection::vec(prop_oneof![Just(u32::MAX), 0u32..3], 12),
+            cap in 1usize..3,
+            use_caps in any::<bool>(),
             k in 1usize..15,
         ) {
             let csr = |cells: &[(u32, u32)]| {
@@ -131,23 +251,52 @@ mod tests {
             };
             let seen_m = csr(&seen);
             let pair_m = csr(&pairs);
-            let denied: Vec<u32> = denied.into_iter().collect();
+            let blocked: Vec<u32> = blocked.into_iter().collect();
+            let caps = GroupCaps { group_of: groups.clone(), cap };
             let model = Popular::fit(&seen_m, false);
-            let excl = Exclusions { seen: Some(&seen_m), denied_items: &denied, denied_pairs: Some(&pair_m) };
+            let selection = Selection {
+                k,
+                seen: Some(&seen_m),
+                blocked_items: &blocked,
+                denied_pairs: Some(&pair_m),
+                groups: use_caps.then_some(&caps),
+                ..Selection::default()
+            };
             let users: Vec<u32> = (0..6).collect();
-            let lists = recommend_block(&model, &users, k, &excl, &StopFlag::default()).unwrap();
+            let lists = select_block(&model, &users, &selection, &StopFlag::default()).unwrap();
             for (u, list) in lists.iter().enumerate() {
-                let eligible = (0..12u32).filter(|i| {
-                    !denied.contains(i) && !seen.contains(&(u as u32, *i)) && !pairs.contains(&(u as u32, *i))
-                }).count();
-                prop_assert_eq!(list.len(), eligible.min(k));
+                let eligible: Vec<u32> = (0..12u32).filter(|i| {
+                    !blocked.contains(i) && !seen.contains(&(u as u32, *i)) && !pairs.contains(&(u as u32, *i))
+                }).collect();
+                if !use_caps {
+                    prop_assert_eq!(list.len(), eligible.len().min(k));
+                }
+                let mut per_group = std::collections::HashMap::new();
                 for s in list {
-                    prop_assert!(!denied.contains(&s.item));
-                    prop_assert!(!seen.contains(&(u as u32, s.item)));
-                    prop_assert!(!pairs.contains(&(u as u32, s.item)));
+                    prop_assert!(eligible.contains(&s.item));
+                    let g = groups[s.item as usize];
+                    if use_caps && g != u32::MAX {
+                        let n = per_group.entry(g).or_insert(0);
+                        *n += 1;
+                        prop_assert!(*n <= cap);
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn caps_fill_from_lower_ranks() {
+        let scores = [9.0, 8.0, 7.0, 6.0, 5.0];
+        let caps = GroupCaps {
+            group_of: vec![0, 0, 0, 1, u32::MAX],
+            cap: 1,
+        };
+        let got: Vec<u32> = top_k_capped(&scores, 3, &caps)
+            .iter()
+            .map(|s| s.item)
+            .collect();
+        assert_eq!(got, vec![0, 3, 4]);
     }
 
     #[test]
@@ -156,7 +305,10 @@ mod tests {
         let model = Popular::fit(&m, false);
         let stop = StopFlag::default();
         stop.stop();
-        let r = recommend_block(&model, &[0], 1, &Exclusions::default(), &stop);
-        assert_eq!(r, Err(Stopped));
+        let sel = Selection {
+            k: 1,
+            ..Selection::default()
+        };
+        assert_eq!(select_block(&model, &[0], &sel, &stop), Err(Stopped));
     }
 }

@@ -1,0 +1,203 @@
+//! Offline evaluation: hold-out splits and ranking metrics at `k`, with the
+//! protocol of the benchmark anchors (`../shared/bench/anchors.py`): a user is
+//! evaluated when it has at least one held-out positive and one training row;
+//! training items are excluded from its list; gains are binary.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use super::{Csr, Recommender, StopFlag, Stopped};
+use crate::topn::{self, Selection};
+
+/// Mean metrics over the evaluated users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Metrics {
+    pub k: usize,
+    pub users: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    pub map: f64,
+    /// Distinct items in all evaluated users' lists over all items.
+    pub coverage: f64,
+}
+
+/// Splits the cells of `m` into train and test, `round(fraction · nnz)` of them
+/// chosen at random (seeded) for test.
+pub fn split_random(m: &Csr, fraction: f64, seed: u64) -> (Csr, Csr) {
+    let mut order: Vec<usize> = (0..m.nnz()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let n_test = (fraction * m.nnz() as f64).round() as usize;
+    let mut is_test = vec![false; m.nnz()];
+    for &i in &order[..n_test.min(order.len())] {
+        is_test[i] = true;
+    }
+    split_by(m, &is_test)
+}
+
+/// Splits by a per-cell flag (cells in CSR order).
+pub fn split_by(m: &Csr, is_test: &[bool]) -> (Csr, Csr) {
+    let mut parts = [
+        (Vec::new(), Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new(), Vec::new()),
+    ];
+    for r in 0..m.n_rows {
+        for p in m.indptr[r]..m.indptr[r + 1] {
+            let part = &mut parts[usize::from(is_test[p])];
+            part.0.push(r as u32);
+            part.1.push(m.indices[p]);
+            part.2.push(m.data[p]);
+        }
+    }
+    let [train, test] = parts;
+    (
+        Csr::from_triplets(m.n_rows, m.n_cols, &train.0, &train.1, &train.2),
+        Csr::from_triplets(m.n_rows, m.n_cols, &test.0, &test.1, &test.2),
+    )
+}
+
+/// Ranks items for every evaluated user (train items excluded) and scores the lists
+/// against `test`.
+pub fn evaluate(
+    model: &dyn Recommender,
+    train: &Csr,
+    test: &Csr,
+    k: usize,
+    stop: &StopFlag,
+) -> Result<Metrics, Stopped> {
+    let users: Vec<u32> = (0..test.n_rows as u32)
+        .filter(|&u| {
+            !test.row(u as usize).0.is_empty()
+                && (u as usize) < train.n_rows
+                && !train.row(u as usize).0.is_empty()
+        })
+        .collect();
+    let selection = Selection {
+        k,
+        seen: Some(train),
+        ..Selection::default()
+    };
+    let lists = topn::select_block(model, &users, &selection, stop)?;
+    let per_user: Vec<(f64, f64, f64, f64)> = users
+        .par_iter()
+        .zip(&lists)
+        .map(|(&u, list)| {
+            let relevant = test.row(u as usize).0;
+            let is_rel = |item: u32| relevant.binary_search(&item).is_ok();
+            let (mut hits, mut dcg, mut ap) = (0usize, 0f64, 0f64);
+            for (rank, s) in list.iter().enumerate() {
+                if is_rel(s.item) {
+                    hits += 1;
+                    dcg += 1.0 / ((rank + 2) as f64).log2();
+                    ap += hits as f64 / (rank + 1) as f64;
+                }
+            }
+            let ideal_n = relevant.len().min(k);
+            let idcg: f64 = (0..ideal_n).map(|r| 1.0 / ((r + 2) as f64).log2()).sum();
+            (
+                hits as f64 / k as f64,
+                hits as f64 / relevant.len() as f64,
+                if idcg > 0.0 { dcg / idcg } else { 0.0 },
+                if ideal_n > 0 {
+                    ap / ideal_n as f64
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
+    let n = per_user.len().max(1) as f64;
+    let mean = |f: fn(&(f64, f64, f64, f64)) -> f64| per_user.iter().map(f).sum::<f64>() / n;
+    let mut shown: Vec<u32> = lists.iter().flatten().map(|s| s.item).collect();
+    shown.sort_unstable();
+    shown.dedup();
+    Ok(Metrics {
+        k,
+        users: per_user.len(),
+        precision: mean(|m| m.0),
+        recall: mean(|m| m.1),
+        ndcg: mean(|m| m.2),
+        map: mean(|m| m.3),
+        coverage: shown.len() as f64 / model.n_items().max(1) as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::als::{self, AlsParams};
+    use crate::models::popular::Popular;
+
+    #[test]
+    fn perfect_model_scores_one() {
+        // Each user's single test item is the only unseen item with a high score.
+        let train = Csr::from_triplets(2, 3, &[0, 1], &[0, 1], &[1.0, 1.0]);
+        let test = Csr::from_triplets(2, 3, &[0, 1], &[2, 2], &[1.0, 1.0]);
+        let model = Popular {
+            scores: vec![0.0, 0.0, 5.0],
+        };
+        let m = evaluate(&model, &train, &test, 1, &StopFlag::default()).unwrap();
+        assert_eq!(
+            (m.users, m.precision, m.recall, m.ndcg, m.map),
+            (2, 1.0, 1.0, 1.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn split_keeps_every_cell_once() {
+        let m = Csr::from_triplets(3, 4, &[0, 0, 1, 2, 2], &[0, 1, 2, 3, 0], &[1.0; 5]);
+        let (train, test) = split_random(&m, 0.4, 7);
+        assert_eq!((train.nnz(), test.nnz()), (3, 2));
+        let mut cells = Vec::new();
+        for part in [&train, &test] {
+            for r in 0..3 {
+                cells.extend(part.row(r).0.iter().map(|&c| (r, c)));
+            }
+        }
+        cells.sort();
+        assert_eq!(cells, vec![(0, 0), (0, 1), (1, 2), (2, 0), (2, 3)]);
+    }
+
+    /// On data with planted topics, ALS must find the structure popularity cannot.
+    #[test]
+    fn als_beats_popularity_on_held_out_data() {
+        let data = crate::synth::generate(&crate::synth::SynthSpec {
+            users: 800,
+            items: 300,
+            events: 16_000,
+            ..Default::default()
+        });
+        let col = |name: &str| -> Vec<i64> {
+            let a = data.interactions.column_by_name(name).unwrap();
+            a.as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        let (users, items) = (col("user_id"), col("item_id"));
+        let rows: Vec<u32> = users.iter().map(|&u| (u - 1) as u32).collect();
+        let cols: Vec<u32> = items.iter().map(|&i| (i - 1) as u32).collect();
+        let m = Csr::from_triplets(800, 300, &rows, &cols, &vec![1.0; rows.len()]);
+        let (train, test) = split_random(&m, 0.2, 42);
+        let stop = StopFlag::default();
+        let pop = evaluate(&Popular::fit(&train, false), &train, &test, 10, &stop).unwrap();
+        let params = AlsParams {
+            factors: 32,
+            iterations: 10,
+            ..AlsParams::default()
+        };
+        let (model, _) = als::fit(&train, &params, &stop).unwrap();
+        let als = evaluate(&model, &train, &test, 10, &stop).unwrap();
+        assert!(
+            als.precision > 1.3 * pop.precision,
+            "als {als:?} vs popularity {pop:?}"
+        );
+        assert!(
+            als.ndcg > 1.3 * pop.ndcg,
+            "als {als:?} vs popularity {pop:?}"
+        );
+    }
+}
