@@ -19,6 +19,7 @@
 //! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
 
 pub mod artifact;
+pub mod bench;
 pub mod config;
 pub mod failpoint;
 pub mod models;

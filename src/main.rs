@@ -59,6 +59,27 @@ enum Command {
     /// Run one step kind alone, file in / file out.
     #[command(subcommand)]
     Step(StepCommand),
+    /// Time ALS fit, rec-all and sim-all and score p@10/nDCG@10 on a split written by
+    /// the benchmark anchors (`anchors.py --write-split`); prints one JSON line.
+    Bench {
+        #[arg(long)]
+        split: PathBuf,
+        /// Positives are rows with rating ≥ this; omit to use every row.
+        #[arg(long)]
+        positive_min: Option<f32>,
+        #[arg(long, default_value_t = 64)]
+        factors: usize,
+        #[arg(long, default_value_t = 15)]
+        iterations: usize,
+        #[arg(long, default_value_t = 0.05)]
+        regularization: f32,
+        #[arg(long, default_value_t = 1.0)]
+        alpha: f32,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Write seeded example data: interactions.parquet and items.parquet.
     GenData {
         #[arg(long)]
@@ -239,6 +260,33 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             run(settings, p, run_id, logical_date).await
         }
         Command::Step(step) => run_step(&project_dir, step).await,
+        Command::Bench {
+            split,
+            positive_min,
+            factors,
+            iterations,
+            regularization,
+            alpha,
+            threads,
+            repeats,
+        } => {
+            let split = recpipe::bench::read_split(&split, positive_min)
+                .map_err(|e| Failure::BadInput(anyhow!(e)))?;
+            let params = recpipe::models::als::AlsParams {
+                factors,
+                iterations,
+                regularization,
+                alpha,
+                ..Default::default()
+            };
+            let pool = steps::compute_pool(threads).map_err(|e| Failure::Failed(e.into()))?;
+            let result = pool.install(|| recpipe::bench::run(&split, &params, repeats));
+            println!(
+                "{}",
+                serde_json::to_string(&result).map_err(|e| Failure::Failed(e.into()))?
+            );
+            Ok(())
+        }
         Command::GenData {
             out,
             users,

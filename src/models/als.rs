@@ -136,6 +136,7 @@ fn solve_side(
     for d in 0..k {
         yty[d * k + d] += params.regularization;
     }
+    let wide = has_avx2_fma();
     x.par_chunks_mut(k).enumerate().try_for_each_init(
         || vec![0f32; 3 * k],
         |scratch, (row, xu)| {
@@ -144,6 +145,11 @@ fn solve_side(
             }
             let (items, c) = conf.row(row);
             match params.solver {
+                #[cfg(target_arch = "x86_64")]
+                Solver::ConjugateGradient { steps } if wide => {
+                    // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
+                    unsafe { cg_row_avx2(&yty, fixed, items, c, xu, steps, scratch) }
+                }
                 Solver::ConjugateGradient { steps } => {
                     cg_row(&yty, fixed, items, c, xu, steps, scratch)
                 }
@@ -154,8 +160,37 @@ fn solve_side(
     )
 }
 
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`cg_row`] compiled for AVX2: the binary stays portable (baseline x86-64) while
+/// the solver's dot and axpy loops use 256-bit registers where the CPU has them.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cg_row_avx2(
+    yty: &[f32],
+    y: &[f32],
+    items: &[u32],
+    c: &[f32],
+    x: &mut [f32],
+    steps: usize,
+    scratch: &mut [f32],
+) {
+    cg_row(yty, y, items, c, x, steps, scratch)
+}
+
 /// A few conjugate-gradient steps on `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`, from the
 /// current `x`.
+#[inline(always)]
 fn cg_row(
     yty: &[f32],
     y: &[f32],

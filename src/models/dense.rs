@@ -73,7 +73,7 @@ pub fn gram(a: &[f32], k: usize) -> Vec<f32> {
     out
 }
 
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -93,7 +93,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += alpha · x`
-#[inline]
+#[inline(always)]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -101,7 +101,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// `out = m · v` for a row-major k×k matrix.
-#[inline]
+#[inline(always)]
 pub fn symv(m: &[f32], v: &[f32], out: &mut [f32]) {
     let k = v.len();
     for (row, o) in m.chunks_exact(k).zip(out.iter_mut()) {
