@@ -154,7 +154,8 @@ struct RecommendArgs {
     /// Whose seen items to exclude (default: the model's training data).
     #[arg(long)]
     interactions: Option<PathBuf>,
-    /// Filter lists (`item_id`, optional `user_id`) to exclude.
+    /// Filter lists to apply: `item_id` [, `user_id`] files, or filter artifact folders
+    /// (a `merge_filters` output carries allow lists and group caps too).
     #[arg(long)]
     filter: Vec<PathBuf>,
     #[arg(long, default_value_t = 10)]
@@ -381,6 +382,10 @@ fn plan(settings: &Settings, p: &Pipeline) {
             ),
             StepSpec::Train(t) => format!("model {}", t.model()),
             StepSpec::SimilarItems(r) => format!("top {} similar items per item", r.top_n),
+            StepSpec::MergeFilters(m) => match &m.groups {
+                Some(g) => format!("at most {} items per `{}` of `{}`", g.cap, g.column, g.from),
+                None => "deny and allow lists".to_string(),
+            },
             StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
             StepSpec::Write(w) => format!("to sink `{}` table `{}`", w.sink, w.table),
         };

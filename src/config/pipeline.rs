@@ -97,6 +97,7 @@ pub enum StepSpec {
     Train(TrainSpec),
     Recommend(RecommendSpec),
     SimilarItems(SimilarItemsSpec),
+    MergeFilters(MergeFiltersSpec),
     Write(WriteSpec),
 }
 
@@ -268,6 +269,30 @@ fn yes() -> bool {
     true
 }
 
+/// Merges filter lists into one filter artifact: every `filter` input is a deny
+/// list (items, or user–item pairs where `user_id` is set) unless named in `allow`;
+/// `groups` caps how many items of one group (company, category …) a list holds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeFiltersSpec {
+    /// Inputs that are allow lists: only their items may be recommended.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub groups: Option<GroupsSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsSpec {
+    /// The input (an `items` or `filter` extract) that maps `item_id` to a group.
+    pub from: String,
+    /// Its column holding the group.
+    pub column: String,
+    /// At most this many items of one group per list.
+    pub cap: usize,
+}
+
 /// Publishes a list to a named sink as `table`, atomically.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -304,7 +329,14 @@ impl ArtifactKind {
 }
 
 impl StepSpec {
-    pub const KINDS: &[&str] = &["extract", "train", "recommend", "similar_items", "write"];
+    pub const KINDS: &[&str] = &[
+        "extract",
+        "train",
+        "recommend",
+        "similar_items",
+        "merge_filters",
+        "write",
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -312,6 +344,7 @@ impl StepSpec {
             StepSpec::Train(_) => "train",
             StepSpec::Recommend(_) => "recommend",
             StepSpec::SimilarItems(_) => "similar_items",
+            StepSpec::MergeFilters(_) => "merge_filters",
             StepSpec::Write(_) => "write",
         }
     }
@@ -326,6 +359,7 @@ impl StepSpec {
             StepSpec::Train(_) => ArtifactKind::Model,
             StepSpec::Recommend(_) => ArtifactKind::UserRecs,
             StepSpec::SimilarItems(_) => ArtifactKind::ItemRecs,
+            StepSpec::MergeFilters(_) => ArtifactKind::Filter,
             StepSpec::Write(_) => ArtifactKind::Published,
         }
     }
@@ -341,6 +375,7 @@ impl StepSpec {
                 Some(&[(Model, 1, 1), (Interactions, 0, 1), (Filter, 0, usize::MAX)])
             }
             StepSpec::SimilarItems(_) => Some(&[(Model, 1, 1), (Filter, 0, usize::MAX)]),
+            StepSpec::MergeFilters(_) => Some(&[(Filter, 0, usize::MAX), (Items, 0, 1)]),
             // One list: user→item or item→item (checked in `input_problems`).
             StepSpec::Write(_) => Some(&[(UserRecs, 0, 1), (ItemRecs, 0, 1)]),
         }
@@ -353,6 +388,7 @@ impl StepSpec {
             "train" => Some(&["model"]),
             "recommend" => Some(fields::<RecommendSpec>()),
             "similar_items" => Some(fields::<SimilarItemsSpec>()),
+            "merge_filters" => Some(fields::<MergeFiltersSpec>()),
             "write" => Some(fields::<WriteSpec>()),
             _ => None,
         }
@@ -802,6 +838,9 @@ impl<'a> Checker<'a> {
             "similar_items" => self
                 .deserialize_table(path, specific, &allowed, &what)
                 .map(StepSpec::SimilarItems),
+            "merge_filters" => self
+                .deserialize_table(path, specific, &allowed, &what)
+                .map(StepSpec::MergeFilters),
             "write" => self
                 .deserialize_table(path, specific, &allowed, &what)
                 .map(StepSpec::Write),
@@ -1046,6 +1085,33 @@ impl<'a> Checker<'a> {
                         span_of("top_n"),
                         join(path, "top_n"),
                         format!("must be between 1 and 10000, not {top_n}"),
+                    ));
+                }
+            }
+            StepSpec::MergeFilters(m) => {
+                let named = m
+                    .allow
+                    .iter()
+                    .map(|a| ("allow", a))
+                    .chain(m.groups.iter().map(|g| ("groups", &g.from)));
+                for (key, name) in named {
+                    if !step.common.needs.contains(name) {
+                        errors.push((
+                            span_of(key),
+                            join(path, key),
+                            format!(
+                                "`{name}` is not in this step's `needs`; name one of its inputs"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(g) = &m.groups
+                    && g.cap == 0
+                {
+                    errors.push((
+                        span_of("groups"),
+                        join(path, "groups.cap"),
+                        "must be at least 1".to_string(),
                     ));
                 }
             }

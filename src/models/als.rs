@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use super::dense::{axpy, dot, gemm_nt, gram, symv};
+use super::dense::{axpy_with, dot, dot_with, gemm_nt, gram, symv};
 use super::{Csr, Recommender, StopFlag, Stopped};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ fn solve_side(
                     unsafe { cg_row_avx2(&yty, fixed, items, c, xu, steps, scratch) }
                 }
                 Solver::ConjugateGradient { steps } => {
-                    cg_row(&yty, fixed, items, c, xu, steps, scratch)
+                    cg_row::<false>(&yty, fixed, items, c, xu, steps, scratch)
                 }
                 Solver::Cholesky => cholesky_row(&yty, fixed, items, c, xu),
             }
@@ -185,13 +185,13 @@ unsafe fn cg_row_avx2(
     steps: usize,
     scratch: &mut [f32],
 ) {
-    cg_row(yty, y, items, c, x, steps, scratch)
+    cg_row::<true>(yty, y, items, c, x, steps, scratch)
 }
 
 /// A few conjugate-gradient steps on `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`, from the
 /// current `x`.
 #[inline(always)]
-fn cg_row(
+fn cg_row<const FMA: bool>(
     yty: &[f32],
     y: &[f32],
     items: &[u32],
@@ -204,27 +204,27 @@ fn cg_row(
     let (r, rest) = scratch.split_at_mut(k);
     let (p, ap) = rest.split_at_mut(k);
     // r = b − A x
-    symv(yty, x, r);
+    symv::<FMA>(yty, x, r);
     r.iter_mut().for_each(|v| *v = -*v);
     for (&i, &ci) in items.iter().zip(c) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
-        axpy(ci - (ci - 1.0) * dot(yi, x), yi, r);
+        axpy_with::<FMA>(ci - (ci - 1.0) * dot_with::<FMA>(yi, x), yi, r);
     }
     p.copy_from_slice(r);
-    let mut rsold = dot(r, r);
+    let mut rsold = dot_with::<FMA>(r, r);
     if rsold < 1e-20 {
         return;
     }
     for _ in 0..steps {
-        symv(yty, p, ap);
+        symv::<FMA>(yty, p, ap);
         for (&i, &ci) in items.iter().zip(c) {
             let yi = &y[i as usize * k..(i as usize + 1) * k];
-            axpy((ci - 1.0) * dot(yi, p), yi, ap);
+            axpy_with::<FMA>((ci - 1.0) * dot_with::<FMA>(yi, p), yi, ap);
         }
-        let alpha = rsold / dot(p, ap);
-        axpy(alpha, p, x);
-        axpy(-alpha, ap, r);
-        let rsnew = dot(r, r);
+        let alpha = rsold / dot_with::<FMA>(p, ap);
+        axpy_with::<FMA>(alpha, p, x);
+        axpy_with::<FMA>(-alpha, ap, r);
+        let rsnew = dot_with::<FMA>(r, r);
         if rsnew < 1e-20 {
             break;
         }
@@ -269,7 +269,7 @@ pub fn loss(cui: &Csr, x: &[f32], y: &[f32], k: usize, reg: f32) -> f32 {
             || vec![0f32; k],
             |tmp, u| {
                 let xu = &x[u * k..(u + 1) * k];
-                symv(&yty, xu, tmp);
+                symv::<false>(&yty, xu, tmp);
                 let mut l = f64::from(dot(xu, tmp));
                 let (items, c) = cui.row(u);
                 for (&i, &ci) in items.iter().zip(c) {
@@ -341,7 +341,7 @@ mod tests {
             cholesky_row(&yty, &model.item_factors, items, c, &mut exact);
             // Many CG steps from zero must reach the exact solution.
             let mut approx = vec![0f32; k];
-            cg_row(
+            cg_row::<false>(
                 &yty,
                 &model.item_factors,
                 items,

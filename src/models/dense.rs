@@ -75,6 +75,13 @@ pub fn gram(a: &[f32], k: usize) -> Vec<f32> {
 
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with::<false>(a, b)
+}
+
+/// `a · b`, with fused multiply-adds when `FMA` (only inside a function compiled
+/// with the `fma` target feature; elsewhere `mul_add` is a slow library call).
+#[inline(always)]
+pub fn dot_with<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
@@ -82,7 +89,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for c in 0..chunks {
         let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] = if FMA {
+                x[l].mul_add(y[l], acc[l])
+            } else {
+                acc[l] + x[l] * y[l]
+            };
         }
     }
     let mut sum: f32 = acc.iter().sum();
@@ -95,17 +106,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += alpha · x`
 #[inline(always)]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    axpy_with::<false>(alpha, x, y)
+}
+
+#[inline(always)]
+pub fn axpy_with<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
+        *yi = if FMA {
+            alpha.mul_add(*xi, *yi)
+        } else {
+            *yi + alpha * xi
+        };
     }
 }
 
 /// `out = m · v` for a row-major k×k matrix.
 #[inline(always)]
-pub fn symv(m: &[f32], v: &[f32], out: &mut [f32]) {
+pub fn symv<const FMA: bool>(m: &[f32], v: &[f32], out: &mut [f32]) {
     let k = v.len();
     for (row, o) in m.chunks_exact(k).zip(out.iter_mut()) {
-        *o = dot(row, v);
+        *o = dot_with::<FMA>(row, v);
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod extract;
+pub mod filters;
 pub mod interactions;
 pub mod model_io;
 pub mod recommend;
@@ -98,6 +99,21 @@ pub async fn run(
             let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
             compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
         }
+        StepSpec::MergeFilters(m) => {
+            let sources: Vec<filters::FilterInput> = inputs
+                .iter()
+                .map(|i| filters::FilterInput {
+                    step: i.step.clone(),
+                    dir: i.dir.clone(),
+                })
+                .collect();
+            let (m, out) = (m.clone(), out_dir.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                filters::merge(&sources, &m.allow, m.groups.as_ref(), &out)
+            })
+            .await
+            .map_err(|e| StepError::Panic(e.to_string()))?
+        }
         StepSpec::SimilarItems(r) => {
             let job = list_job(inputs, cx, r.top_n, r.min_score)?;
             let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
@@ -135,7 +151,7 @@ fn list_job(
         filters: inputs
             .iter()
             .filter(|i| i.kind == ArtifactKind::Filter)
-            .map(|i| i.dir.join(DATA_FILE))
+            .map(|i| i.dir.clone())
             .collect(),
         top_n,
         exclude_seen: false,

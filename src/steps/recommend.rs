@@ -10,16 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::interactions::{self, IdColumn};
-use super::{StepError, StepOutput, model_io};
-use crate::artifact::{ParquetSink, read_parquet};
+use super::{StepError, StepOutput, filters, interactions, model_io};
+use crate::artifact::ParquetSink;
 use crate::models::ids::Ids;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
 use crate::topn::{self, Scored, Selection};
@@ -33,51 +32,13 @@ pub struct RecommendJob {
     pub model_dir: PathBuf,
     /// Whose seen items to exclude; `None` uses the model's training interactions.
     pub interactions: Option<PathBuf>,
+    /// Filter artifacts: folders (merged or plain) or plain filter files.
     pub filters: Vec<PathBuf>,
     pub top_n: usize,
     pub exclude_seen: bool,
     pub min_score: Option<f32>,
     pub run_id: String,
     pub generated_at: DateTime<Utc>,
-}
-
-/// Filter lists mapped to the model's indices.
-struct Filters {
-    blocked_items: Vec<u32>,
-    pairs: Csr,
-    provenance: Vec<serde_json::Value>,
-}
-
-fn load_filters(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, StepError> {
-    let mut blocked_items = Vec::new();
-    let mut pair_rows = Vec::new();
-    let mut pair_cols = Vec::new();
-    let mut provenance = Vec::new();
-    for path in paths {
-        let before = (blocked_items.len(), pair_rows.len());
-        let rows = read_filter(
-            path,
-            users,
-            items,
-            &mut blocked_items,
-            (&mut pair_rows, &mut pair_cols),
-        )?;
-        provenance.push(json!({
-            "file": path.display().to_string(),
-            "rows": rows,
-            "items": blocked_items.len() - before.0,
-            "pairs": pair_rows.len() - before.1,
-        }));
-    }
-    blocked_items.sort_unstable();
-    blocked_items.dedup();
-    let ones = vec![1.0; pair_rows.len()];
-    let pairs = Csr::from_triplets(users.len(), items.len(), &pair_rows, &pair_cols, &ones);
-    Ok(Filters {
-        blocked_items,
-        pairs,
-        provenance,
-    })
 }
 
 /// Names of the two id columns of a list.
@@ -137,13 +98,14 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
     } else {
         None
     };
-    let filters = load_filters(&job.filters, &loaded.users, &loaded.items)?;
+    let filters = filters::load(&job.filters, &loaded.users, &loaded.items)?;
     let selection = Selection {
         k: job.top_n,
         seen: seen.as_ref(),
         blocked_items: &filters.blocked_items,
         denied_pairs: (filters.pairs.nnz() > 0).then_some(&filters.pairs),
         min_score: job.min_score,
+        groups: filters.groups.as_ref(),
         ..Selection::default()
     };
     let (rows, file) = write_lists(
@@ -185,12 +147,13 @@ pub fn similar(
             loaded.meta.model
         ))
     })?;
-    let filters = load_filters(&job.filters, &loaded.users, &loaded.items)?;
+    let filters = filters::load(&job.filters, &loaded.users, &loaded.items)?;
     let selection = Selection {
         k: job.top_n,
         blocked_items: &filters.blocked_items,
         exclude_self: true,
         min_score: job.min_score,
+        groups: filters.groups.as_ref(),
         ..Selection::default()
     };
     let (rows, file) = write_lists(
@@ -213,48 +176,6 @@ pub fn similar(
         }),
         files: vec![file],
     })
-}
-
-/// Adds a filter list's rows: rows without `user_id` (or with a null one) deny the
-/// item for everyone, rows with one deny the pair. Ids the model does not know are
-/// skipped: they could not be recommended anyway.
-fn read_filter(
-    path: &Path,
-    users: &IdMap,
-    items: &IdMap,
-    denied: &mut Vec<u32>,
-    pairs: (&mut Vec<u32>, &mut Vec<u32>),
-) -> Result<u64, StepError> {
-    let (_, batches) = read_parquet(path)?;
-    let mut rows = 0u64;
-    for b in &batches {
-        rows += b.num_rows() as u64;
-        let item_col = IdColumn::of(b, "item_id", path)?;
-        interactions::check_type(&item_col, items, "item_id", path)?;
-        let user_col = match b.column_by_name("user_id") {
-            Some(_) => {
-                let c = IdColumn::of(b, "user_id", path)?;
-                interactions::check_type(&c, users, "user_id", path)?;
-                Some((c, b.column_by_name("user_id").cloned()))
-            }
-            None => None,
-        };
-        for row in 0..b.num_rows() {
-            let Some(item) = items.index(item_col.get(row)) else {
-                continue;
-            };
-            match &user_col {
-                Some((c, Some(raw))) if raw.is_valid(row) => {
-                    if let Some(user) = users.index(c.get(row)) {
-                        pairs.0.push(user);
-                        pairs.1.push(item);
-                    }
-                }
-                _ => denied.push(item),
-            }
-        }
-    }
-    Ok(rows)
 }
 
 fn id_type(map: &IdMap) -> DataType {

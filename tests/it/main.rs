@@ -2,5 +2,6 @@
 
 mod common;
 mod extract;
+mod lists;
 mod run;
 mod validate;

@@ -1,0 +1,336 @@
+//! Filter lists: `merge_filters` combines deny lists, allow lists and an
+//! item→group map into one filter artifact; [`load`] reads filter artifacts (merged
+//! or a plain `filter` extract) into the model's indices for `recommend` and
+//! `similar_items`, which apply them in one place (`topn::Selection`).
+//!
+//! A merged artifact is a folder with `filters.json` (group cap and provenance),
+//! `deny_items.parquet` (`item_id, source`), `deny_pairs.parquet`
+//! (`user_id, item_id, source`), `allow_items.parquet` (`item_id, source`) and
+//! `groups.parquet` (`item_id, group`), each present when it has rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use arrow::compute::{cast, concat_batches, filter_record_batch, is_not_null};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::interactions::{self, IdColumn};
+use super::{DATA_FILE, StepError, StepOutput};
+use crate::artifact::{self, read_parquet};
+use crate::config::pipeline::GroupsSpec;
+use crate::models::{Csr, IdMap};
+use crate::topn::GroupCaps;
+
+pub const MERGED_FILE: &str = "filters.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergedMeta {
+    pub group_cap: Option<usize>,
+    /// Per input: what it contributed.
+    pub sources: Vec<serde_json::Value>,
+}
+
+/// One input of a merge: the step it came from and its artifact folder.
+#[derive(Debug, Clone)]
+pub struct FilterInput {
+    pub step: String,
+    pub dir: PathBuf,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> StepError {
+    StepError::Data(format!("{}: {e}", path.display()))
+}
+
+fn with_source(
+    batch: &RecordBatch,
+    columns: &[&str],
+    source: &str,
+    path: &Path,
+) -> Result<RecordBatch, StepError> {
+    let mut cols: Vec<(&str, ArrayRef)> = Vec::new();
+    for c in columns {
+        let col = batch
+            .column_by_name(c)
+            .ok_or_else(|| err(path, format!("no column `{c}`")))?;
+        cols.push((c, col.clone()));
+    }
+    cols.push((
+        "source",
+        Arc::new(StringArray::from(vec![source; batch.num_rows()])),
+    ));
+    RecordBatch::try_from_iter(cols).map_err(|e| err(path, e))
+}
+
+fn concat(parts: &[RecordBatch], what: &str) -> Result<Option<RecordBatch>, StepError> {
+    let Some(first) = parts.first() else {
+        return Ok(None);
+    };
+    concat_batches(&first.schema(), parts)
+        .map(Some)
+        .map_err(|e| {
+            StepError::Data(format!(
+                "{what}: inputs disagree on id types ({e}); cast ids alike in the SQL"
+            ))
+        })
+}
+
+/// Merges `inputs` into `out_dir`. Blocking.
+pub fn merge(
+    inputs: &[FilterInput],
+    allow: &[String],
+    groups: Option<&GroupsSpec>,
+    out_dir: &Path,
+) -> Result<StepOutput, StepError> {
+    let (mut deny_items, mut deny_pairs, mut allow_items, mut group_rows) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sources = Vec::new();
+    for input in inputs {
+        let path = input.dir.join(DATA_FILE);
+        let (_, batches) = read_parquet(&path)?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if groups.is_some_and(|g| g.from == input.step) {
+            let g = groups.expect("checked");
+            for b in &batches {
+                let group = b
+                    .column_by_name(&g.column)
+                    .ok_or_else(|| err(&path, format!("no group column `{}`", g.column)))?;
+                let group = cast(group, &DataType::Utf8).map_err(|e| err(&path, e))?;
+                let item = b
+                    .column_by_name("item_id")
+                    .ok_or_else(|| err(&path, "no column `item_id`"))?;
+                let batch =
+                    RecordBatch::try_from_iter([("item_id", item.clone()), ("group", group)])
+                        .map_err(|e| err(&path, e))?;
+                let valid = is_not_null(batch.column(1)).map_err(|e| err(&path, e))?;
+                group_rows.push(filter_record_batch(&batch, &valid).map_err(|e| err(&path, e))?);
+            }
+            sources.push(json!({ "step": input.step, "role": "groups", "rows": rows }));
+        } else if allow.contains(&input.step) {
+            for b in &batches {
+                allow_items.push(with_source(b, &["item_id"], &input.step, &path)?);
+            }
+            sources.push(json!({ "step": input.step, "role": "allow", "rows": rows }));
+        } else {
+            let (mut items, mut pairs) = (0usize, 0usize);
+            for b in &batches {
+                let is_pair: BooleanArray = match b.column_by_name("user_id") {
+                    Some(u) => is_not_null(u).map_err(|e| err(&path, e))?,
+                    None => BooleanArray::from(vec![false; b.num_rows()]),
+                };
+                let is_item = arrow::compute::not(&is_pair).map_err(|e| err(&path, e))?;
+                let item_rows = filter_record_batch(b, &is_item).map_err(|e| err(&path, e))?;
+                let pair_rows = filter_record_batch(b, &is_pair).map_err(|e| err(&path, e))?;
+                items += item_rows.num_rows();
+                pairs += pair_rows.num_rows();
+                if item_rows.num_rows() > 0 {
+                    deny_items.push(with_source(&item_rows, &["item_id"], &input.step, &path)?);
+                }
+                if pair_rows.num_rows() > 0 {
+                    deny_pairs.push(with_source(
+                        &pair_rows,
+                        &["user_id", "item_id"],
+                        &input.step,
+                        &path,
+                    )?);
+                }
+            }
+            sources.push(json!({ "step": input.step, "role": "deny", "rows": rows, "items": items, "pairs": pairs }));
+        }
+    }
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for (name, parts) in [
+        ("deny_items.parquet", deny_items),
+        ("deny_pairs.parquet", deny_pairs),
+        ("allow_items.parquet", allow_items),
+        ("groups.parquet", group_rows),
+    ] {
+        if let Some(batch) = concat(&parts, name)? {
+            total += batch.num_rows() as u64;
+            files.push(artifact::write_parquet(
+                &out_dir.join(name),
+                batch.schema(),
+                &[batch],
+            )?);
+        }
+    }
+    let meta = MergedMeta {
+        group_cap: groups.map(|g| g.cap),
+        sources: sources.clone(),
+    };
+    files.push(artifact::write_json(&out_dir.join(MERGED_FILE), &meta)?);
+    Ok(StepOutput {
+        files,
+        rows: total,
+        details: json!({ "sources": sources, "group_cap": meta.group_cap }),
+    })
+}
+
+/// Per source list: the items it denies to everyone and the (user, item) pairs.
+#[derive(Default)]
+struct Denied {
+    items: Vec<u32>,
+    pairs: Vec<(u32, u32)>,
+}
+
+type BySource = BTreeMap<String, Denied>;
+
+/// Filter artifacts mapped to a model's indices.
+pub struct Filters {
+    pub blocked_items: Vec<u32>,
+    pub pairs: Csr,
+    pub groups: Option<GroupCaps>,
+    /// Per source: how many of the model's items or pairs it removed.
+    pub provenance: Vec<serde_json::Value>,
+}
+
+/// Reads filter artifacts (folders, merged or plain, or a plain filter file).
+pub fn load(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, StepError> {
+    let mut denied: BySource = BTreeMap::new();
+    let mut allowed: Option<Vec<bool>> = None;
+    let mut groups: Option<GroupCaps> = None;
+    for path in paths {
+        let merged = path.join(MERGED_FILE);
+        if std::fs::metadata(&merged).is_ok() {
+            let meta: MergedMeta = artifact::read_json(&merged)?;
+            let part = |name: &str| -> Option<PathBuf> {
+                let p = path.join(name);
+                std::fs::metadata(&p).is_ok().then_some(p)
+            };
+            if let Some(p) = part("deny_items.parquet") {
+                read_rows(&p, users, items, &mut denied)?;
+            }
+            if let Some(p) = part("deny_pairs.parquet") {
+                read_rows(&p, users, items, &mut denied)?;
+            }
+            if let Some(p) = part("allow_items.parquet") {
+                let mut found: BySource = BTreeMap::new();
+                read_rows(&p, users, items, &mut found)?;
+                let mask = allowed.get_or_insert_with(|| vec![false; items.len()]);
+                for d in found.values() {
+                    for &i in &d.items {
+                        mask[i as usize] = true;
+                    }
+                }
+            }
+            if let (Some(p), Some(cap)) = (part("groups.parquet"), meta.group_cap) {
+                groups = Some(read_groups(&p, items, cap)?);
+            }
+        } else {
+            let file = if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+                path.join(DATA_FILE)
+            } else {
+                path.clone()
+            };
+            read_rows(&file, users, items, &mut denied)?;
+        }
+    }
+    let mut blocked: Vec<u32> = denied
+        .values()
+        .flat_map(|d| d.items.iter().copied())
+        .collect();
+    if let Some(mask) = &allowed {
+        blocked.extend((0..items.len() as u32).filter(|&i| !mask[i as usize]));
+    }
+    blocked.sort_unstable();
+    blocked.dedup();
+    let pair_list: Vec<(u32, u32)> = denied
+        .values()
+        .flat_map(|d| d.pairs.iter().copied())
+        .collect();
+    let rows: Vec<u32> = pair_list.iter().map(|p| p.0).collect();
+    let cols: Vec<u32> = pair_list.iter().map(|p| p.1).collect();
+    let pairs = Csr::from_triplets(
+        users.len(),
+        items.len(),
+        &rows,
+        &cols,
+        &vec![1.0; rows.len()],
+    );
+    let mut provenance: Vec<serde_json::Value> = denied
+        .iter()
+        .map(|(source, d)| json!({ "source": source, "items": d.items.len(), "pairs": d.pairs.len() }))
+        .collect();
+    if let Some(mask) = &allowed {
+        provenance.push(json!({ "source": "allow lists", "items_outside": mask.iter().filter(|a| !**a).count() }));
+    }
+    Ok(Filters {
+        blocked_items: blocked,
+        pairs,
+        groups,
+        provenance,
+    })
+}
+
+/// Adds a filter file's rows, per `source` column (or the file name): rows without
+/// a `user_id` (or with a null one) deny the item for everyone, rows with one deny
+/// the pair. Ids the model does not know are skipped: they could not be shown anyway.
+fn read_rows(
+    path: &Path,
+    users: &IdMap,
+    items: &IdMap,
+    out: &mut BySource,
+) -> Result<(), StepError> {
+    let (_, batches) = read_parquet(path)?;
+    let default_source = path.display().to_string();
+    for b in &batches {
+        let item_col = IdColumn::of(b, "item_id", path)?;
+        interactions::check_type(&item_col, items, "item_id", path)?;
+        let user_col = match b.column_by_name("user_id") {
+            Some(raw) => {
+                let c = IdColumn::of(b, "user_id", path)?;
+                interactions::check_type(&c, users, "user_id", path)?;
+                Some((c, raw.clone()))
+            }
+            None => None,
+        };
+        let source = b
+            .column_by_name("source")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        for row in 0..b.num_rows() {
+            let Some(item) = items.index(item_col.get(row)) else {
+                continue;
+            };
+            let name = source
+                .as_ref()
+                .map_or(default_source.as_str(), |s| s.value(row));
+            let entry = out.entry(name.to_string()).or_default();
+            match &user_col {
+                Some((c, raw)) if raw.is_valid(row) => {
+                    if let Some(user) = users.index(c.get(row)) {
+                        entry.pairs.push((user, item));
+                    }
+                }
+                _ => entry.items.push(item),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_groups(path: &Path, items: &IdMap, cap: usize) -> Result<GroupCaps, StepError> {
+    let (_, batches) = read_parquet(path)?;
+    let mut group_of = vec![u32::MAX; items.len()];
+    let mut names: HashMap<String, u32> = HashMap::new();
+    for b in &batches {
+        let item_col = IdColumn::of(b, "item_id", path)?;
+        interactions::check_type(&item_col, items, "item_id", path)?;
+        let group = b
+            .column_by_name("group")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| err(path, "no Utf8 column `group`"))?;
+        for row in 0..b.num_rows() {
+            if let Some(item) = items.index(item_col.get(row)) {
+                let next = names.len() as u32;
+                group_of[item as usize] =
+                    *names.entry(group.value(row).to_string()).or_insert(next);
+            }
+        }
+    }
+    Ok(GroupCaps { group_of, cap })
+}

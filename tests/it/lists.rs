@@ -1,0 +1,108 @@
+//! The ALS example end to end: user→item and item→item lists with merged filters
+//! (closed jobs denied, at most three jobs of a category per list).
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::array::{Array, Int64Array, StringArray};
+use arrow::datatypes::DataType;
+use recpipe::artifact::read_parquet;
+
+use crate::common::{project, recpipe, text};
+
+fn ids(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
+#[test]
+fn als_lists_respect_filters_and_caps() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example-als", "--run-id", "a1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let (_, items) = read_parquet(&p.join("data/example/items.parquet")).unwrap();
+    let mut category = HashMap::new();
+    let mut closed = HashSet::new();
+    for b in &items {
+        let cat = b
+            .column_by_name("category")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let status = b
+            .column_by_name("status")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for (i, id) in ids(b, "item_id").into_iter().enumerate() {
+            category.insert(id, cat.value(i).to_string());
+            if status.value(i) == "closed" {
+                closed.insert(id);
+            }
+        }
+    }
+    let (_, inter) = read_parquet(&p.join("data/example/interactions.parquet")).unwrap();
+    let seen: HashSet<(i64, i64)> = inter
+        .iter()
+        .flat_map(|b| ids(b, "user_id").into_iter().zip(ids(b, "item_id")))
+        .collect();
+
+    for (table, row_col, item_col) in [
+        ("example_als_user_recs", "user_id", "item_id"),
+        ("example_als_similar_items", "item_id", "similar_item_id"),
+    ] {
+        let path = p
+            .join("state/published")
+            .join(table)
+            .join("current/data.parquet");
+        let (schema, batches) = read_parquet(&path).unwrap();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            vec![row_col, item_col, "rank", "score", "run_id", "generated_at"]
+        );
+        assert_eq!(schema.field(1).data_type(), &DataType::Int64);
+        let mut per_row: HashMap<i64, HashMap<String, usize>> = HashMap::new();
+        let mut rows = 0;
+        for b in &batches {
+            for (r, i) in ids(b, row_col).into_iter().zip(ids(b, item_col)) {
+                rows += 1;
+                assert!(!closed.contains(&i), "{table}: closed item {i}");
+                if row_col == "user_id" {
+                    assert!(
+                        !seen.contains(&(r, i)),
+                        "{table}: seen item {i} for user {r}"
+                    );
+                } else {
+                    assert_ne!(r, i, "{table}: item similar to itself");
+                }
+                let n = per_row
+                    .entry(r)
+                    .or_default()
+                    .entry(category[&i].clone())
+                    .or_default();
+                *n += 1;
+                assert!(
+                    *n <= 3,
+                    "{table}: more than 3 items of `{}` for {r}",
+                    category[&i]
+                );
+            }
+        }
+        assert!(rows > 0, "{table} is empty");
+        assert!(
+            per_row
+                .values()
+                .all(|cats| cats.values().sum::<usize>() == 10),
+            "{table}: lists of 10"
+        );
+    }
+}
