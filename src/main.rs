@@ -382,6 +382,12 @@ fn plan(settings: &Settings, p: &Pipeline) {
             ),
             StepSpec::Train(t) => format!("model {}", t.model()),
             StepSpec::SimilarItems(r) => format!("top {} similar items per item", r.top_n),
+            StepSpec::Evaluate(e) => format!(
+                "model {} against popularity, {:?} hold-out {}",
+                e.model.model(),
+                e.split,
+                e.test_fraction
+            ),
             StepSpec::MergeFilters(m) => match &m.groups {
                 Some(g) => format!("at most {} items per `{}` of `{}`", g.cap, g.column, g.from),
                 None => "deny and allow lists".to_string(),

@@ -98,6 +98,7 @@ pub enum StepSpec {
     Recommend(RecommendSpec),
     SimilarItems(SimilarItemsSpec),
     MergeFilters(MergeFiltersSpec),
+    Evaluate(EvaluateSpec),
     Write(WriteSpec),
 }
 
@@ -293,6 +294,42 @@ pub struct GroupsSpec {
     pub cap: usize,
 }
 
+/// Holds out part of the interactions, fits `model` (any train model, with its
+/// keys) and the popularity baseline on the rest, and records precision, recall,
+/// nDCG, MAP and coverage at `k` of both in the run manifest.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// `random` cells, or each user's latest (`time`, by `ts`).
+    #[serde(default)]
+    pub split: SplitKind,
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    #[serde(default = "default_top_n")]
+    pub k: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Set from the step's `model` key and that model's keys.
+    #[serde(skip_deserializing, default = "default_model")]
+    pub model: TrainSpec,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+
+fn default_model() -> TrainSpec {
+    TrainSpec::Popular(PopularSpec::default())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    #[default]
+    Random,
+    Time,
+}
+
 /// Publishes a list to a named sink as `table`, atomically.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +348,7 @@ pub enum ArtifactKind {
     Model,
     UserRecs,
     ItemRecs,
+    Metrics,
     Published,
 }
 
@@ -323,6 +361,7 @@ impl ArtifactKind {
             ArtifactKind::Model => "model",
             ArtifactKind::UserRecs => "user_recs",
             ArtifactKind::ItemRecs => "item_recs",
+            ArtifactKind::Metrics => "metrics",
             ArtifactKind::Published => "published",
         }
     }
@@ -335,6 +374,7 @@ impl StepSpec {
         "recommend",
         "similar_items",
         "merge_filters",
+        "evaluate",
         "write",
     ];
 
@@ -345,6 +385,7 @@ impl StepSpec {
             StepSpec::Recommend(_) => "recommend",
             StepSpec::SimilarItems(_) => "similar_items",
             StepSpec::MergeFilters(_) => "merge_filters",
+            StepSpec::Evaluate(_) => "evaluate",
             StepSpec::Write(_) => "write",
         }
     }
@@ -360,6 +401,7 @@ impl StepSpec {
             StepSpec::Recommend(_) => ArtifactKind::UserRecs,
             StepSpec::SimilarItems(_) => ArtifactKind::ItemRecs,
             StepSpec::MergeFilters(_) => ArtifactKind::Filter,
+            StepSpec::Evaluate(_) => ArtifactKind::Metrics,
             StepSpec::Write(_) => ArtifactKind::Published,
         }
     }
@@ -376,6 +418,7 @@ impl StepSpec {
             }
             StepSpec::SimilarItems(_) => Some(&[(Model, 1, 1), (Filter, 0, usize::MAX)]),
             StepSpec::MergeFilters(_) => Some(&[(Filter, 0, usize::MAX), (Items, 0, 1)]),
+            StepSpec::Evaluate(_) => Some(&[(Interactions, 1, 1)]),
             // One list: user→item or item→item (checked in `input_problems`).
             StepSpec::Write(_) => Some(&[(UserRecs, 0, 1), (ItemRecs, 0, 1)]),
         }
@@ -389,11 +432,15 @@ impl StepSpec {
             "recommend" => Some(fields::<RecommendSpec>()),
             "similar_items" => Some(fields::<SimilarItemsSpec>()),
             "merge_filters" => Some(fields::<MergeFiltersSpec>()),
+            "evaluate" => Some(EVALUATE_KEYS),
             "write" => Some(fields::<WriteSpec>()),
             _ => None,
         }
     }
 }
+
+/// The evaluate step's own keys; its model's keys are added like a train step's.
+const EVALUATE_KEYS: &[&str] = &["split", "test_fraction", "k", "seed", "model"];
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -773,7 +820,7 @@ impl<'a> Checker<'a> {
         let mut allowed: Vec<&str> = vec!["kind"];
         allowed.extend_from_slice(fields::<CommonSpec>());
         allowed.extend_from_slice(kind_fields);
-        if kind.0 == "train" {
+        if kind.0 == "train" || kind.0 == "evaluate" {
             allowed.extend(self.model_fields(path, &table, span.clone())?);
         }
         let article = if kind.0.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -812,23 +859,36 @@ impl<'a> Checker<'a> {
             "extract" => self
                 .deserialize_table(path, specific, &allowed, &what)
                 .map(StepSpec::Extract),
-            "train" => {
-                let model = specific
-                    .get_ref()
-                    .get("model")
-                    .and_then(|m| m.get_ref().as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let mut table = specific.into_inner();
-                table.remove("model");
-                let table = Spanned::new(span_of_step.clone(), table);
-                match model.as_str() {
-                    "popular" => self
-                        .deserialize_table(path, table, &allowed, &what)
-                        .map(|p| StepSpec::Train(TrainSpec::Popular(p))),
-                    "als" => self
-                        .deserialize_table(path, table, &allowed, &what)
-                        .map(|p| StepSpec::Train(TrainSpec::Als(p))),
+            "train" => self
+                .train_spec(path, specific, &allowed, &what)
+                .map(StepSpec::Train),
+            "evaluate" => {
+                // The evaluate step's own keys, then its model's keys as for train.
+                let (mut own, mut model_keys) = (DeTable::new(), DeTable::new());
+                for (k, v) in specific.into_inner() {
+                    if EVALUATE_KEYS.contains(&k.get_ref().as_ref()) && k.get_ref() != "model" {
+                        own.insert(k, v);
+                    } else {
+                        model_keys.insert(k, v);
+                    }
+                }
+                let own: Option<EvaluateSpec> = self.deserialize_table(
+                    path,
+                    Spanned::new(span_of_step.clone(), own),
+                    &allowed,
+                    &what,
+                );
+                let model = self.train_spec(
+                    path,
+                    Spanned::new(span_of_step.clone(), model_keys),
+                    &allowed,
+                    &what,
+                );
+                match (own, model) {
+                    (Some(mut e), Some(m)) => {
+                        e.model = m;
+                        Some(StepSpec::Evaluate(e))
+                    }
                     _ => None,
                 }
             }
@@ -853,6 +913,35 @@ impl<'a> Checker<'a> {
             common: common?,
             spec: spec?,
         })
+    }
+
+    /// The model a train (or evaluate) step names, from the table holding `model`
+    /// and that model's keys.
+    fn train_spec(
+        &mut self,
+        path: &str,
+        table: Spanned<DeTable<'a>>,
+        allowed: &[&str],
+        what: &str,
+    ) -> Option<TrainSpec> {
+        let span = table.span();
+        let mut table = table.into_inner();
+        let model = table
+            .get("model")
+            .and_then(|m| m.get_ref().as_str())
+            .unwrap_or_default()
+            .to_string();
+        table.remove("model");
+        let table = Spanned::new(span, table);
+        match model.as_str() {
+            "popular" => self
+                .deserialize_table(path, table, allowed, what)
+                .map(TrainSpec::Popular),
+            "als" => self
+                .deserialize_table(path, table, allowed, what)
+                .map(TrainSpec::Als),
+            _ => None,
+        }
     }
 
     /// The keys of the model a train step names; reports a missing or unknown model.
@@ -1085,6 +1174,25 @@ impl<'a> Checker<'a> {
                         span_of("top_n"),
                         join(path, "top_n"),
                         format!("must be between 1 and 10000, not {top_n}"),
+                    ));
+                }
+            }
+            StepSpec::Evaluate(e) => {
+                if !(e.test_fraction > 0.0 && e.test_fraction < 1.0) {
+                    errors.push((
+                        span_of("test_fraction"),
+                        join(path, "test_fraction"),
+                        format!(
+                            "must be between 0 and 1 (exclusive), not {}",
+                            e.test_fraction
+                        ),
+                    ));
+                }
+                if e.k == 0 || e.k > 1000 {
+                    errors.push((
+                        span_of("k"),
+                        join(path, "k"),
+                        format!("must be between 1 and 1000, not {}", e.k),
                     ));
                 }
             }

@@ -6,6 +6,7 @@
 //! blocking file I/O through `spawn_blocking`; no step blocks a tokio worker.
 
 pub mod contract;
+pub mod evaluate;
 pub mod extract;
 pub mod filters;
 pub mod interactions;
@@ -98,6 +99,11 @@ pub async fn run(
                 .map(data);
             let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
             compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
+        }
+        StepSpec::Evaluate(e) => {
+            let input = data(input_of(inputs, ArtifactKind::Interactions)?);
+            let (e, out, stop) = (e.clone(), out_dir.to_path_buf(), cx.stop.clone());
+            compute(&cx.pool, move || evaluate::run(&e, &input, &out, &stop)).await
         }
         StepSpec::MergeFilters(m) => {
             let sources: Vec<filters::FilterInput> = inputs

@@ -105,4 +105,18 @@ fn als_lists_respect_filters_and_caps() {
             "{table}: lists of 10"
         );
     }
+
+    // The evaluate step held out each user's latest 20% and compared with popularity.
+    let metrics: serde_json::Value =
+        recpipe::artifact::read_json(&p.join("state/runs/example-als/a1/quality/metrics.json"))
+            .unwrap();
+    let lift = metrics["ndcg_lift_over_popularity"].as_f64().unwrap();
+    assert!(
+        lift > 1.2,
+        "ALS should beat popularity on held-out data: {metrics}"
+    );
+    assert!(
+        metrics["metrics"]["users"].as_u64().unwrap() > 1000,
+        "{metrics}"
+    );
 }
