@@ -156,15 +156,17 @@ pub enum ParamValue {
 pub enum TrainSpec {
     Popular(PopularSpec),
     Als(AlsSpec),
+    ItemItem(ItemItemSpec),
 }
 
 impl TrainSpec {
-    pub const MODELS: &[&str] = &["popular", "als"];
+    pub const MODELS: &[&str] = &["popular", "als", "item_item"];
 
     fn fields_of(model: &str) -> Option<&'static [&'static str]> {
         match model {
             "popular" => Some(fields::<PopularSpec>()),
             "als" => Some(fields::<AlsSpec>()),
+            "item_item" => Some(fields::<ItemItemSpec>()),
             _ => None,
         }
     }
@@ -173,6 +175,7 @@ impl TrainSpec {
         match self {
             TrainSpec::Popular(_) => "popular",
             TrainSpec::Als(_) => "als",
+            TrainSpec::ItemItem(_) => "item_item",
         }
     }
 }
@@ -211,6 +214,38 @@ impl Default for AlsSpec {
             report_loss: false,
         }
     }
+}
+
+/// Item-based co-occurrence similarity: needs no factorization.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ItemItemSpec {
+    /// `cosine`, `jaccard` or `bm25`.
+    pub similarity: ItemSimilarity,
+    /// Similar items kept per item.
+    pub neighbors: usize,
+    pub bm25_k1: f32,
+    pub bm25_b: f32,
+}
+
+impl Default for ItemItemSpec {
+    fn default() -> Self {
+        Self {
+            similarity: ItemSimilarity::Cosine,
+            neighbors: 50,
+            bm25_k1: 1.2,
+            bm25_b: 0.75,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemSimilarity {
+    #[default]
+    Cosine,
+    Jaccard,
+    Bm25,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -940,6 +975,9 @@ impl<'a> Checker<'a> {
             "als" => self
                 .deserialize_table(path, table, allowed, what)
                 .map(TrainSpec::Als),
+            "item_item" => self
+                .deserialize_table(path, table, allowed, what)
+                .map(TrainSpec::ItemItem),
             _ => None,
         }
     }

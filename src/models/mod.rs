@@ -8,6 +8,7 @@ pub mod csr;
 pub mod dense;
 pub mod eval;
 pub mod ids;
+pub mod item_item;
 pub mod popular;
 pub mod similarity;
 

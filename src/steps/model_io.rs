@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -20,13 +22,16 @@ use super::interactions::IdColumn;
 use crate::artifact::{self, FileEntry};
 use crate::models::als::AlsModel;
 use crate::models::ids::Ids;
+use crate::models::item_item::{ItemItemModel, NeighborSimilarity};
 use crate::models::popular::Popular;
 use crate::models::similarity::CosineSimilarity;
-use crate::models::{IdMap, Recommender};
+use crate::models::{Csr, IdMap, Recommender};
 
 pub const META_FILE: &str = "model.json";
 pub const USERS_FILE: &str = "users.parquet";
 pub const ITEMS_FILE: &str = "items.parquet";
+/// Item-item models: `item, neighbor` (dense item indices, UInt32) and `score`.
+pub const NEIGHBORS_FILE: &str = "neighbors.parquet";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -46,6 +51,7 @@ pub struct ModelMeta {
 pub enum Fitted {
     Popular(Popular),
     Als(AlsModel),
+    ItemItem(ItemItemModel),
 }
 
 impl Fitted {
@@ -53,14 +59,16 @@ impl Fitted {
         match self {
             Fitted::Popular(m) => m,
             Fitted::Als(m) => m,
+            Fitted::ItemItem(m) => m,
         }
     }
 
-    /// Item→item similarity, for models that have item vectors.
-    pub fn similarity(&self) -> Option<CosineSimilarity> {
+    /// Item→item similarity, for models that have one.
+    pub fn similarity(&self) -> Option<Box<dyn Recommender + '_>> {
         match self {
             Fitted::Popular(_) => None,
-            Fitted::Als(m) => Some(CosineSimilarity::new(&m.item_factors, m.factors)),
+            Fitted::Als(m) => Some(Box::new(CosineSimilarity::new(&m.item_factors, m.factors))),
+            Fitted::ItemItem(m) => Some(Box::new(NeighborSimilarity(&m.neighbors))),
         }
     }
 }
@@ -105,32 +113,69 @@ pub fn save(
     items: &IdMap,
     fitted: &Fitted,
 ) -> Result<Vec<FileEntry>, StepError> {
-    let users_batch = match fitted {
-        Fitted::Popular(_) => RecordBatch::try_from_iter([("user_id", ids_array(users.ids()))])
-            .map_err(|e| StepError::Data(e.to_string()))?,
-        Fitted::Als(m) => table(
-            "user_id",
-            users,
-            ("factors", factors_array(&m.user_factors, m.factors)?),
-        )?,
+    let ids_only = |name: &str, ids: &IdMap| {
+        RecordBatch::try_from_iter([(name, ids_array(ids.ids()))])
+            .map_err(|e| StepError::Data(e.to_string()))
     };
-    let items_batch = match fitted {
-        Fitted::Popular(m) => table(
-            "item_id",
-            items,
-            ("score", Arc::new(Float32Array::from(m.scores.clone()))),
-        )?,
-        Fitted::Als(m) => table(
-            "item_id",
-            items,
-            ("factors", factors_array(&m.item_factors, m.factors)?),
-        )?,
+    let (users_batch, items_batch) = match fitted {
+        Fitted::Popular(m) => (
+            ids_only("user_id", users)?,
+            table(
+                "item_id",
+                items,
+                ("score", Arc::new(Float32Array::from(m.scores.clone()))),
+            )?,
+        ),
+        Fitted::Als(m) => (
+            table(
+                "user_id",
+                users,
+                ("factors", factors_array(&m.user_factors, m.factors)?),
+            )?,
+            table(
+                "item_id",
+                items,
+                ("factors", factors_array(&m.item_factors, m.factors)?),
+            )?,
+        ),
+        Fitted::ItemItem(_) => (ids_only("user_id", users)?, ids_only("item_id", items)?),
     };
-    Ok(vec![
-        artifact::write_parquet(&dir.join(USERS_FILE), users_batch.schema(), &[users_batch])?,
-        artifact::write_parquet(&dir.join(ITEMS_FILE), items_batch.schema(), &[items_batch])?,
-        artifact::write_json(&dir.join(META_FILE), meta)?,
-    ])
+    let mut files = Vec::new();
+    if let Fitted::ItemItem(m) = fitted {
+        let n = &m.neighbors;
+        let rows: Vec<u32> = (0..n.n_rows)
+            .flat_map(|r| std::iter::repeat_n(r as u32, n.row(r).0.len()))
+            .collect();
+        let batch = RecordBatch::try_from_iter([
+            ("item", Arc::new(UInt32Array::from(rows)) as ArrayRef),
+            (
+                "neighbor",
+                Arc::new(UInt32Array::from(n.indices.clone())) as ArrayRef,
+            ),
+            (
+                "score",
+                Arc::new(Float32Array::from(n.data.clone())) as ArrayRef,
+            ),
+        ])
+        .map_err(|e| StepError::Data(e.to_string()))?;
+        files.push(artifact::write_parquet(
+            &dir.join(NEIGHBORS_FILE),
+            batch.schema(),
+            &[batch],
+        )?);
+    }
+    files.push(artifact::write_parquet(
+        &dir.join(USERS_FILE),
+        users_batch.schema(),
+        &[users_batch],
+    )?);
+    files.push(artifact::write_parquet(
+        &dir.join(ITEMS_FILE),
+        items_batch.schema(),
+        &[items_batch],
+    )?);
+    files.push(artifact::write_json(&dir.join(META_FILE), meta)?);
+    Ok(files)
 }
 
 /// Reads a model artifact written by `train`.
@@ -169,6 +214,39 @@ pub fn load(dir: &Path) -> Result<LoadedModel, StepError> {
                 factors: k,
                 user_factors,
                 item_factors,
+            })
+        }
+        "item_item" => {
+            let path = dir.join(NEIGHBORS_FILE);
+            let (_, batches) = artifact::read_parquet(&path)?;
+            let (mut rows, mut cols) = (Vec::new(), Vec::new());
+            for b in &batches {
+                for (name, out) in [("item", &mut rows), ("neighbor", &mut cols)] {
+                    let col = b
+                        .column_by_name(name)
+                        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+                        .ok_or_else(|| {
+                            StepError::Data(format!(
+                                "{}: no UInt32 column `{name}`",
+                                path.display()
+                            ))
+                        })?;
+                    out.extend_from_slice(col.values());
+                }
+            }
+            let scores = floats(&batches, "score", &path)?;
+            if rows.iter().chain(&cols).any(|&i| i as usize >= items.len()) {
+                return Err(StepError::Data(format!(
+                    "{}: item index out of range",
+                    path.display()
+                )));
+            }
+            let neighbors = Csr::from_triplets(items.len(), items.len(), &rows, &cols, &scores);
+            // Users are scored through their training interactions.
+            let user_items = super::interactions::load_with(&meta.trained_on, &users, &items)?;
+            Fitted::ItemItem(ItemItemModel {
+                neighbors,
+                user_items,
             })
         }
         other => {

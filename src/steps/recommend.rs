@@ -143,7 +143,7 @@ pub fn similar(
     let loaded = model_io::load(&job.model_dir)?;
     let similarity = loaded.fitted.similarity().ok_or_else(|| {
         StepError::Data(format!(
-            "model `{}` has no item vectors to compare; train `als` for similar items",
+            "model `{}` has no item similarity; train `als` or `item_item` for similar items",
             loaded.meta.model
         ))
     })?;
@@ -157,7 +157,7 @@ pub fn similar(
         ..Selection::default()
     };
     let (rows, file) = write_lists(
-        &similarity,
+        similarity.as_ref(),
         &ITEM_LIST,
         &loaded.items,
         &loaded.items,

@@ -6,9 +6,12 @@ use serde_json::json;
 
 use super::model_io::{self, Fitted, ModelMeta};
 use super::{StepError, StepOutput, interactions};
-use crate::config::pipeline::{AlsSolver, AlsSpec, PopularBy, TrainSpec};
+use crate::config::pipeline::{
+    AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec,
+};
 use crate::models::StopFlag;
 use crate::models::als::{self, AlsParams, Solver};
+use crate::models::item_item::{self, ItemItemModel, Similarity};
 use crate::models::popular::Popular;
 
 pub fn als_params(spec: &AlsSpec) -> AlsParams {
@@ -26,6 +29,17 @@ pub fn als_params(spec: &AlsSpec) -> AlsParams {
         },
         seed: spec.seed,
         loss: spec.report_loss,
+    }
+}
+
+pub fn similarity(spec: &ItemItemSpec) -> Similarity {
+    match spec.similarity {
+        ItemSimilarity::Cosine => Similarity::Cosine,
+        ItemSimilarity::Jaccard => Similarity::Jaccard,
+        ItemSimilarity::Bm25 => Similarity::Bm25 {
+            k1: spec.bm25_k1,
+            b: spec.bm25_b,
+        },
     }
 }
 
@@ -54,6 +68,17 @@ pub fn run(
         TrainSpec::Als(a) => {
             let (model, report) = als::fit(&data.matrix, &als_params(a), stop)?;
             (Fitted::Als(model), json!({ "loss": report.losses }))
+        }
+        TrainSpec::ItemItem(i) => {
+            let neighbors = item_item::neighbors(&data.matrix, similarity(i), i.neighbors, stop)?;
+            let report = json!({ "neighbor_pairs": neighbors.nnz() });
+            (
+                Fitted::ItemItem(ItemItemModel {
+                    neighbors,
+                    user_items: data.matrix.clone(),
+                }),
+                report,
+            )
         }
     };
     let meta = ModelMeta {

@@ -120,3 +120,62 @@ fn als_lists_respect_filters_and_caps() {
         "{metrics}"
     );
 }
+
+#[test]
+fn item_item_model_needs_no_factorization() {
+    let dir = project();
+    let p = dir.path();
+    let pipeline = r#"
+name = "item-item"
+
+[steps.interactions]
+kind = "extract"
+source = "local"
+sql = "sql/example_interactions.sql"
+role = "interactions"
+params = { min_value = 1 }
+
+[steps.model]
+kind = "train"
+needs = ["interactions"]
+model = "item_item"
+similarity = "bm25"
+neighbors = 30
+
+[steps.recs]
+kind = "recommend"
+needs = ["model"]
+
+[steps.similar]
+kind = "similar_items"
+needs = ["model"]
+
+[steps.quality]
+kind = "evaluate"
+needs = ["interactions"]
+model = "item_item"
+similarity = "cosine"
+"#;
+    std::fs::write(p.join("pipelines/item_item.toml"), pipeline).unwrap();
+    let out = recpipe(p, &["run", "item-item", "--run-id", "i1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = p.join("state/runs/item-item/i1");
+    let (_, similar) = read_parquet(&run.join("similar/data.parquet")).unwrap();
+    let mut rows = 0;
+    for b in &similar {
+        for (i, j) in ids(b, "item_id").into_iter().zip(ids(b, "similar_item_id")) {
+            assert_ne!(i, j);
+            rows += 1;
+        }
+    }
+    assert!(rows > 1000, "{rows} similar pairs");
+    let (_, recs) = read_parquet(&run.join("recs/data.parquet")).unwrap();
+    assert!(recs.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
+    let metrics: serde_json::Value =
+        recpipe::artifact::read_json(&run.join("quality/metrics.json")).unwrap();
+    let lift = metrics["ndcg_lift_over_popularity"].as_f64().unwrap();
+    assert!(
+        lift > 1.1,
+        "item-item should beat popularity on held-out data: {metrics}"
+    );
+}
