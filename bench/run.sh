@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 KIT=${RECPIPE_BENCH_KIT:-../shared/bench}
 VENV=${RECPIPE_ANCHORS_VENV:-$HOME/.cache/recpipe-anchors}
 OUT=${RECPIPE_BENCH_OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/recpipe-target}"
 cargo build --quiet
 BIN="$CARGO_TARGET_DIR/debug/recpipe"

@@ -293,13 +293,22 @@ impl Recommender for AlsModel {
             .unwrap_or(0)
     }
 
-    fn score_block(&self, users: &[u32], out: &mut [f32]) {
+    fn score_block(&self, users: &[u32], items: std::ops::Range<usize>, out: &mut [f32]) {
         let k = self.factors;
         let mut q = Vec::with_capacity(users.len() * k);
         for &u in users {
             q.extend_from_slice(&self.user_factors[u as usize * k..(u as usize + 1) * k]);
         }
-        gemm_nt(&q, &self.item_factors, k, out);
+        gemm_nt(
+            &q,
+            &self.item_factors[items.start * k..items.end * k],
+            k,
+            out,
+        );
+    }
+
+    fn item_tile(&self) -> usize {
+        crate::topn::DENSE_ITEM_TILE
     }
 }
 

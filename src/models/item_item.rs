@@ -141,8 +141,8 @@ impl Recommender for ItemItemModel {
 
     /// Items no neighbour of the user's items reaches score −∞: lists can be shorter
     /// than asked rather than padded with arbitrary items.
-    fn score_block(&self, rows: &[u32], out: &mut [f32]) {
-        let n = self.n_items();
+    fn score_block(&self, rows: &[u32], range: std::ops::Range<usize>, out: &mut [f32]) {
+        let n = range.len();
         for (&u, scores) in rows.iter().zip(out.chunks_exact_mut(n.max(1))) {
             scores.fill(f32::NEG_INFINITY);
             if (u as usize) >= self.user_items.n_rows {
@@ -172,13 +172,15 @@ impl Recommender for NeighborSimilarity<'_> {
         self.0.n_cols
     }
 
-    fn score_block(&self, rows: &[u32], out: &mut [f32]) {
-        let n = self.n_items();
+    fn score_block(&self, rows: &[u32], range: std::ops::Range<usize>, out: &mut [f32]) {
+        let n = range.len();
         for (&i, scores) in rows.iter().zip(out.chunks_exact_mut(n.max(1))) {
             scores.fill(f32::NEG_INFINITY);
             let (js, sims) = self.0.row(i as usize);
             for (&j, &s) in js.iter().zip(sims) {
-                scores[j as usize] = s;
+                if range.contains(&(j as usize)) {
+                    scores[j as usize - range.start] = s;
+                }
             }
         }
     }

@@ -53,14 +53,21 @@ impl StopFlag {
 #[error("stopped: the run was cancelled or timed out")]
 pub struct Stopped;
 
-/// Scores every item for a block of query rows: users for a recommender, items
-/// for a similarity.
+/// Scores items for a block of query rows: users for a recommender, items for a
+/// similarity.
 pub trait Recommender: Sync {
     fn n_items(&self) -> usize;
 
-    /// Writes the score of every item for each of `rows` into `out`, row-major
-    /// (`out.len() == rows.len() * n_items()`); higher is better.
-    fn score_block(&self, rows: &[u32], out: &mut [f32]);
+    /// Writes the scores of items `items` (a range of item indices) for each of
+    /// `rows` into `out`, row-major (`out.len() == rows.len() * items.len()`);
+    /// higher is better, −∞ means "never recommend".
+    fn score_block(&self, rows: &[u32], items: std::ops::Range<usize>, out: &mut [f32]);
+
+    /// How many items to score per call: dense models gain from tiles that keep
+    /// the scores in cache; sparse ones would redo their work per tile.
+    fn item_tile(&self) -> usize {
+        usize::MAX
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,10 @@ impl Recommender for Popular {
         self.scores.len()
     }
 
-    fn score_block(&self, _rows: &[u32], out: &mut [f32]) {
-        for row in out.chunks_exact_mut(self.scores.len().max(1)) {
-            row.copy_from_slice(&self.scores);
+    fn score_block(&self, _rows: &[u32], items: std::ops::Range<usize>, out: &mut [f32]) {
+        let tile = &self.scores[items];
+        for row in out.chunks_exact_mut(tile.len().max(1)) {
+            row.copy_from_slice(tile);
         }
     }
 }

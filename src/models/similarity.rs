@@ -25,13 +25,17 @@ impl Recommender for CosineSimilarity {
         self.unit.len().checked_div(self.k).unwrap_or(0)
     }
 
-    fn score_block(&self, rows: &[u32], out: &mut [f32]) {
+    fn score_block(&self, rows: &[u32], items: std::ops::Range<usize>, out: &mut [f32]) {
         let k = self.k;
         let mut q = Vec::with_capacity(rows.len() * k);
         for &r in rows {
             q.extend_from_slice(&self.unit[r as usize * k..(r as usize + 1) * k]);
         }
-        gemm_nt(&q, &self.unit, k, out);
+        gemm_nt(&q, &self.unit[items.start * k..items.end * k], k, out);
+    }
+
+    fn item_tile(&self) -> usize {
+        crate::topn::DENSE_ITEM_TILE
     }
 }
 
@@ -43,7 +47,7 @@ mod tests {
     fn parallel_vectors_score_one() {
         let sim = CosineSimilarity::new(&[1.0, 0.0, 2.0, 0.0, 0.0, 3.0], 2);
         let mut out = vec![0f32; 3];
-        sim.score_block(&[0], &mut out);
+        sim.score_block(&[0], 0..3, &mut out);
         assert_eq!(out, vec![1.0, 1.0, 0.0]);
     }
 }
