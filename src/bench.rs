@@ -70,6 +70,8 @@ pub fn read_split(path: &Path, positive_min: Option<f32>) -> Result<Split, Strin
             t.push(tst.value(row));
         }
     }
+    // The Arrow batches are no longer needed: free them before the matrices grow.
+    drop(batches);
     let n_users = u.iter().max().map_or(0, |m| *m as usize + 1);
     let n_items = i.iter().max().map_or(0, |m| *m as usize + 1);
     let pick = |test: bool, positives: bool| {
