@@ -98,7 +98,13 @@ impl Sink for ParquetSink {
     fn healthcheck(&self) -> Result<(), SinkError> {
         fs::create_dir_all(&self.config.path)
             .map_err(|e| self.err(&format!("cannot create {}", self.config.path.display()), e))?;
-        let probe = self.config.path.join(".healthcheck");
+        // A name of its own: write steps of one run check the same sink at once.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = self
+            .config
+            .path
+            .join(format!(".healthcheck-{}-{n}", std::process::id()));
         artifact::write_bytes(&probe, b"ok").map_err(|e| self.err("not writable", e))?;
         fs::remove_file(&probe).map_err(|e| self.err("not writable", e))
     }
