@@ -105,8 +105,57 @@ enum StepCommand {
     Recommend(RecommendArgs),
     /// Top-N similar items per item from a factor model, filtered items removed.
     SimilarItems(RecommendArgs),
+    /// Merge filter lists into one filter artifact (deny, allow, group caps).
+    MergeFilters(MergeFiltersArgs),
+    /// Hold out part of an interactions file and score a model against popularity.
+    Evaluate(EvaluateArgs),
     /// Publish a list file to a configured sink, atomically.
     Write(WriteArgs),
+}
+
+#[derive(Args)]
+struct MergeFiltersArgs {
+    /// `name=path` of a filter (or items) Parquet file; deny lists unless `--allow`.
+    #[arg(long, value_parser = parse_key_value, required = true)]
+    input: Vec<(String, String)>,
+    /// Names of inputs that are allow lists.
+    #[arg(long)]
+    allow: Vec<String>,
+    /// The input mapping `item_id` to a group, with `--group-column` and `--group-cap`.
+    #[arg(long, requires_all = ["group_column", "group_cap"])]
+    groups_from: Option<String>,
+    #[arg(long)]
+    group_column: Option<String>,
+    #[arg(long)]
+    group_cap: Option<usize>,
+    /// Folder for the merged filter artifact.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// An interactions Parquet file.
+    #[arg(long)]
+    input: PathBuf,
+    /// The model: `popular`, `als` or `item_item`.
+    #[arg(long)]
+    model: String,
+    /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
+    #[arg(long = "set", value_parser = parse_key_value)]
+    set: Vec<(String, String)>,
+    /// `random` or `time` (each user's latest, by `ts`).
+    #[arg(long, default_value = "random")]
+    split: String,
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for metrics.json.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -135,7 +184,7 @@ struct TrainArgs {
     /// An interactions Parquet file.
     #[arg(long)]
     input: PathBuf,
-    /// The model: `popular` or `als`.
+    /// The model: `popular`, `als` or `item_item`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
@@ -607,12 +656,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 .context("extract")?
         }
         StepCommand::Train(a) => {
-            let mut spec = format!("model = {}\n", toml_string(&a.model));
-            for (k, v) in &a.set {
-                spec.push_str(&format!("{k} = {v}\n"));
-            }
-            let spec: TrainSpec = toml::from_str(&spec)
-                .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
+            let spec = train_spec(&a.model, &a.set)?;
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
@@ -621,6 +665,53 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             })
             .await
             .context("train")?
+        }
+        StepCommand::MergeFilters(a) => {
+            let inputs: Vec<steps::filters::FilterInput> = a
+                .input
+                .into_iter()
+                .map(|(step, file)| steps::filters::FilterInput {
+                    step,
+                    file: file.into(),
+                })
+                .collect();
+            let groups = match (a.groups_from, a.group_column, a.group_cap) {
+                (Some(from), Some(column), Some(cap)) if cap > 0 => {
+                    Some(recpipe::config::pipeline::GroupsSpec { from, column, cap })
+                }
+                (Some(_), _, _) => {
+                    return Err(Failure::BadInput(anyhow!("--group-cap must be at least 1")));
+                }
+                _ => None,
+            };
+            std::fs::create_dir_all(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
+            let (allow, out) = (a.allow, a.output);
+            tokio::task::spawn_blocking(move || {
+                steps::filters::merge(&inputs, &allow, groups.as_ref(), &out)
+            })
+            .await
+            .map_err(|e| anyhow!(e))?
+            .context("merge-filters")?
+        }
+        StepCommand::Evaluate(a) => {
+            let mut spec: recpipe::config::pipeline::EvaluateSpec = toml::from_str(&format!(
+                "split = {}\ntest_fraction = {}\nk = {}\nseed = {}\n",
+                toml_string(&a.split),
+                a.test_fraction,
+                a.k,
+                a.seed
+            ))
+            .map_err(|e| Failure::BadInput(anyhow!("evaluate: {}", e.message())))?;
+            spec.model = train_spec(&a.model, &a.set)?;
+            std::fs::create_dir_all(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
+            let (input, out) = (a.input, a.output);
+            steps::compute(&pool, move || {
+                steps::evaluate::run(&spec, &input, &out, &StopFlag::default())
+            })
+            .await
+            .context("evaluate")?
         }
         StepCommand::Recommend(a) => {
             let (job, out) = list_job(a);
@@ -669,6 +760,17 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;
     println!("{summary}");
     Ok(())
+}
+
+/// A model spec from `--model` and `--set key=value` pairs, read exactly as the same
+/// keys in a pipeline file would be.
+fn train_spec(model: &str, set: &[(String, String)]) -> Result<TrainSpec, Failure> {
+    let mut text = format!("model = {}\n", toml_string(model));
+    for (k, v) in set {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    toml::from_str(&text)
+        .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))
 }
 
 fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {

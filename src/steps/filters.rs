@@ -35,11 +35,11 @@ pub struct MergedMeta {
     pub sources: Vec<serde_json::Value>,
 }
 
-/// One input of a merge: the step it came from and its artifact folder.
+/// One input of a merge: the step (or name) it came from and its Parquet file.
 #[derive(Debug, Clone)]
 pub struct FilterInput {
     pub step: String,
-    pub dir: PathBuf,
+    pub file: PathBuf,
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> StepError {
@@ -90,7 +90,7 @@ pub fn merge(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sources = Vec::new();
     for input in inputs {
-        let path = input.dir.join(DATA_FILE);
+        let path = input.file.clone();
         let (_, batches) = read_parquet(&path)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if groups.is_some_and(|g| g.from == input.step) {

@@ -110,7 +110,7 @@ pub async fn run(
                 .iter()
                 .map(|i| filters::FilterInput {
                     step: i.step.clone(),
-                    dir: i.dir.clone(),
+                    file: data(i),
                 })
                 .collect();
             let (m, out) = (m.clone(), out_dir.to_path_buf());

@@ -179,3 +179,156 @@ similarity = "cosine"
         "item-item should beat popularity on held-out data: {metrics}"
     );
 }
+
+/// The merge-filters and evaluate commands on plain files, chained with train and
+/// recommend as an operator would when debugging a pipeline by hand.
+#[test]
+fn merge_filters_and_evaluate_commands() {
+    let dir = project();
+    let p = dir.path();
+    let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let data = p.join("data/example");
+    // A filter file: the closed items, made with the extract command.
+    std::fs::write(
+        p.join("closed.sql"),
+        "SELECT item_id FROM items WHERE status = 'closed'",
+    )
+    .unwrap();
+    let table = format!("items={}", s(&data.join("items.parquet")));
+    let closed = p.join("closed.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "extract",
+            "--table",
+            &table,
+            "--sql",
+            &s(&p.join("closed.sql")),
+            "--role",
+            "filter",
+            "--output",
+            &s(&closed),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let merged = p.join("merged");
+    let closed_arg = format!("closed={}", s(&closed));
+    let items_arg = format!("items={}", s(&data.join("items.parquet")));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "merge-filters",
+            "--input",
+            &closed_arg,
+            "--input",
+            &items_arg,
+            "--groups-from",
+            "items",
+            "--group-column",
+            "category",
+            "--group-cap",
+            "2",
+            "--output",
+            &s(&merged),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let model = p.join("model");
+    let interactions = s(&data.join("interactions.parquet"));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            &interactions,
+            "--model",
+            "als",
+            "--set",
+            "factors=16",
+            "--output",
+            &s(&model),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let recs = p.join("recs.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "recommend",
+            "--model",
+            &s(&model),
+            "--filter",
+            &s(&merged),
+            "--output",
+            &s(&recs),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, items) = read_parquet(&data.join("items.parquet")).unwrap();
+    let mut category = HashMap::new();
+    let mut closed_ids = HashSet::new();
+    for b in &items {
+        let cat = b
+            .column_by_name("category")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let status = b
+            .column_by_name("status")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for (i, id) in ids(b, "item_id").into_iter().enumerate() {
+            category.insert(id, cat.value(i).to_string());
+            if status.value(i) == "closed" {
+                closed_ids.insert(id);
+            }
+        }
+    }
+    let (_, batches) = read_parquet(&recs).unwrap();
+    let mut per_user: HashMap<(i64, String), usize> = HashMap::new();
+    for b in &batches {
+        for (u, i) in ids(b, "user_id").into_iter().zip(ids(b, "item_id")) {
+            assert!(!closed_ids.contains(&i));
+            let n = per_user.entry((u, category[&i].clone())).or_default();
+            *n += 1;
+            assert!(*n <= 2, "cap of 2 per category broken for user {u}");
+        }
+    }
+    let eval_dir = p.join("eval");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "evaluate",
+            "--input",
+            &interactions,
+            "--model",
+            "als",
+            "--set",
+            "factors=16",
+            "--split",
+            "time",
+            "--output",
+            &s(&eval_dir),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let metrics: serde_json::Value =
+        recpipe::artifact::read_json(&eval_dir.join("metrics.json")).unwrap();
+    assert!(
+        metrics["ndcg_lift_over_popularity"].as_f64().unwrap() > 1.2,
+        "{metrics}"
+    );
+}
