@@ -23,6 +23,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--split", required=True)
 ap.add_argument("--positive-min", type=float, default=None)
 ap.add_argument("--seed", type=int, default=7)
+ap.add_argument("--scale-regularization", action="store_true",
+                help="ALS-WR: regularization per row scaled by its interaction count")
 ap.add_argument("--bin", default=os.path.expanduser("~/.cache/recpipe-target/debug/recpipe"))
 a = ap.parse_args()
 
@@ -38,7 +40,8 @@ pq.write_table(val, path)
 
 grid = {
     "factors": [32, 64, 128],
-    "regularization": [0.05, 2.0, 10.0, 20.0, 50.0, 100.0, 200.0],
+    "regularization": [0.05, 2.0, 10.0, 20.0, 50.0, 100.0, 200.0]
+    if not a.scale_regularization else [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
     "alpha": [0.1, 0.25, 0.5, 1.0],
     "iterations": [15],
 }
@@ -48,6 +51,8 @@ for values in itertools.product(*grid.values()):
     cmd = [a.bin, "bench", "--split", path, "--repeats", "1"]
     if a.positive_min is not None:
         cmd += ["--positive-min", str(a.positive_min)]
+    if a.scale_regularization:
+        cmd.append("--scale-regularization")
     for k, v in params.items():
         cmd += [f"--{k}", str(v)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

@@ -75,6 +75,9 @@ enum Command {
         regularization: f32,
         #[arg(long, default_value_t = 1.0)]
         alpha: f32,
+        /// ALS-WR: scale each row's regularization by its interaction count.
+        #[arg(long)]
+        scale_regularization: bool,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value_t = 3)]
@@ -317,6 +320,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             iterations,
             regularization,
             alpha,
+            scale_regularization,
             threads,
             repeats,
         } => {
@@ -327,6 +331,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 iterations,
                 regularization,
                 alpha,
+                scale_regularization,
                 ..Default::default()
             };
             let pool = steps::compute_pool(threads).map_err(|e| Failure::Failed(e.into()))?;

@@ -35,6 +35,9 @@ pub struct AlsParams {
     /// Compute the training loss after every iteration (costs about one extra
     /// half-iteration of arithmetic).
     pub loss: bool,
+    /// Scale each row's regularization by its number of interactions (ALS-WR,
+    /// Zhou et al. 2008), so one setting suits small and large data alike.
+    pub scale_regularization: bool,
 }
 
 impl Default for AlsParams {
@@ -42,12 +45,13 @@ impl Default for AlsParams {
         Self {
             factors: 64,
             iterations: 15,
-            regularization: 0.05,
-            alpha: 1.0,
+            regularization: 0.3,
+            alpha: 0.25,
             log_epsilon: None,
             solver: Solver::ConjugateGradient { steps: 3 },
             seed: 42,
             loss: false,
+            scale_regularization: true,
         }
     }
 }
@@ -108,9 +112,7 @@ pub fn fit(
         solve_side(&cui, &y, &mut x, k, params, stop)?;
         solve_side(&ciu, &x, &mut y, k, params, stop)?;
         if params.loss {
-            report
-                .losses
-                .push(loss(&cui, &x, &y, k, params.regularization));
+            report.losses.push(loss(&cui, &ciu, &x, &y, k, params));
         }
     }
     Ok((
@@ -133,8 +135,10 @@ fn solve_side(
     stop: &StopFlag,
 ) -> Result<(), Stopped> {
     let mut yty = gram(fixed, k);
-    for d in 0..k {
-        yty[d * k + d] += params.regularization;
+    if !params.scale_regularization {
+        for d in 0..k {
+            yty[d * k + d] += params.regularization;
+        }
     }
     let wide = has_avx2_fma();
     x.par_chunks_mut(k).enumerate().try_for_each_init(
@@ -144,16 +148,22 @@ fn solve_side(
                 return Err(Stopped);
             }
             let (items, c) = conf.row(row);
+            // ALS-WR: this row's own λ·n on the diagonal, on top of YᵀY.
+            let extra = if params.scale_regularization {
+                params.regularization * items.len() as f32
+            } else {
+                0.0
+            };
             match params.solver {
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if wide => {
                     // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
-                    unsafe { cg_row_avx2(&yty, fixed, items, c, xu, steps, scratch) }
+                    unsafe { cg_row_avx2(&yty, extra, fixed, items, c, xu, steps, scratch) }
                 }
                 Solver::ConjugateGradient { steps } => {
-                    cg_row::<false>(&yty, fixed, items, c, xu, steps, scratch)
+                    cg_row::<false>(&yty, extra, fixed, items, c, xu, steps, scratch)
                 }
-                Solver::Cholesky => cholesky_row(&yty, fixed, items, c, xu),
+                Solver::Cholesky => cholesky_row(&yty, extra, fixed, items, c, xu),
             }
             Ok(())
         },
@@ -176,8 +186,10 @@ fn has_avx2_fma() -> bool {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn cg_row_avx2(
     yty: &[f32],
+    extra: f32,
     y: &[f32],
     items: &[u32],
     c: &[f32],
@@ -185,14 +197,17 @@ unsafe fn cg_row_avx2(
     steps: usize,
     scratch: &mut [f32],
 ) {
-    cg_row::<true>(yty, y, items, c, x, steps, scratch)
+    cg_row::<true>(yty, extra, y, items, c, x, steps, scratch)
 }
 
 /// A few conjugate-gradient steps on `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`, from the
-/// current `x`.
+/// current `x`; `yty` holds `YᵀY` (plus λI unless scaled) and `extra` the row's
+/// own diagonal term.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn cg_row<const FMA: bool>(
     yty: &[f32],
+    extra: f32,
     y: &[f32],
     items: &[u32],
     c: &[f32],
@@ -205,6 +220,7 @@ fn cg_row<const FMA: bool>(
     let (p, ap) = rest.split_at_mut(k);
     // r = b − A x
     symv::<FMA>(yty, x, r);
+    axpy_with::<FMA>(extra, x, r);
     r.iter_mut().for_each(|v| *v = -*v);
     for (&i, &ci) in items.iter().zip(c) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
@@ -217,6 +233,7 @@ fn cg_row<const FMA: bool>(
     }
     for _ in 0..steps {
         symv::<FMA>(yty, p, ap);
+        axpy_with::<FMA>(extra, p, ap);
         for (&i, &ci) in items.iter().zip(c) {
             let yi = &y[i as usize * k..(i as usize + 1) * k];
             axpy_with::<FMA>((ci - 1.0) * dot_with::<FMA>(yi, p), yi, ap);
@@ -237,9 +254,11 @@ fn cg_row<const FMA: bool>(
 }
 
 /// The exact solution of the same system, in f64.
-fn cholesky_row(yty: &[f32], y: &[f32], items: &[u32], c: &[f32], x: &mut [f32]) {
+fn cholesky_row(yty: &[f32], extra: f32, y: &[f32], items: &[u32], c: &[f32], x: &mut [f32]) {
     let k = x.len();
-    let mut a = nalgebra::DMatrix::<f64>::from_fn(k, k, |i, j| f64::from(yty[i * k + j]));
+    let mut a = nalgebra::DMatrix::<f64>::from_fn(k, k, |i, j| {
+        f64::from(yty[i * k + j]) + if i == j { f64::from(extra) } else { 0.0 }
+    });
     let mut b = nalgebra::DVector::<f64>::zeros(k);
     for (&i, &ci) in items.iter().zip(c) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
@@ -259,9 +278,10 @@ fn cholesky_row(yty: &[f32], y: &[f32], items: &[u32], c: &[f32], x: &mut [f32])
 }
 
 /// Mean weighted squared error over all user×item cells plus the penalty:
-/// `Σ_u xᵀ(YᵀY)x + Σ_observed (c(1−s)² − s²) + λ(‖X‖² + ‖Y‖²)`, divided by the
+/// `Σ_u xᵀ(YᵀY)x + Σ_observed (c(1−s)² − s²) + λ(Σ w_u‖x_u‖² + Σ w_i‖y_i‖²)` (`w` is
+/// the row's interaction count with scaled regularization, else 1), divided by the
 /// number of cells.
-pub fn loss(cui: &Csr, x: &[f32], y: &[f32], k: usize, reg: f32) -> f32 {
+pub fn loss(cui: &Csr, ciu: &Csr, x: &[f32], y: &[f32], k: usize, params: &AlsParams) -> f32 {
     let yty = gram(y, k);
     let total: f64 = (0..cui.n_rows)
         .into_par_iter()
@@ -280,9 +300,22 @@ pub fn loss(cui: &Csr, x: &[f32], y: &[f32], k: usize, reg: f32) -> f32 {
             },
         )
         .sum();
-    let penalty = f64::from(reg) * (f64::from(dot(x, x)) + f64::from(dot(y, y)));
+    let penalty = |m: &Csr, f: &[f32]| -> f64 {
+        f.chunks_exact(k.max(1))
+            .enumerate()
+            .map(|(r, row)| {
+                let w = if params.scale_regularization {
+                    m.row(r).0.len() as f64
+                } else {
+                    1.0
+                };
+                w * f64::from(dot(row, row))
+            })
+            .sum()
+    };
+    let reg = f64::from(params.regularization) * (penalty(cui, x) + penalty(ciu, y));
     let cells = (cui.n_rows * cui.n_cols).max(1) as f64;
-    ((total + penalty) / cells) as f32
+    ((total + reg) / cells) as f32
 }
 
 impl Recommender for AlsModel {
@@ -347,11 +380,12 @@ mod tests {
         for u in 0..m.n_rows {
             let (items, c) = conf.row(u);
             let mut exact = vec![0f32; k];
-            cholesky_row(&yty, &model.item_factors, items, c, &mut exact);
+            cholesky_row(&yty, 0.0, &model.item_factors, items, c, &mut exact);
             // Many CG steps from zero must reach the exact solution.
             let mut approx = vec![0f32; k];
             cg_row::<false>(
                 &yty,
+                0.0,
                 &model.item_factors,
                 items,
                 c,

@@ -29,6 +29,7 @@ pub fn als_params(spec: &AlsSpec) -> AlsParams {
         },
         seed: spec.seed,
         loss: spec.report_loss,
+        scale_regularization: spec.scale_regularization,
     }
 }
 
