@@ -1,7 +1,12 @@
 //! Shared helpers: a copy of the repository's project (config, pipelines, SQL,
 //! example data) in a temporary folder, and running the real binary on it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+
+use arrow::array::{Int64Array, StringArray};
+use arrow::record_batch::RecordBatch;
+use recpipe::artifact::read_parquet;
 use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
@@ -49,4 +54,55 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+pub fn i64s(batch: &RecordBatch, name: &str) -> Vec<i64> {
+    let col = batch.column_by_name(name).unwrap();
+    col.as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
+fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+}
+
+/// The example items' categories and the ids of the closed ones.
+pub struct ExampleItems {
+    pub category: HashMap<i64, String>,
+    pub closed: HashSet<i64>,
+}
+
+pub fn example_items(project: &Path) -> ExampleItems {
+    let (_, batches) = read_parquet(&project.join("data/example/items.parquet")).unwrap();
+    let mut items = ExampleItems {
+        category: HashMap::new(),
+        closed: HashSet::new(),
+    };
+    for b in &batches {
+        let (category, status) = (strings(b, "category"), strings(b, "status"));
+        for (row, id) in i64s(b, "item_id").into_iter().enumerate() {
+            items.category.insert(id, category.value(row).to_string());
+            if status.value(row) == "closed" {
+                items.closed.insert(id);
+            }
+        }
+    }
+    items
+}
+
+/// Every (user, item) pair of the example interactions.
+pub fn example_seen(project: &Path) -> HashSet<(i64, i64)> {
+    let (_, batches) = read_parquet(&project.join("data/example/interactions.parquet")).unwrap();
+    batches
+        .iter()
+        .flat_map(|b| i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")))
+        .collect()
 }

@@ -1,23 +1,12 @@
 //! The ALS example end to end: user→item and item→item lists with merged filters
 //! (closed jobs denied, at most three jobs of a category per list).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use arrow::array::{Array, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use recpipe::artifact::read_parquet;
 
-use crate::common::{project, recpipe, text};
-
-fn ids(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .values()
-        .to_vec()
-}
+use crate::common::{ExampleItems, example_items, example_seen, i64s, project, recpipe, text};
 
 #[test]
 fn als_lists_respect_filters_and_caps() {
@@ -26,34 +15,8 @@ fn als_lists_respect_filters_and_caps() {
     let out = recpipe(p, &["run", "example-als", "--run-id", "a1"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    let (_, items) = read_parquet(&p.join("data/example/items.parquet")).unwrap();
-    let mut category = HashMap::new();
-    let mut closed = HashSet::new();
-    for b in &items {
-        let cat = b
-            .column_by_name("category")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let status = b
-            .column_by_name("status")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        for (i, id) in ids(b, "item_id").into_iter().enumerate() {
-            category.insert(id, cat.value(i).to_string());
-            if status.value(i) == "closed" {
-                closed.insert(id);
-            }
-        }
-    }
-    let (_, inter) = read_parquet(&p.join("data/example/interactions.parquet")).unwrap();
-    let seen: HashSet<(i64, i64)> = inter
-        .iter()
-        .flat_map(|b| ids(b, "user_id").into_iter().zip(ids(b, "item_id")))
-        .collect();
+    let ExampleItems { category, closed } = example_items(p);
+    let seen = example_seen(p);
 
     for (table, row_col, item_col) in [
         ("example_als_user_recs", "user_id", "item_id"),
@@ -73,7 +36,7 @@ fn als_lists_respect_filters_and_caps() {
         let mut per_row: HashMap<i64, HashMap<String, usize>> = HashMap::new();
         let mut rows = 0;
         for b in &batches {
-            for (r, i) in ids(b, row_col).into_iter().zip(ids(b, item_col)) {
+            for (r, i) in i64s(b, row_col).into_iter().zip(i64s(b, item_col)) {
                 rows += 1;
                 assert!(!closed.contains(&i), "{table}: closed item {i}");
                 if row_col == "user_id" {
@@ -163,7 +126,10 @@ similarity = "cosine"
     let (_, similar) = read_parquet(&run.join("similar/data.parquet")).unwrap();
     let mut rows = 0;
     for b in &similar {
-        for (i, j) in ids(b, "item_id").into_iter().zip(ids(b, "similar_item_id")) {
+        for (i, j) in i64s(b, "item_id")
+            .into_iter()
+            .zip(i64s(b, "similar_item_id"))
+        {
             assert_ne!(i, j);
             rows += 1;
         }
@@ -272,33 +238,14 @@ fn merge_filters_and_evaluate_commands() {
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let (_, items) = read_parquet(&data.join("items.parquet")).unwrap();
-    let mut category = HashMap::new();
-    let mut closed_ids = HashSet::new();
-    for b in &items {
-        let cat = b
-            .column_by_name("category")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let status = b
-            .column_by_name("status")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        for (i, id) in ids(b, "item_id").into_iter().enumerate() {
-            category.insert(id, cat.value(i).to_string());
-            if status.value(i) == "closed" {
-                closed_ids.insert(id);
-            }
-        }
-    }
+    let ExampleItems {
+        category,
+        closed: closed_ids,
+    } = example_items(p);
     let (_, batches) = read_parquet(&recs).unwrap();
     let mut per_user: HashMap<(i64, String), usize> = HashMap::new();
     for b in &batches {
-        for (u, i) in ids(b, "user_id").into_iter().zip(ids(b, "item_id")) {
+        for (u, i) in i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")) {
             assert!(!closed_ids.contains(&i));
             let n = per_user.entry((u, category[&i].clone())).or_default();
             *n += 1;

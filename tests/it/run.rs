@@ -5,13 +5,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use arrow::array::{Array, Float32Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{Array, Float32Array, Int32Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use recpipe::artifact::read_parquet;
 use recpipe::pipeline::rundir::StepManifest;
 use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
 
-use crate::common::{project, recpipe, text};
+use crate::common::{example_items, example_seen, i64s, project, recpipe, text};
 
 fn published(project: &Path) -> std::path::PathBuf {
     project.join("state/published/example_user_recs")
@@ -39,17 +39,6 @@ fn manifest(project: &Path, run_id: &str, step: &str) -> StepManifest {
         .join(step)
         .join("manifest.json");
     recpipe::artifact::read_json(&path).unwrap()
-}
-
-fn i64s(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
-    batch
-        .column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .values()
-        .to_vec()
 }
 
 #[test]
@@ -83,26 +72,8 @@ fn example_pipeline_publishes_a_contract_list() {
     );
 
     // Seen pairs and closed items from the source data.
-    let (_, inter) = read_parquet(&dir.path().join("data/example/interactions.parquet")).unwrap();
-    let seen: HashSet<(i64, i64)> = inter
-        .iter()
-        .flat_map(|b| i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")))
-        .collect();
-    let (_, items) = read_parquet(&dir.path().join("data/example/items.parquet")).unwrap();
-    let mut closed = HashSet::new();
-    for b in &items {
-        let status = b
-            .column_by_name("status")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        for (i, id) in i64s(b, "item_id").into_iter().enumerate() {
-            if status.value(i) == "closed" {
-                closed.insert(id);
-            }
-        }
-    }
+    let seen = example_seen(dir.path());
+    let closed = example_items(dir.path()).closed;
     assert!(!closed.is_empty());
 
     let mut lists: HashMap<i64, Vec<(i32, f32)>> = HashMap::new();
