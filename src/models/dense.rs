@@ -120,12 +120,15 @@ pub fn axpy_with<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `out = m · v` for a row-major k×k matrix.
+/// `out = m · v` for a symmetric k×k matrix, summed as `Σ_j v_j · m_j` over rows:
+/// each step is one vectorised axpy, with no horizontal sum per output as a
+/// row-by-row dot product would need.
 #[inline(always)]
 pub fn symv<const FMA: bool>(m: &[f32], v: &[f32], out: &mut [f32]) {
     let k = v.len();
-    for (row, o) in m.chunks_exact(k).zip(out.iter_mut()) {
-        *o = dot_with::<FMA>(row, v);
+    out.fill(0.0);
+    for (row, &vj) in m.chunks_exact(k).zip(v) {
+        axpy_with::<FMA>(vj, row, out);
     }
 }
 
