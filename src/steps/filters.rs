@@ -31,6 +31,11 @@ pub const MERGED_FILE: &str = "filters.json";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MergedMeta {
     pub group_cap: Option<usize>,
+    /// Whether allow lists were merged: then only their items may be shown, even
+    /// when they were empty and no `allow_items.parquet` was written.
+    pub allow: bool,
+    /// The part files written, so readers never guess from what is on disk.
+    pub parts: Vec<String>,
     /// Per input: what it contributed.
     pub sources: Vec<serde_json::Value>,
 }
@@ -93,8 +98,7 @@ pub fn merge(
         let path = input.file.clone();
         let (_, batches) = read_parquet(&path)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if groups.is_some_and(|g| g.from == input.step) {
-            let g = groups.expect("checked");
+        if let Some(g) = groups.filter(|g| g.from == input.step) {
             for b in &batches {
                 let group = b
                     .column_by_name(&g.column)
@@ -143,6 +147,7 @@ pub fn merge(
         }
     }
     let mut files = Vec::new();
+    let mut parts_written = Vec::new();
     let mut total = 0u64;
     for (name, parts) in [
         ("deny_items.parquet", deny_items),
@@ -152,6 +157,7 @@ pub fn merge(
     ] {
         if let Some(batch) = concat(&parts, name)? {
             total += batch.num_rows() as u64;
+            parts_written.push(name.to_string());
             files.push(artifact::write_parquet(
                 &out_dir.join(name),
                 batch.schema(),
@@ -161,6 +167,8 @@ pub fn merge(
     }
     let meta = MergedMeta {
         group_cap: groups.map(|g| g.cap),
+        allow: !allow.is_empty(),
+        parts: parts_written,
         sources: sources.clone(),
     };
     files.push(artifact::write_json(&out_dir.join(MERGED_FILE), &meta)?);
@@ -198,10 +206,15 @@ pub fn load(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, 
         let merged = path.join(MERGED_FILE);
         if std::fs::metadata(&merged).is_ok() {
             let meta: MergedMeta = artifact::read_json(&merged)?;
-            let part = |name: &str| -> Option<PathBuf> {
-                let p = path.join(name);
-                std::fs::metadata(&p).is_ok().then_some(p)
+            let part = |name: &str| {
+                meta.parts
+                    .iter()
+                    .any(|p| p == name)
+                    .then(|| path.join(name))
             };
+            if meta.allow {
+                allowed.get_or_insert_with(|| vec![false; items.len()]);
+            }
             if let Some(p) = part("deny_items.parquet") {
                 read_rows(&p, users, items, &mut denied)?;
             }

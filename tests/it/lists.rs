@@ -279,3 +279,89 @@ fn merge_filters_and_evaluate_commands() {
         "{metrics}"
     );
 }
+
+/// An allow list that came out empty allows nothing: it must not silently turn
+/// into "no allow list".
+#[test]
+fn an_empty_allow_list_allows_nothing() {
+    let dir = project();
+    let p = dir.path();
+    let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let data = p.join("data/example");
+    std::fs::write(
+        p.join("none.sql"),
+        "SELECT item_id FROM items WHERE status = 'no such status'",
+    )
+    .unwrap();
+    let table = format!("items={}", s(&data.join("items.parquet")));
+    let empty = p.join("empty.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "extract",
+            "--table",
+            &table,
+            "--sql",
+            &s(&p.join("none.sql")),
+            "--role",
+            "filter",
+            "--output",
+            &s(&empty),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let merged = p.join("merged");
+    let input = format!("in_stock={}", s(&empty));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "merge-filters",
+            "--input",
+            &input,
+            "--allow",
+            "in_stock",
+            "--output",
+            &s(&merged),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let model = p.join("model");
+    let interactions = s(&data.join("interactions.parquet"));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            &interactions,
+            "--model",
+            "popular",
+            "--output",
+            &s(&model),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let recs = p.join("recs.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "recommend",
+            "--model",
+            &s(&model),
+            "--filter",
+            &s(&merged),
+            "--output",
+            &s(&recs),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (_, batches) = read_parquet(&recs).unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}
