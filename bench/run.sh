@@ -41,7 +41,8 @@ ours = json.load(open(sys.argv[2]))
 als = next(a for a in anchors if a.get("model") == "als")
 m = ours["metrics"]
 print(f"recpipe ALS: fit {ours['fit_s']:.3f}s  rec-all {ours['rec_all_s']:.3f}s  sim-all {ours['sim_all_s']:.3f}s  "
-      f"P@10 {m['precision']:.4f}  nDCG@10 {m['ndcg']:.4f}  peak RSS {ours['peak_rss_mb']:.0f} MB "
+      f"P@10 {m['precision']:.4f}  nDCG@10 {m['ndcg']:.4f}  peak RSS {ours['peak_rss_mb']:.0f} MB, "
+      f"fit+scoring {ours['model_peak_rss_mb']:.0f} MB "
       f"(CSR+factors {ours['csr_and_factors_mb']:.0f} MB)")
 print(f"scoring {ours['rec_all_gflops']:.1f} GFLOP/s vs GEMM peak {ours['gemm_gflops_peak']:.1f} GFLOP/s")
 print(f"ratios vs implicit ALS: fit {ours['fit_s']/als['fit_s']:.2f}x  rec-all {ours['rec_all_s']/als['rec_all_s']:.2f}x  "

@@ -6,13 +6,13 @@
 //! `rating ≥ 4` (or every row), weighted by their rating; seen = every training
 //! row; relevant = test positives; top-10 lists for all users and all items.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow::array::{Array, BooleanArray, Float32Array, Int64Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::artifact::read_parquet;
 use crate::models::als::{self, AlsParams};
 use crate::models::eval::{self, Metrics};
 use crate::models::similarity::CosineSimilarity;
@@ -30,22 +30,82 @@ pub struct BenchResult {
     pub gemm_gflops_peak: f64,
     pub rec_all_gflops: f64,
     pub metrics: Metrics,
+    /// The whole process: reading the split, fitting, scoring.
     pub peak_rss_mb: f64,
+    /// From the start of the fit to the end of scoring, the split's matrices
+    /// loaded (the high-water mark is reset after reading the split).
+    pub model_peak_rss_mb: f64,
     pub csr_and_factors_mb: f64,
 }
 
-/// The split's matrices: positives for training, every train row as "seen", test
-/// positives as relevant.
+/// The split's training side: positives for training, every train row as "seen".
+/// The test side is read when evaluating ([`Split::test`]), so it is not resident
+/// while the model is fitted and scored.
 pub struct Split {
     pub train: Csr,
-    pub seen: Csr,
-    pub test: Csr,
+    /// `None` when every train row is a positive: then `train` is also the seen set.
+    seen: Option<Csr>,
+    path: PathBuf,
+    positive_min: Option<f32>,
 }
 
+impl Split {
+    pub fn seen(&self) -> &Csr {
+        self.seen.as_ref().unwrap_or(&self.train)
+    }
+
+    /// The test positives, the relevant items of each user.
+    pub fn test(&self) -> Result<Csr, String> {
+        let (test, _) = read_side(&self.path, true)?;
+        Ok(test.csr(self.train.n_rows, self.train.n_cols, self.positive_min))
+    }
+}
+
+/// Triplets of one side of the split.
+#[derive(Default)]
+struct Triplets {
+    users: Vec<u32>,
+    items: Vec<u32>,
+    ratings: Vec<f32>,
+}
+
+impl Triplets {
+    fn csr(&self, n_users: usize, n_items: usize, positive_min: Option<f32>) -> Csr {
+        if positive_min.is_none_or(|m| self.ratings.iter().all(|&r| r >= m)) {
+            return Csr::from_triplets(n_users, n_items, &self.users, &self.items, &self.ratings);
+        }
+        let keep = |k: &usize| positive_min.is_none_or(|m| self.ratings[*k] >= m);
+        let idx: Vec<usize> = (0..self.users.len()).filter(keep).collect();
+        let pick = |v: &[u32]| -> Vec<u32> { idx.iter().map(|&k| v[k]).collect() };
+        let ratings: Vec<f32> = idx.iter().map(|&k| self.ratings[k]).collect();
+        let (users, items) = (pick(&self.users), pick(&self.items));
+        Csr::from_triplets(n_users, n_items, &users, &items, &ratings)
+    }
+}
+
+/// Reads the split's training side batch by batch (the whole file is never in
+/// memory at once: peak RSS is part of the benchmark).
 pub fn read_split(path: &Path, positive_min: Option<f32>) -> Result<Split, String> {
-    let (_, batches) = read_parquet(path).map_err(|e| e.to_string())?;
-    let (mut u, mut i, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for b in &batches {
+    let (train, (n_users, n_items)) = read_side(path, false)?;
+    let all_positive = positive_min.is_none_or(|m| train.ratings.iter().all(|&r| r >= m));
+    Ok(Split {
+        seen: (!all_positive).then(|| train.csr(n_users, n_items, None)),
+        train: train.csr(n_users, n_items, positive_min),
+        path: path.to_path_buf(),
+        positive_min,
+    })
+}
+
+/// The rows of one side, and the matrix shape (over both sides).
+fn read_side(path: &Path, test: bool) -> Result<(Triplets, (usize, usize)), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    let mut side = Triplets::default();
+    let (mut n_users, mut n_items) = (0, 0);
+    for b in reader {
+        let b = b.map_err(|e| e.to_string())?;
         let get = |n: &str| b.column_by_name(n).ok_or(format!("no column `{n}`"));
         let uid = get("user_id")?
             .as_any()
@@ -64,30 +124,17 @@ pub fn read_split(path: &Path, positive_min: Option<f32>) -> Result<Split, Strin
             .downcast_ref::<BooleanArray>()
             .ok_or("is_test not bool")?;
         for row in 0..b.num_rows() {
-            u.push(uid.value(row) as u32);
-            i.push(iid.value(row) as u32);
-            r.push(rat.value(row));
-            t.push(tst.value(row));
+            let (u, i) = (uid.value(row) as u32, iid.value(row) as u32);
+            n_users = n_users.max(u as usize + 1);
+            n_items = n_items.max(i as usize + 1);
+            if tst.value(row) == test {
+                side.users.push(u);
+                side.items.push(i);
+                side.ratings.push(rat.value(row));
+            }
         }
     }
-    // The Arrow batches are no longer needed: free them before the matrices grow.
-    drop(batches);
-    let n_users = u.iter().max().map_or(0, |m| *m as usize + 1);
-    let n_items = i.iter().max().map_or(0, |m| *m as usize + 1);
-    let pick = |test: bool, positives: bool| {
-        let idx: Vec<usize> = (0..u.len())
-            .filter(|&k| t[k] == test && (!positives || positive_min.is_none_or(|m| r[k] >= m)))
-            .collect();
-        let rows: Vec<u32> = idx.iter().map(|&k| u[k]).collect();
-        let cols: Vec<u32> = idx.iter().map(|&k| i[k]).collect();
-        let vals: Vec<f32> = idx.iter().map(|&k| r[k]).collect();
-        Csr::from_triplets(n_users, n_items, &rows, &cols, &vals)
-    };
-    Ok(Split {
-        train: pick(false, true),
-        seen: pick(false, false),
-        test: pick(true, true),
-    })
+    Ok((side, (n_users, n_items)))
 }
 
 /// Best GFLOP/s of a large square f32 GEMM on the current rayon pool (each thread
@@ -124,9 +171,16 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Resets the kernel's RSS high-water mark (Linux ≥ 4.0); false where it cannot.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Fits, times rec-all and sim-all (minimum over `repeats`), and evaluates.
-pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> BenchResult {
+pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> Result<BenchResult, String> {
     let stop = StopFlag::default();
+    let load_peak = peak_rss_mb();
+    let reset = reset_peak_rss();
     let mut fit_s = f64::MAX;
     let mut model = None;
     for _ in 0..repeats.max(1) {
@@ -144,7 +198,7 @@ pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> BenchResult {
         let start = Instant::now();
         let selection = Selection {
             k: 10,
-            seen: Some(&split.seen),
+            seen: Some(split.seen()),
             ..Selection::default()
         };
         std::hint::black_box(
@@ -163,11 +217,13 @@ pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> BenchResult {
         );
         sim_all_s = sim_all_s.min(start.elapsed().as_secs_f64());
     }
-    let metrics = eval::evaluate(&model, &split.seen, &split.test, 10, &stop).expect("not stopped");
+    let model_peak = peak_rss_mb();
+    let metrics =
+        eval::evaluate(&model, split.seen(), &split.test()?, 10, &stop).expect("not stopped");
     let flops = 2.0 * users.len() as f64 * items.len() as f64 * params.factors as f64;
     let csr_bytes = |m: &Csr| (m.indptr.len() * 8 + m.indices.len() * 4 + m.data.len() * 4) as f64;
     let factor_bytes = ((model.user_factors.len() + model.item_factors.len()) * 4) as f64;
-    BenchResult {
+    Ok(BenchResult {
         users: users.len(),
         items: items.len(),
         train_rows: split.train.nnz(),
@@ -177,7 +233,8 @@ pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> BenchResult {
         gemm_gflops_peak: gemm_peak(),
         rec_all_gflops: flops / rec_all_s / 1e9,
         metrics,
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb: load_peak.max(peak_rss_mb()),
+        model_peak_rss_mb: if reset { model_peak } else { f64::NAN },
         csr_and_factors_mb: (csr_bytes(&split.train) + factor_bytes) / 1048576.0,
-    }
+    })
 }

@@ -250,7 +250,21 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// glibc raises its mmap threshold after large frees (up to 32 MiB), after which
+/// a training run's matrices come from the heap and their pages stay resident
+/// once freed: a long-lived process would hold its largest run's memory forever
+/// (and a pod's limit counts it). A fixed threshold keeps buffers of 1 MiB and
+/// up in their own mappings, returned on free.
+fn return_large_frees_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_frees_to_the_os();
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -335,7 +349,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 ..Default::default()
             };
             let pool = steps::compute_pool(threads).map_err(|e| Failure::Failed(e.into()))?;
-            let result = pool.install(|| recpipe::bench::run(&split, &params, repeats));
+            let result = pool
+                .install(|| recpipe::bench::run(&split, &params, repeats))
+                .map_err(|e| Failure::BadInput(anyhow!(e)))?;
             println!(
                 "{}",
                 serde_json::to_string(&result).map_err(|e| Failure::Failed(e.into()))?

@@ -9,6 +9,8 @@
 //! does); the exact Cholesky solve is kept to check it. Rows are solved in parallel
 //! on the current rayon pool; the stop flag is checked between rows.
 
+use std::borrow::Cow;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -70,9 +72,31 @@ pub struct FitReport {
     pub losses: Vec<f32>,
 }
 
-/// The confidence matrix: positive values transformed, others dropped (an
-/// implicit-feedback model has no use for a zero or negative observation).
-pub fn confidence(values: &Csr, params: &AlsParams) -> Csr {
+/// The confidence weights: `c − 1 = alpha · data` for each stored cell.
+pub struct Confidence<'a> {
+    pub matrix: Cow<'a, Csr>,
+    pub alpha: f32,
+}
+
+impl Confidence<'_> {
+    /// Column indices and `c − 1` weights (before `alpha`) of row `r`.
+    fn row(&self, r: usize) -> (&[u32], &[f32]) {
+        self.matrix.row(r)
+    }
+}
+
+/// The confidence of each observed pair, borrowing the values when they serve as
+/// they are (all positive, no log scaling: no copy of the largest input), else
+/// a transformed copy with zero and negative observations dropped (an
+/// implicit-feedback model has no use for them).
+pub fn confidence<'a>(values: &'a Csr, params: &AlsParams) -> Confidence<'a> {
+    let alpha = params.alpha;
+    if params.log_epsilon.is_none() && values.data.iter().all(|&v| v > 0.0) {
+        return Confidence {
+            matrix: Cow::Borrowed(values),
+            alpha,
+        };
+    }
     let mut rows = Vec::with_capacity(values.nnz());
     let mut cols = Vec::with_capacity(values.nnz());
     let mut vals = Vec::with_capacity(values.nnz());
@@ -86,11 +110,20 @@ pub fn confidence(values: &Csr, params: &AlsParams) -> Csr {
                 };
                 rows.push(r as u32);
                 cols.push(c);
-                vals.push(1.0 + params.alpha * scaled);
+                vals.push(scaled);
             }
         }
     }
-    Csr::from_triplets(values.n_rows, values.n_cols, &rows, &cols, &vals)
+    Confidence {
+        matrix: Cow::Owned(Csr::from_triplets(
+            values.n_rows,
+            values.n_cols,
+            &rows,
+            &cols,
+            &vals,
+        )),
+        alpha,
+    }
 }
 
 /// Fits ALS on a user×item matrix of interaction values.
@@ -101,12 +134,15 @@ pub fn fit(
 ) -> Result<(AlsModel, FitReport), Stopped> {
     let k = params.factors;
     let cui = confidence(values, params);
-    let ciu = cui.transpose();
+    let ciu = Confidence {
+        matrix: Cow::Owned(cui.matrix.transpose()),
+        alpha: cui.alpha,
+    };
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut init =
         |n: usize| -> Vec<f32> { (0..n * k).map(|_| rng.random::<f32>() * 0.01).collect() };
-    let mut x = init(cui.n_rows);
-    let mut y = init(cui.n_cols);
+    let mut x = init(cui.matrix.n_rows);
+    let mut y = init(cui.matrix.n_cols);
     let mut report = FitReport::default();
     for _ in 0..params.iterations {
         solve_side(&cui, &y, &mut x, k, params, stop)?;
@@ -127,7 +163,7 @@ pub fn fit(
 
 /// Solves every row of `x` given the fixed factors `fixed` of the other side.
 fn solve_side(
-    conf: &Csr,
+    conf: &Confidence,
     fixed: &[f32],
     x: &mut [f32],
     k: usize,
@@ -147,7 +183,8 @@ fn solve_side(
             if stop.is_stopped() {
                 return Err(Stopped);
             }
-            let (items, c) = conf.row(row);
+            let (items, w) = conf.row(row);
+            let a = conf.alpha;
             // ALS-WR: this row's own λ·n on the diagonal, on top of YᵀY.
             let extra = if params.scale_regularization {
                 params.regularization * items.len() as f32
@@ -158,12 +195,12 @@ fn solve_side(
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if wide => {
                     // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
-                    unsafe { cg_row_avx2(&yty, extra, fixed, items, c, xu, steps, scratch) }
+                    unsafe { cg_row_avx2(&yty, extra, fixed, items, w, a, xu, steps, scratch) }
                 }
                 Solver::ConjugateGradient { steps } => {
-                    cg_row::<false>(&yty, extra, fixed, items, c, xu, steps, scratch)
+                    cg_row::<false>(&yty, extra, fixed, items, w, a, xu, steps, scratch)
                 }
-                Solver::Cholesky => cholesky_row(&yty, extra, fixed, items, c, xu),
+                Solver::Cholesky => cholesky_row(&yty, extra, fixed, items, w, a, xu),
             }
             Ok(())
         },
@@ -192,17 +229,18 @@ unsafe fn cg_row_avx2(
     extra: f32,
     y: &[f32],
     items: &[u32],
-    c: &[f32],
+    w: &[f32],
+    alpha: f32,
     x: &mut [f32],
     steps: usize,
     scratch: &mut [f32],
 ) {
-    cg_row::<true>(yty, extra, y, items, c, x, steps, scratch)
+    cg_row::<true>(yty, extra, y, items, w, alpha, x, steps, scratch)
 }
 
 /// A few conjugate-gradient steps on `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`, from the
 /// current `x`; `yty` holds `YᵀY` (plus λI unless scaled) and `extra` the row's
-/// own diagonal term.
+/// own diagonal term; `C − I` is `alpha · w` on the row's items.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn cg_row<const FMA: bool>(
@@ -210,7 +248,8 @@ fn cg_row<const FMA: bool>(
     extra: f32,
     y: &[f32],
     items: &[u32],
-    c: &[f32],
+    w: &[f32],
+    alpha: f32,
     x: &mut [f32],
     steps: usize,
     scratch: &mut [f32],
@@ -222,9 +261,10 @@ fn cg_row<const FMA: bool>(
     symv::<FMA>(yty, x, r);
     axpy_with::<FMA>(extra, x, r);
     r.iter_mut().for_each(|v| *v = -*v);
-    for (&i, &ci) in items.iter().zip(c) {
+    for (&i, &wi) in items.iter().zip(w) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
-        axpy_with::<FMA>(ci - (ci - 1.0) * dot_with::<FMA>(yi, x), yi, r);
+        let cm1 = alpha * wi;
+        axpy_with::<FMA>(1.0 + cm1 * (1.0 - dot_with::<FMA>(yi, x)), yi, r);
     }
     p.copy_from_slice(r);
     let mut rsold = dot_with::<FMA>(r, r);
@@ -234,13 +274,13 @@ fn cg_row<const FMA: bool>(
     for _ in 0..steps {
         symv::<FMA>(yty, p, ap);
         axpy_with::<FMA>(extra, p, ap);
-        for (&i, &ci) in items.iter().zip(c) {
+        for (&i, &wi) in items.iter().zip(w) {
             let yi = &y[i as usize * k..(i as usize + 1) * k];
-            axpy_with::<FMA>((ci - 1.0) * dot_with::<FMA>(yi, p), yi, ap);
+            axpy_with::<FMA>(alpha * wi * dot_with::<FMA>(yi, p), yi, ap);
         }
-        let alpha = rsold / dot_with::<FMA>(p, ap);
-        axpy_with::<FMA>(alpha, p, x);
-        axpy_with::<FMA>(-alpha, ap, r);
+        let step = rsold / dot_with::<FMA>(p, ap);
+        axpy_with::<FMA>(step, p, x);
+        axpy_with::<FMA>(-step, ap, r);
         let rsnew = dot_with::<FMA>(r, r);
         if rsnew < 1e-20 {
             break;
@@ -254,18 +294,27 @@ fn cg_row<const FMA: bool>(
 }
 
 /// The exact solution of the same system, in f64.
-fn cholesky_row(yty: &[f32], extra: f32, y: &[f32], items: &[u32], c: &[f32], x: &mut [f32]) {
+fn cholesky_row(
+    yty: &[f32],
+    extra: f32,
+    y: &[f32],
+    items: &[u32],
+    w: &[f32],
+    alpha: f32,
+    x: &mut [f32],
+) {
     let k = x.len();
     let mut a = nalgebra::DMatrix::<f64>::from_fn(k, k, |i, j| {
         f64::from(yty[i * k + j]) + if i == j { f64::from(extra) } else { 0.0 }
     });
     let mut b = nalgebra::DVector::<f64>::zeros(k);
-    for (&i, &ci) in items.iter().zip(c) {
+    for (&i, &wi) in items.iter().zip(w) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
+        let cm1 = f64::from(alpha) * f64::from(wi);
         for r in 0..k {
-            b[r] += f64::from(ci * yi[r]);
+            b[r] += (1.0 + cm1) * f64::from(yi[r]);
             for s in 0..k {
-                a[(r, s)] += f64::from((ci - 1.0) * yi[r] * yi[s]);
+                a[(r, s)] += cm1 * f64::from(yi[r]) * f64::from(yi[s]);
             }
         }
     }
@@ -281,9 +330,16 @@ fn cholesky_row(yty: &[f32], extra: f32, y: &[f32], items: &[u32], c: &[f32], x:
 /// `Σ_u xᵀ(YᵀY)x + Σ_observed (c(1−s)² − s²) + λ(Σ w_u‖x_u‖² + Σ w_i‖y_i‖²)` (`w` is
 /// the row's interaction count with scaled regularization, else 1), divided by the
 /// number of cells.
-pub fn loss(cui: &Csr, ciu: &Csr, x: &[f32], y: &[f32], k: usize, params: &AlsParams) -> f32 {
+pub fn loss(
+    cui: &Confidence,
+    ciu: &Confidence,
+    x: &[f32],
+    y: &[f32],
+    k: usize,
+    params: &AlsParams,
+) -> f32 {
     let yty = gram(y, k);
-    let total: f64 = (0..cui.n_rows)
+    let total: f64 = (0..cui.matrix.n_rows)
         .into_par_iter()
         .map_init(
             || vec![0f32; k],
@@ -291,16 +347,17 @@ pub fn loss(cui: &Csr, ciu: &Csr, x: &[f32], y: &[f32], k: usize, params: &AlsPa
                 let xu = &x[u * k..(u + 1) * k];
                 symv::<false>(&yty, xu, tmp);
                 let mut l = f64::from(dot(xu, tmp));
-                let (items, c) = cui.row(u);
-                for (&i, &ci) in items.iter().zip(c) {
+                let (items, w) = cui.row(u);
+                for (&i, &wi) in items.iter().zip(w) {
                     let s = dot(xu, &y[i as usize * k..(i as usize + 1) * k]);
+                    let ci = 1.0 + cui.alpha * wi;
                     l += f64::from(ci * (1.0 - s) * (1.0 - s) - s * s);
                 }
                 l
             },
         )
         .sum();
-    let penalty = |m: &Csr, f: &[f32]| -> f64 {
+    let penalty = |m: &Confidence, f: &[f32]| -> f64 {
         f.chunks_exact(k.max(1))
             .enumerate()
             .map(|(r, row)| {
@@ -314,7 +371,7 @@ pub fn loss(cui: &Csr, ciu: &Csr, x: &[f32], y: &[f32], k: usize, params: &AlsPa
             .sum()
     };
     let reg = f64::from(params.regularization) * (penalty(cui, x) + penalty(ciu, y));
-    let cells = (cui.n_rows * cui.n_cols).max(1) as f64;
+    let cells = (cui.matrix.n_rows * cui.matrix.n_cols).max(1) as f64;
     ((total + reg) / cells) as f32
 }
 
@@ -378,9 +435,17 @@ mod tests {
             yty[d * k + d] += params.regularization;
         }
         for u in 0..m.n_rows {
-            let (items, c) = conf.row(u);
+            let (items, w) = conf.row(u);
             let mut exact = vec![0f32; k];
-            cholesky_row(&yty, 0.0, &model.item_factors, items, c, &mut exact);
+            cholesky_row(
+                &yty,
+                0.0,
+                &model.item_factors,
+                items,
+                w,
+                conf.alpha,
+                &mut exact,
+            );
             // Many CG steps from zero must reach the exact solution.
             let mut approx = vec![0f32; k];
             cg_row::<false>(
@@ -388,7 +453,8 @@ mod tests {
                 0.0,
                 &model.item_factors,
                 items,
-                c,
+                w,
+                conf.alpha,
                 &mut approx,
                 50,
                 &mut vec![0f32; 3 * k],
@@ -427,6 +493,42 @@ mod tests {
             *exact.losses.last().unwrap(),
         );
         assert!((a - b).abs() / b < 0.05, "cg {a} vs cholesky {b}");
+    }
+
+    #[test]
+    fn zero_values_are_dropped_like_absent_cells() {
+        let m = random_csr(30, 20, 5, 4);
+        // Zero every second cell: the borrowed (all-positive) path no longer applies.
+        let cells: Vec<(u32, u32, f32)> = (0..m.n_rows)
+            .flat_map(|u| {
+                let (idx, val) = m.row(u);
+                idx.iter()
+                    .zip(val)
+                    .enumerate()
+                    .map(move |(n, (&i, &x))| (u as u32, i, if n % 2 == 0 { x } else { 0.0 }))
+            })
+            .collect();
+        let csr = |cells: &[(u32, u32, f32)]| {
+            let r: Vec<u32> = cells.iter().map(|c| c.0).collect();
+            let c: Vec<u32> = cells.iter().map(|c| c.1).collect();
+            let v: Vec<f32> = cells.iter().map(|c| c.2).collect();
+            Csr::from_triplets(m.n_rows, m.n_cols, &r, &c, &v)
+        };
+        let with_zero = csr(&cells);
+        let positives: Vec<_> = cells.into_iter().filter(|c| c.2 > 0.0).collect();
+        let positive = csr(&positives);
+        assert!(matches!(
+            confidence(&with_zero, &AlsParams::default()).matrix,
+            Cow::Owned(_)
+        ));
+        assert!(matches!(
+            confidence(&positive, &AlsParams::default()).matrix,
+            Cow::Borrowed(_)
+        ));
+        let stop = StopFlag::default();
+        let a = fit(&with_zero, &AlsParams::default(), &stop).unwrap().0;
+        let b = fit(&positive, &AlsParams::default(), &stop).unwrap().0;
+        assert_eq!(a, b);
     }
 
     #[test]
