@@ -68,6 +68,13 @@ pub trait Recommender: Sync {
     fn item_tile(&self) -> usize {
         usize::MAX
     }
+
+    /// `Some((v, dim))` when the score of row `i` for item `j` is `v_i · v_j` over
+    /// row-major vectors `v` (items × dim): lists for all items then need only
+    /// the products on and above the diagonal.
+    fn symmetric_vectors(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 #[cfg(test)]

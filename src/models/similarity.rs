@@ -37,6 +37,10 @@ impl Recommender for CosineSimilarity {
     fn item_tile(&self) -> usize {
         crate::topn::DENSE_ITEM_TILE
     }
+
+    fn symmetric_vectors(&self) -> Option<(&[f32], usize)> {
+        Some((&self.unit, self.k))
+    }
 }
 
 #[cfg(test)]

@@ -73,8 +73,14 @@ fn write_lists(
     let schema = list_schema(shape, row_ids, item_ids);
     let mut sink = ParquetSink::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
+    // A symmetric model computes every item's list at once at half the cost (a
+    // few MB of lists per 100k items); others stream blocks of rows.
+    let block_rows = match model.symmetric_vectors() {
+        Some(_) => rows.len().max(1),
+        None => USER_BLOCK,
+    };
     let mut written = 0u64;
-    for block in rows.chunks(USER_BLOCK) {
+    for block in rows.chunks(block_rows) {
         let lists = topn::select_block(model, block, selection, stop)?;
         let batch = to_batch(&schema, block, &lists, row_ids, item_ids, stamp)?;
         written += batch.num_rows() as u64;

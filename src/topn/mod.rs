@@ -14,6 +14,8 @@ use rayon::prelude::*;
 
 use crate::models::{Csr, Recommender, StopFlag, Stopped};
 
+mod symmetric;
+
 /// Query rows scored by one GEMM at most. sgemm packs its operands on every call,
 /// so few rows pay that again and again, and scores of one tile of items
 /// (rows × tile × 4 bytes) should stay in cache until selected. Measured on 100k
@@ -112,9 +114,9 @@ impl Ord for Worst {
     }
 }
 
-/// The `k` best finite scores seen so far, fed tile by tile in increasing item
-/// order. Once `k` are held, a chunk of scores whose maximum is not above the worst
-/// held one is skipped after one vectorised pass.
+/// The `k` best finite scores seen so far, in any order of items. Once `k` are
+/// held, a chunk of scores whose maximum is below the worst held one is skipped
+/// after one vectorised pass.
 struct TopK {
     k: usize,
     heap: BinaryHeap<Worst>,
@@ -137,24 +139,34 @@ impl TopK {
             return;
         }
         for (c, chunk) in tile.chunks(CHUNK).enumerate() {
-            // Items arrive in index order, so a score equal to the threshold comes
-            // after the held one and loses the tie: `<=` may skip it.
-            if self.heap.len() == self.k && chunk_max(chunk) <= self.threshold {
+            if chunk_max(chunk) < self.threshold {
                 continue;
             }
             for (j, &s) in chunk.iter().enumerate() {
-                if !s.is_finite() || (self.heap.len() == self.k && s <= self.threshold) {
-                    continue;
-                }
-                if self.heap.len() == self.k {
-                    self.heap.pop();
-                }
-                let item = (lo + c * CHUNK + j) as u32;
-                self.heap.push(Worst(Scored { item, score: s }));
-                if self.heap.len() == self.k {
-                    self.threshold = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score);
+                if s >= self.threshold {
+                    self.offer_one((lo + c * CHUNK + j) as u32, s);
                 }
             }
+        }
+    }
+
+    /// Offers one item; a score equal to the worst held one wins if its item is
+    /// lower, so the result does not depend on the order of offers.
+    #[inline]
+    fn offer_one(&mut self, item: u32, score: f32) {
+        if !score.is_finite() || self.k == 0 {
+            return;
+        }
+        let candidate = Worst(Scored { item, score });
+        if self.heap.len() == self.k {
+            if self.heap.peek().is_some_and(|worst| candidate >= *worst) {
+                return;
+            }
+            self.heap.pop();
+        }
+        self.heap.push(candidate);
+        if self.heap.len() == self.k {
+            self.threshold = self.heap.peek().map_or(f32::NEG_INFINITY, |w| w.0.score);
         }
     }
 
@@ -233,12 +245,22 @@ fn top_k_capped(scores: &[f32], k: usize, caps: &GroupCaps) -> Vec<Scored> {
     })
 }
 
+/// Fewer items than this take the row-by-row path even for a symmetric model:
+/// its tiles are then too small to pay for the column pass. Sim-all measured on
+/// MovieLens 100K (1,682 items): 10.4 ms symmetric, 9 ms row by row; on 20k
+/// items 0.34 s against 0.38 s. (Tests compare the two paths on small inputs.)
+#[cfg(not(test))]
+const SYMMETRIC_MIN_ITEMS: usize = 4096;
+#[cfg(test)]
+const SYMMETRIC_MIN_ITEMS: usize = 1;
+
 /// Items per GEMM tile for dense models: a tile of scores (rows × tile × 4 bytes)
 /// stays in cache between the GEMM that writes it and the selection that reads it.
 pub const DENSE_ITEM_TILE: usize = 1024;
 
 /// Top-`k` lists for `rows`, in the same order, computed in parallel on the current
-/// rayon pool. Checks `stop` between blocks of rows.
+/// rayon pool. Checks `stop` between blocks of rows. A symmetric model asked for
+/// every item's list (with no per-row exclusions) computes half the products.
 pub fn select_block(
     model: &dyn Recommender,
     rows: &[u32],
@@ -253,6 +275,28 @@ pub fn select_block(
         Some(_) => selection.k.saturating_mul(4),
         None => selection.k,
     };
+    let finish = |row: u32, top: TopK| {
+        let candidates = top.finish();
+        match selection.groups {
+            None => candidates,
+            Some(caps) => cap_walk(&candidates, selection.k, caps, candidates.len() < pool)
+                .unwrap_or_else(|| capped_full_row(model, row, selection, caps)),
+        }
+    };
+    if let Some((vectors, dim)) = model.symmetric_vectors()
+        && selection.seen.is_none()
+        && selection.denied_pairs.is_none()
+        && rows.len() == n_items
+        && n_items >= SYMMETRIC_MIN_ITEMS
+        && rows.iter().enumerate().all(|(i, &r)| r as usize == i)
+    {
+        let tops = symmetric::candidates(vectors, dim, selection, pool, stop)?;
+        return Ok(tops
+            .into_par_iter()
+            .enumerate()
+            .map(|(row, top)| finish(row as u32, top))
+            .collect());
+    }
     // Enough blocks to keep every thread busy on small inputs too.
     let per_block = (rows.len() / (4 * rayon::current_num_threads())).clamp(64, ROWS_PER_GEMM);
     let blocks: Vec<Vec<Vec<Scored>>> = rows
@@ -280,16 +324,7 @@ pub fn select_block(
                 Ok(block
                     .iter()
                     .zip(tops)
-                    .map(|(&row, top)| {
-                        let candidates = top.finish();
-                        match selection.groups {
-                            None => candidates,
-                            Some(caps) => {
-                                cap_walk(&candidates, selection.k, caps, candidates.len() < pool)
-                                    .unwrap_or_else(|| capped_full_row(model, row, selection, caps))
-                            }
-                        }
-                    })
+                    .map(|(&row, top)| finish(row, top))
                     .collect())
             },
         )
@@ -449,6 +484,74 @@ mod tests {
                 let want = if use_caps { top_k_capped(&s, k, &caps) } else { top_k(&s, k) };
                 prop_assert_eq!(&got[row as usize], &want);
             }
+        }
+    }
+
+    /// Scores `v_i · v_j` over small integer vectors (exact, with many ties), with
+    /// or without declaring the symmetry.
+    struct Dot {
+        v: Vec<f32>,
+        dim: usize,
+        symmetric: bool,
+    }
+
+    impl Recommender for Dot {
+        fn n_items(&self) -> usize {
+            self.v.len() / self.dim
+        }
+        fn score_block(&self, rows: &[u32], items: std::ops::Range<usize>, out: &mut [f32]) {
+            let d = self.dim;
+            let mut q = Vec::new();
+            for &r in rows {
+                q.extend_from_slice(&self.v[r as usize * d..(r as usize + 1) * d]);
+            }
+            crate::models::dense::gemm_nt(&q, &self.v[items.start * d..items.end * d], d, out);
+        }
+        fn item_tile(&self) -> usize {
+            DENSE_ITEM_TILE
+        }
+        fn symmetric_vectors(&self) -> Option<(&[f32], usize)> {
+            self.symmetric.then_some((&self.v, self.dim))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn symmetric_lists_equal_row_by_row(
+            n in 1usize..700,
+            dim in 1usize..4,
+            seed in any::<u64>(),
+            blocked in proptest::collection::btree_set(0u32..700, 0..20),
+            min_score in proptest::option::of(-2i8..3),
+            use_caps in any::<bool>(),
+            exclude_self in any::<bool>(),
+            k in 1usize..12,
+        ) {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let v: Vec<f32> = (0..n * dim).map(|_| f32::from(rng.random_range(-2i8..3))).collect();
+            let caps = GroupCaps {
+                group_of: (0..n).map(|i| if i % 3 == 0 { u32::MAX } else { (i % 5) as u32 }).collect(),
+                cap: 2,
+            };
+            let blocked: Vec<u32> = blocked.into_iter().filter(|&i| (i as usize) < n).collect();
+            let selection = Selection {
+                k,
+                blocked_items: &blocked,
+                exclude_self,
+                min_score: min_score.map(f32::from),
+                groups: use_caps.then_some(&caps),
+                ..Selection::default()
+            };
+            let rows: Vec<u32> = (0..n as u32).collect();
+            let stop = StopFlag::default();
+            let fast = Dot { v: v.clone(), dim, symmetric: true };
+            let plain = Dot { v, dim, symmetric: false };
+            prop_assert_eq!(
+                select_block(&fast, &rows, &selection, &stop).unwrap(),
+                select_block(&plain, &rows, &selection, &stop).unwrap()
+            );
         }
     }
 
