@@ -16,6 +16,7 @@
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
 //! - [`pipeline`]: the DAG executor and run directories
+//! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up
 //! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
 
 pub mod artifact;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod failpoint;
 pub mod models;
 pub mod pipeline;
+pub mod scheduler;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

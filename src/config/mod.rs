@@ -10,5 +10,5 @@ pub mod pipeline;
 pub mod settings;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use pipeline::{Pipeline, Step, StepSpec};
+pub use pipeline::{CatchUp, Concurrency, Pipeline, Step, StepSpec};
 pub use settings::Settings;

@@ -32,6 +32,7 @@ pub struct Pipeline {
     pub schedule: Option<String>,
     pub timezone: chrono_tz::Tz,
     pub concurrency: Concurrency,
+    pub catch_up: CatchUp,
     pub steps: Vec<Step>,
     /// Where the write steps publish, for the plan and cross-pipeline checks.
     pub writes: Vec<WriteTarget>,
@@ -52,6 +53,17 @@ pub enum Concurrency {
     Forbid,
     Replace,
     Allow,
+}
+
+/// What the daemon runs after downtime for the schedules it missed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Nothing: wait for the next scheduled time.
+    #[default]
+    None,
+    /// The latest missed time, once.
+    Latest,
 }
 
 #[derive(Debug, Clone)]
@@ -489,6 +501,7 @@ const TOP_KEYS: &[&str] = &[
     "schedule",
     "timezone",
     "concurrency",
+    "catch_up",
     "steps",
 ];
 
@@ -504,6 +517,8 @@ struct Header {
     timezone: Option<String>,
     #[serde(default)]
     concurrency: Concurrency,
+    #[serde(default)]
+    catch_up: CatchUp,
 }
 
 fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -714,6 +729,7 @@ impl<'a> Checker<'a> {
             schedule: header.schedule,
             timezone: timezone?,
             concurrency: header.concurrency,
+            catch_up: header.catch_up,
             steps: steps.into_iter().map(|(s, _)| s).collect(),
             writes,
         })

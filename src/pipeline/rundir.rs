@@ -50,6 +50,10 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Not started: the previous run was still going (`concurrency = "forbid"`).
+    Skipped,
+    /// Found running at startup: the process stopped under it.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

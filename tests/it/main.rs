@@ -2,6 +2,8 @@
 
 mod common;
 mod extract;
+mod history;
 mod lists;
 mod run;
+mod scheduler;
 mod validate;

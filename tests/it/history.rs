@@ -1,0 +1,103 @@
+//! The run history in SQLite: runs survive reopening, a duplicate run id is not
+//! recorded twice, runs left "running" become interrupted, schedules only advance.
+
+use chrono::{DateTime, TimeZone, Utc};
+use recpipe::pipeline::history::{History, RunFilter};
+use recpipe::pipeline::{RunRecord, RunStatus};
+
+fn record(pipeline: &str, run_id: &str, started: DateTime<Utc>, status: RunStatus) -> RunRecord {
+    RunRecord {
+        pipeline: pipeline.into(),
+        run_id: run_id.into(),
+        logical_date: started,
+        status,
+        started_at: started,
+        finished_at: None,
+        steps: Vec::new(),
+    }
+}
+
+fn at(hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, hour, 0, 0).unwrap()
+}
+
+#[test]
+fn runs_survive_reopening_and_duplicates_are_no_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = History::open(dir.path()).unwrap();
+        assert!(
+            h.begin(&record("a", "r1", at(1), RunStatus::Running))
+                .unwrap()
+        );
+        assert!(
+            !h.begin(&record("a", "r1", at(2), RunStatus::Failed))
+                .unwrap(),
+            "duplicate"
+        );
+        assert!(
+            h.begin(&record("b", "r1", at(3), RunStatus::Running))
+                .unwrap(),
+            "other pipeline"
+        );
+        let mut done = record("a", "r1", at(1), RunStatus::Succeeded);
+        done.finished_at = Some(at(2));
+        h.update(&done).unwrap();
+    }
+    let h = History::open(dir.path()).unwrap();
+    let r1 = h.run("a", "r1").unwrap().unwrap();
+    assert_eq!(r1.status, RunStatus::Succeeded);
+    assert_eq!(r1.finished_at, Some(at(2)));
+    assert!(h.run("a", "nope").unwrap().is_none());
+    let all = h.runs(&RunFilter::default()).unwrap();
+    let ids: Vec<_> = all
+        .iter()
+        .map(|r| (r.pipeline.as_str(), r.started_at))
+        .collect();
+    assert_eq!(ids, vec![("b", at(3)), ("a", at(1))], "newest first");
+    let only_a = RunFilter {
+        pipeline: Some("a".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(h.runs(&only_a).unwrap().len(), 1);
+    let failed = RunFilter {
+        status: Some(RunStatus::Failed),
+        ..RunFilter::default()
+    };
+    assert!(h.runs(&failed).unwrap().is_empty());
+}
+
+#[test]
+fn running_runs_become_interrupted_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path()).unwrap();
+    h.begin(&record("a", "r1", at(1), RunStatus::Running))
+        .unwrap();
+    h.begin(&record("a", "r2", at(2), RunStatus::Succeeded))
+        .unwrap();
+    drop(h);
+    let h = History::open(dir.path()).unwrap();
+    let interrupted = h.interrupt_running().unwrap();
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(interrupted[0].run_id, "r1");
+    assert_eq!(
+        h.run("a", "r1").unwrap().unwrap().status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(
+        h.run("a", "r2").unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+}
+
+#[test]
+fn last_scheduled_only_moves_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path()).unwrap();
+    assert_eq!(h.last_scheduled("a").unwrap(), None);
+    h.set_last_scheduled("a", at(5)).unwrap();
+    h.set_last_scheduled("a", at(4)).unwrap();
+    assert_eq!(h.last_scheduled("a").unwrap(), Some(at(5)));
+    h.set_last_scheduled("a", at(6)).unwrap();
+    assert_eq!(h.last_scheduled("a").unwrap(), Some(at(6)));
+}
