@@ -16,16 +16,20 @@
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
 //! - [`pipeline`]: the DAG executor and run directories
-//! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up
+//! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up, the
+//!   daemon's runs and reloads
+//! - [`server`]: the daemon's HTTP probes, metrics, JSON API and web UI
 //! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
 
 pub mod artifact;
 pub mod bench;
 pub mod config;
 pub mod failpoint;
+pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod scheduler;
+pub mod server;
 pub mod sinks;
 pub mod sources;
 pub mod steps;

@@ -42,6 +42,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every pipeline on its schedule, with the HTTP API and web UI, until
+    /// SIGTERM (`server.listen`, `api.token`; SIGHUP reloads the pipelines).
+    Daemon,
     /// Check pipeline files (default: every file in the pipelines dir); exit 2 on errors.
     Validate { paths: Vec<PathBuf> },
     /// Print a pipeline's steps in run order with what each reads and writes.
@@ -266,7 +269,7 @@ fn return_large_frees_to_the_os() {
 fn main() -> ExitCode {
     return_large_frees_to_the_os();
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Daemon));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -287,19 +290,97 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let default = if std::io::stderr().is_terminal() {
-        "warn"
-    } else {
-        "info"
-    };
+/// Lines on a terminal (warnings only, as the CLI prints its own progress), JSON
+/// for a log collector otherwise; `RUST_LOG` overrides the level.
+fn init_logging(daemon: bool) {
+    let terminal = std::io::stderr().is_terminal();
+    let default = if terminal && !daemon { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(terminal);
+    if terminal {
+        builder.init();
+    } else {
+        builder.event_format(recpipe::logging::CloudJson).init();
+    }
+}
+
+/// `recpipe daemon`: the scheduler and the HTTP server until SIGTERM or Ctrl-C,
+/// then a drain of the running steps (`daemon.shutdown_grace`); a second signal
+/// exits at once.
+async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
+    use recpipe::scheduler::CronSchedulerClock;
+    use recpipe::scheduler::daemon::Daemon;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let clock = CronSchedulerClock::start()
+        .await
+        .map_err(|e| Failure::Failed(anyhow!("starting the scheduler: {e}")))?;
+    let daemon = Daemon::start(settings.clone(), Arc::new(clock))
+        .await
+        .map_err(|e| Failure::Failed(e.into()))?;
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
+        .await
+        .map_err(|e| Failure::Failed(anyhow!("server.listen `{}`: {e}", settings.server.listen)))?;
+    tracing::info!(listen = %settings.server.listen, pipelines = daemon.pipelines().len(), "daemon started");
+    let poll = {
+        let d = daemon.clone();
+        let every = settings
+            .daemon
+            .reload_interval
+            .max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let d = d.clone();
+                // Reads and parses files: off the async threads.
+                let _ = tokio::task::spawn_blocking(move || d.reload(false)).await;
+            }
+        })
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Failure::Failed(e.into()))?;
+    let hup = {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading pipelines");
+                let d = d.clone();
+                let _ = tokio::task::spawn_blocking(move || d.reload(true)).await;
+            }
+        })
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::Failed(e.into()))?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, recpipe::server::app(daemon.clone()))
+            .with_graceful_shutdown(async {
+                let _ = server_stopped.await;
+            })
+            .into_future(),
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(grace = ?settings.daemon.shutdown_grace, "shutting down: no new runs, draining");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("second signal: exiting now; interrupted runs resume on the next start");
+        std::process::exit(130);
+    });
+    daemon.shutdown(settings.daemon.shutdown_grace).await;
+    poll.abort();
+    hup.abort();
+    let _ = stop_server.send(());
+    let _ = server.await;
+    tracing::info!("daemon stopped");
+    Ok(())
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -311,6 +392,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             .map_err(|e| Failure::BadInput(e.into()))
     };
     match cli.command {
+        Command::Daemon => daemon(settings()?).await,
         Command::Validate { paths } => validate(&*settings()?, paths),
         Command::Plan { pipeline } => {
             let settings = settings()?;

@@ -26,6 +26,12 @@ pub struct Settings {
     pub sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub api: ApiSettings,
+    #[serde(default)]
+    pub daemon: DaemonSettings,
     /// Set by [`Settings::load`]: the folder every relative path resolves against.
     #[serde(skip)]
     pub project_dir: PathBuf,
@@ -61,6 +67,83 @@ impl Default for RuntimeSettings {
             compute_threads: 0,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The daemon's HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// `host:port`; in a pod, `0.0.0.0:8080` (`RECPIPE__SERVER__LISTEN`).
+    pub listen: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// Who may trigger and cancel runs over HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Bearer token for the POST endpoints (`RECPIPE__API__TOKEN`); without one
+    /// they refuse every request.
+    pub token: Option<Secret>,
+}
+
+/// A value never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the long-running process behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    /// After SIGTERM, how long running steps may go on before they are cancelled.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// How often the pipelines folder is checked for changes (SIGHUP checks now).
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+    /// A run found running at startup (the process died under it) is resumed
+    /// from its last finished step when true, else recorded as interrupted.
+    pub resume_interrupted: bool,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(30),
+            reload_interval: Duration::from_secs(2),
+            resume_interrupted: true,
         }
     }
 }
@@ -164,6 +247,9 @@ impl Settings {
             runtime: RuntimeSettings::default(),
             sources: BTreeMap::new(),
             sinks: BTreeMap::new(),
+            server: ServerSettings::default(),
+            api: ApiSettings::default(),
+            daemon: DaemonSettings::default(),
             project_dir: project_dir.to_path_buf(),
         };
         settings.resolve_paths();

@@ -16,6 +16,8 @@ use crate::config::pipeline::ArtifactKind;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const RUN_RECORD: &str = "run.json";
+/// One line per step event, for the API's and UI's log tail.
+pub const EVENT_LOG: &str = "events.log";
 
 /// Everything known about a finished step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +139,30 @@ impl RunDir {
         }
         fs::create_dir_all(&dir).map_err(ArtifactError::io(&dir))?;
         Ok(dir)
+    }
+
+    /// Appends one line to the run's event log (best effort: the log is for
+    /// people, the manifests are the record).
+    pub fn append_log(&self, line: &str) {
+        use std::io::Write;
+        let _ = fs::create_dir_all(&self.root);
+        if let Ok(mut f) = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(EVENT_LOG))
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// The last `n` lines of the event log (none if there is no log).
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let text = fs::read_to_string(self.root.join(EVENT_LOG)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
     }
 
     pub fn write_record(&self, record: &RunRecord) -> Result<(), ArtifactError> {

@@ -7,7 +7,7 @@
 //! (a time skipped by spring-forward runs at the end of the gap, a repeated one
 //! runs once), and the scheduler arms a one-shot timer for that instant.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -31,6 +31,8 @@ impl Schedule {
 
     /// The first fire time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // croner keeps the sub-second part of its start: fires are on whole seconds.
+        let t = t.with_nanosecond(0).unwrap_or(t);
         self.cron
             .find_next_occurrence(&t.with_timezone(&self.tz), false)
             .ok()
@@ -44,6 +46,7 @@ impl Schedule {
         after: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
+        let now = now.with_nanosecond(0).unwrap_or(now);
         self.cron
             .find_previous_occurrence(&now.with_timezone(&self.tz), true)
             .ok()
@@ -99,6 +102,13 @@ mod tests {
         assert_eq!(first, utc("2026-11-01T05:30:00Z"));
         let then = s.next_after(first).unwrap();
         assert_eq!(then, utc("2026-11-02T06:30:00Z"));
+    }
+
+    #[test]
+    fn fires_on_whole_seconds() {
+        let s = Schedule::parse("0 0 * * * *", chrono_tz::UTC).unwrap();
+        let t = utc("2026-01-01T05:30:00.750Z");
+        assert_eq!(s.next_after(t), Some(utc("2026-01-01T06:00:00Z")));
     }
 
     #[test]

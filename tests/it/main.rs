@@ -1,6 +1,7 @@
 //! Integration tests, one binary (ripgrep's layout): modules by topic.
 
 mod common;
+mod daemon;
 mod extract;
 mod history;
 mod lists;

@@ -1,0 +1,571 @@
+//! The long-running process's state: the loaded pipelines and their triggers, the
+//! runs in progress and the run history. Scheduled fires, API requests and resumed
+//! runs all start through [`Daemon::start_run`], which applies the pipeline's
+//! `concurrency` and records the run, so no path skips the policy.
+//!
+//! Invariants: a run id is started at most once (the history refuses a second
+//! `begin`); a reload that does not validate changes nothing (the previous
+//! pipelines keep their schedules, the diagnostics are kept for the API); runs in
+//! progress are never touched by a reload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::cron::Schedule;
+use super::metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
+use super::{Clock, Fire};
+use crate::config::pipeline::{self, load_all};
+use crate::config::{Concurrency, Pipeline, Settings};
+use crate::models::StopFlag;
+use crate::pipeline::history::{History, HistoryError};
+use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
+use crate::steps::{self, Resources};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no pipeline named `{0}`")]
+    UnknownPipeline(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("compute pool: {0}")]
+    Pool(String),
+}
+
+/// What became of a request to start a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    Started {
+        run_id: String,
+    },
+    /// The run id is already recorded: nothing was done.
+    Duplicate {
+        run_id: String,
+    },
+    /// `concurrency = "forbid"` and a run is in progress: recorded as skipped.
+    Skipped {
+        run_id: String,
+        running: String,
+    },
+}
+
+/// The outcome of the last look at `pipelines/`.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub loaded_at: Option<DateTime<Utc>>,
+    /// Problems of the folder as it is now; empty when it loaded.
+    pub diagnostics: Vec<String>,
+    fingerprint: u64,
+}
+
+struct Active {
+    run_id: String,
+    stop: StopFlag,
+}
+
+pub struct Daemon {
+    pub settings: Arc<Settings>,
+    pub history: Arc<History>,
+    pub metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    executor: Executor,
+    pipelines: RwLock<Arc<BTreeMap<String, Arc<Pipeline>>>>,
+    reload: Mutex<ReloadStatus>,
+    triggers: Mutex<HashMap<String, (String, JoinHandle<()>)>>,
+    active: Mutex<HashMap<String, Vec<Active>>>,
+    fires: mpsc::Sender<Fire>,
+    shutting_down: AtomicBool,
+    /// Counts runs in progress; shutdown waits for zero.
+    running: watch::Sender<usize>,
+}
+
+impl Daemon {
+    /// Opens the history, loads `pipelines/`, arms the triggers and resumes the
+    /// runs the previous process left running.
+    pub async fn start(
+        settings: Arc<Settings>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let history = Arc::new(History::open(&settings.state_dir)?);
+        let interrupted = history.interrupt_running()?;
+        let pool = steps::compute_pool(settings.runtime.compute_threads)
+            .map_err(|e| DaemonError::Pool(e.to_string()))?;
+        let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
+        let (fires, mut fire_rx) = mpsc::channel(64);
+        let daemon = Arc::new(Self {
+            settings,
+            history,
+            metrics: Metrics::default(),
+            clock,
+            executor,
+            pipelines: RwLock::new(Arc::new(BTreeMap::new())),
+            reload: Mutex::new(ReloadStatus::default()),
+            triggers: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            fires,
+            shutting_down: AtomicBool::new(false),
+            running: watch::channel(0).0,
+        });
+        daemon.reload(true);
+        let d = Arc::downgrade(&daemon);
+        tokio::spawn(async move {
+            while let Some(fire) = fire_rx.recv().await {
+                let Some(d) = d.upgrade() else { return };
+                d.on_fire(fire);
+            }
+        });
+        for run in interrupted {
+            if daemon.settings.daemon.resume_interrupted {
+                info!(pipeline = %run.pipeline, run_id = %run.run_id, "resuming an interrupted run");
+                if let Err(e) = daemon.resume(&run) {
+                    warn!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot resume");
+                }
+            } else {
+                warn!(pipeline = %run.pipeline, run_id = %run.run_id, "run was interrupted by a restart");
+            }
+        }
+        Ok(daemon)
+    }
+
+    pub fn pipelines(&self) -> Arc<BTreeMap<String, Arc<Pipeline>>> {
+        self.pipelines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The next fire time of a scheduled pipeline.
+    pub fn next_fire(&self, pipeline: &Pipeline) -> Option<DateTime<Utc>> {
+        let schedule = Schedule::parse(pipeline.schedule.as_deref()?, pipeline.timezone).ok()?;
+        schedule.next_after(self.clock.now())
+    }
+
+    /// Looks at `pipelines/` and swaps in what changed if it all validates.
+    /// `force` reloads even when the files look unchanged (startup, SIGHUP).
+    pub fn reload(self: &Arc<Self>, force: bool) {
+        let dir = self.settings.pipelines_dir.clone();
+        let fingerprint = fingerprint(&dir);
+        {
+            let status = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && status.loaded_at.is_some() && status.fingerprint == fingerprint {
+                return;
+            }
+        }
+        let (loaded, diags) = load_all(&self.settings, &[dir]);
+        let mut status = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        status.fingerprint = fingerprint;
+        if !diags.is_empty() {
+            status.diagnostics = diags.0.iter().map(ToString::to_string).collect();
+            self.metrics.reload_errors.inc();
+            self.metrics.config_valid.set(0);
+            error!(
+                problems = status.diagnostics.len(),
+                "pipelines/ does not validate; the previous pipelines stay in force:\n{diags}"
+            );
+            // At startup there is nothing previous: run the files that are valid.
+            if status.loaded_at.is_some() {
+                return;
+            }
+        } else {
+            status.diagnostics.clear();
+            self.metrics.config_valid.set(1);
+        }
+        status.loaded_at = Some(self.clock.now());
+        drop(status);
+        let map: BTreeMap<String, Arc<Pipeline>> = loaded
+            .into_iter()
+            .map(|p| (p.name.clone(), Arc::new(p)))
+            .collect();
+        info!(pipelines = map.len(), "pipelines loaded");
+        *self.pipelines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map.clone());
+        self.arm_triggers(&map);
+    }
+
+    /// Replaces the trigger of each pipeline whose schedule changed; stops the
+    /// triggers of pipelines that are gone.
+    fn arm_triggers(self: &Arc<Self>, pipelines: &BTreeMap<String, Arc<Pipeline>>) {
+        let mut triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        triggers.retain(|name, (key, handle)| {
+            let keep = pipelines.get(name).is_some_and(|p| trigger_key(p) == *key);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        if self.is_shutting_down() {
+            return;
+        }
+        for (name, p) in pipelines {
+            if triggers.contains_key(name) {
+                continue;
+            }
+            let Some(expr) = &p.schedule else { continue };
+            let schedule = match Schedule::parse(expr, p.timezone) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(pipeline = %name, error = %e, "schedule does not parse");
+                    continue;
+                }
+            };
+            let last = self.history.last_scheduled(name).unwrap_or_else(|e| {
+                warn!(pipeline = %name, error = %e, "no last scheduled time: no catch-up");
+                None
+            });
+            let handle = super::spawn(
+                name.clone(),
+                schedule,
+                p.catch_up,
+                last,
+                self.clock.clone(),
+                self.fires.clone(),
+            );
+            triggers.insert(name.clone(), (trigger_key(p), handle));
+        }
+    }
+
+    fn on_fire(self: &Arc<Self>, fire: Fire) {
+        if let Err(e) = self
+            .history
+            .set_last_scheduled(&fire.pipeline, fire.scheduled)
+        {
+            warn!(pipeline = %fire.pipeline, error = %e, "cannot record the scheduled time");
+        }
+        match self.start_run(&fire.pipeline, Some(fire.run_id()), fire.scheduled) {
+            Ok(Started::Started { run_id }) => {
+                info!(pipeline = %fire.pipeline, run_id = %run_id, catch_up = fire.catch_up, "scheduled run started")
+            }
+            Ok(other) => info!(pipeline = %fire.pipeline, outcome = ?other, "scheduled fire"),
+            Err(e) => warn!(pipeline = %fire.pipeline, error = %e, "scheduled fire not started"),
+        }
+    }
+
+    /// Starts a run of `pipeline` (a manual run when `run_id` is `None`),
+    /// applying the pipeline's concurrency policy.
+    pub fn start_run(
+        self: &Arc<Self>,
+        pipeline: &str,
+        run_id: Option<String>,
+        logical_date: DateTime<Utc>,
+    ) -> Result<Started, DaemonError> {
+        if self.is_shutting_down() {
+            return Err(DaemonError::ShuttingDown);
+        }
+        let p = self
+            .pipelines()
+            .get(pipeline)
+            .cloned()
+            .ok_or_else(|| DaemonError::UnknownPipeline(pipeline.to_string()))?;
+        let now = self.clock.now();
+        let run_id =
+            run_id.unwrap_or_else(|| format!("manual-{}", now.format("%Y%m%dT%H%M%S%3fZ")));
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let running = active.entry(p.name.clone()).or_default();
+        let mut record = RunRecord {
+            pipeline: p.name.clone(),
+            run_id: run_id.clone(),
+            logical_date,
+            status: RunStatus::Running,
+            started_at: now,
+            finished_at: None,
+            steps: Vec::new(),
+        };
+        if let Some(current) = running.first()
+            && p.concurrency == Concurrency::Forbid
+        {
+            record.status = RunStatus::Skipped;
+            record.finished_at = Some(now);
+            if !self.history.begin(&record)? {
+                return Ok(Started::Duplicate { run_id });
+            }
+            self.count_run(&p.name, RunStatus::Skipped);
+            return Ok(Started::Skipped {
+                run_id,
+                running: current.run_id.clone(),
+            });
+        }
+        if !self.history.begin(&record)? {
+            return Ok(Started::Duplicate { run_id });
+        }
+        if p.concurrency == Concurrency::Replace {
+            for old in running.iter() {
+                info!(pipeline = %p.name, run_id = %old.run_id, replaced_by = %run_id, "cancelling the run being replaced");
+                old.stop.stop();
+            }
+        }
+        let stop = StopFlag::default();
+        running.push(Active {
+            run_id: run_id.clone(),
+            stop: stop.clone(),
+        });
+        drop(active);
+        self.launch(p, run_id.clone(), logical_date, stop);
+        Ok(Started::Started { run_id })
+    }
+
+    /// Reruns an interrupted run under its own id: finished steps are reused.
+    fn resume(self: &Arc<Self>, run: &RunRecord) -> Result<(), DaemonError> {
+        let p = self
+            .pipelines()
+            .get(&run.pipeline)
+            .cloned()
+            .ok_or_else(|| DaemonError::UnknownPipeline(run.pipeline.clone()))?;
+        let mut record = run.clone();
+        record.status = RunStatus::Running;
+        record.finished_at = None;
+        self.history.update(&record)?;
+        let stop = StopFlag::default();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(p.name.clone())
+            .or_default()
+            .push(Active {
+                run_id: run.run_id.clone(),
+                stop: stop.clone(),
+            });
+        self.launch(p, run.run_id.clone(), run.logical_date, stop);
+        Ok(())
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        p: Arc<Pipeline>,
+        run_id: String,
+        logical_date: DateTime<Utc>,
+        stop: StopFlag,
+    ) {
+        let daemon = self.clone();
+        self.running.send_modify(|n| *n += 1);
+        self.metrics
+            .active_runs
+            .get_or_create(&PipelineLabels {
+                pipeline: p.name.clone(),
+            })
+            .inc();
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let observer = {
+                let d = daemon.clone();
+                let p = p.clone();
+                let run_id = run_id.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = rx.recv().await {
+                        d.observe(&p, &run_id, event);
+                    }
+                })
+            };
+            let request = RunRequest {
+                pipeline: p.clone(),
+                run_id: run_id.clone(),
+                logical_date,
+                stop,
+            };
+            let outcome = daemon.executor.run(request, Some(tx)).await;
+            let _ = observer.await;
+            let record = match outcome {
+                Ok(record) => record,
+                Err(e) => {
+                    error!(pipeline = %p.name, run_id = %run_id, error = %e, "run could not start");
+                    let mut r = daemon
+                        .history
+                        .run(&p.name, &run_id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| RunRecord {
+                            pipeline: p.name.clone(),
+                            run_id: run_id.clone(),
+                            logical_date,
+                            status: RunStatus::Failed,
+                            started_at: Utc::now(),
+                            finished_at: None,
+                            steps: Vec::new(),
+                        });
+                    r.status = RunStatus::Failed;
+                    r.finished_at = Some(Utc::now());
+                    r
+                }
+            };
+            if let Err(e) = daemon.history.update(&record) {
+                error!(pipeline = %p.name, run_id = %run_id, error = %e, "cannot record the run");
+            }
+            daemon.count_run(&p.name, record.status);
+            if record.status == RunStatus::Succeeded {
+                daemon
+                    .metrics
+                    .last_success
+                    .get_or_create(&PipelineLabels {
+                        pipeline: p.name.clone(),
+                    })
+                    .set(Utc::now().timestamp());
+            }
+            daemon
+                .metrics
+                .active_runs
+                .get_or_create(&PipelineLabels {
+                    pipeline: p.name.clone(),
+                })
+                .dec();
+            if let Some(list) = daemon
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&p.name)
+            {
+                list.retain(|a| a.run_id != run_id);
+            }
+            daemon.running.send_modify(|n| *n -= 1);
+        });
+    }
+
+    fn observe(&self, p: &Pipeline, run_id: &str, event: Event) {
+        let line = match &event {
+            Event::Started { step, attempt } => format!("{step}: started (attempt {attempt})"),
+            Event::Retrying {
+                step,
+                attempt,
+                delay,
+                error,
+            } => {
+                format!("{step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}")
+            }
+            Event::Succeeded {
+                step,
+                rows,
+                duration,
+            } => {
+                format!("{step}: succeeded, {rows} rows in {duration:.2?}")
+            }
+            Event::Reused { step } => format!("{step}: reused from an earlier attempt of this run"),
+            Event::Failed { step, error } => format!("{step}: FAILED: {error}"),
+            Event::Skipped { step, reason } => format!("{step}: skipped, {reason}"),
+        };
+        RunDir::new(&self.settings.state_dir, &p.name, run_id).append_log(&format!(
+            "{} {line}",
+            Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        ));
+        if let Event::Succeeded {
+            step,
+            rows,
+            duration,
+        } = event
+        {
+            self.metrics
+                .step_seconds
+                .get_or_create(&StepLabels {
+                    pipeline: p.name.clone(),
+                    step: step.clone(),
+                })
+                .observe(duration.as_secs_f64());
+            if let Some(w) = p.writes.iter().find(|w| w.step == step) {
+                self.metrics
+                    .rows_written
+                    .get_or_create(&SinkLabels {
+                        pipeline: p.name.clone(),
+                        sink: w.sink.clone(),
+                    })
+                    .inc_by(rows);
+            }
+        }
+    }
+
+    fn count_run(&self, pipeline: &str, status: RunStatus) {
+        self.metrics
+            .runs
+            .get_or_create(&RunLabels {
+                pipeline: pipeline.to_string(),
+                status: format!("{status:?}").to_lowercase(),
+            })
+            .inc();
+    }
+
+    /// Asks a run in progress to stop; `false` if no such run is in progress.
+    pub fn cancel(&self, run_id: &str) -> bool {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let found = active.values().flatten().find(|a| a.run_id == run_id);
+        if let Some(a) = found {
+            a.stop.stop();
+        }
+        found.is_some()
+    }
+
+    /// The run ids in progress, by pipeline.
+    pub fn running(&self, pipeline: &str) -> Vec<String> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pipeline)
+            .map(|l| l.iter().map(|a| a.run_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops firing, lets running runs go on for `grace`, then cancels them and
+    /// waits for them to record their state (their run dirs stay resumable).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        for (_, (_, handle)) in self
+            .triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            handle.abort();
+        }
+        let mut running = self.running.subscribe();
+        if tokio::time::timeout(grace, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        warn!("grace period over: cancelling the runs in progress");
+        for a in self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+        {
+            a.stop.stop();
+        }
+        // Steps see the flag between blocks and iterations.
+        let _ = tokio::time::timeout(Duration::from_secs(30), running.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// What identifies a trigger: a reload re-arms it only when this changes.
+fn trigger_key(p: &Pipeline) -> String {
+    format!("{:?}|{}|{:?}", p.schedule, p.timezone, p.catch_up)
+}
+
+/// A cheap summary of the pipeline files (names, sizes, contents): a change in
+/// any of them triggers a reload.
+fn fingerprint(dir: &std::path::Path) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    if let Ok(files) = pipeline::toml_files_in(dir) {
+        for f in files {
+            f.hash(&mut h);
+            std::fs::read(&f).unwrap_or_default().hash(&mut h);
+        }
+    }
+    h.finish()
+}

@@ -1,0 +1,507 @@
+//! The daemon: its API through `server::app` with one-shot requests, the
+//! concurrency policy, and the real binary on a one-second schedule (reload of a
+//! broken file, SIGTERM drain).
+
+use std::future::IntoFuture;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::Utc;
+use http_body_util::BodyExt;
+use recpipe::config::Settings;
+use recpipe::config::settings::Secret;
+use recpipe::scheduler::TokioClock;
+use recpipe::scheduler::daemon::{Daemon, Started};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::common;
+
+async fn daemon(project: &Path, token: Option<&str>) -> Arc<Daemon> {
+    let mut settings = Settings::load(project).unwrap();
+    settings.api.token = token.map(Secret::new);
+    Daemon::start(
+        Arc::new(settings),
+        Arc::new(TokioClock::starting_at(Utc::now())),
+    )
+    .await
+    .unwrap()
+}
+
+async fn call(
+    d: &Arc<Daemon>,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = recpipe::server::app(d.clone())
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls the API until the run has finished.
+async fn wait_finished(d: &Arc<Daemon>, run_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = call(d, "GET", &format!("/api/v1/runs/{run_id}"), None).await;
+        if body["run"]["status"] != "running" && !body["run"].is_null() {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "run {run_id} did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requires_the_token_to_act_and_lists_runs() {
+    let project = common::project();
+    let d = daemon(project.path(), Some("s3cret")).await;
+    let (status, body) = call(&d, "GET", "/api/v1/pipelines", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["example", "example-als"]);
+    assert!(body["pipelines"][0]["next_fire"].is_string());
+
+    for token in [None, Some("wrong"), Some("s3cre")] {
+        let (status, _) = call(&d, "POST", "/api/v1/pipelines/example/runs", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+        let (status, _) = call(&d, "POST", "/api/v1/runs/x/cancel", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+    }
+    let (_, runs) = call(&d, "GET", "/api/v1/runs", None).await;
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        0,
+        "nothing ran without the token"
+    );
+
+    let (status, body) = call(&d, "POST", "/api/v1/pipelines/example/runs", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    let run = wait_finished(&d, &run_id).await;
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    assert_eq!(run["run"]["steps"].as_array().unwrap().len(), 5);
+    assert!(
+        run["log_tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("publish: succeeded")),
+        "{run}"
+    );
+    let (_, listed) = call(
+        &d,
+        "GET",
+        "/api/v1/runs?pipeline=example&status=succeeded",
+        None,
+    )
+    .await;
+    assert_eq!(listed["runs"][0]["run_id"], run_id.as_str());
+    let (_, none) = call(
+        &d,
+        "GET",
+        "/api/v1/runs?pipeline=example&status=failed",
+        None,
+    )
+    .await;
+    assert_eq!(none["runs"].as_array().unwrap().len(), 0);
+
+    let (status, _) = call(&d, "POST", "/api/v1/pipelines/nope/runs", Some("s3cret")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        &d,
+        "POST",
+        "/api/v1/runs/not-running/cancel",
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, metrics) = call(&d, "GET", "/metrics", None).await;
+    assert!(metrics.is_null(), "metrics are text, not JSON");
+    let text = recpipe_metrics(&d).await;
+    assert!(
+        text.contains("recpipe_runs_total{pipeline=\"example\",status=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "recpipe_rows_written_total{pipeline=\"example\",sink=\"local_lists\"} 20000"
+        ),
+        "{text}"
+    );
+}
+
+async fn recpipe_metrics(d: &Arc<Daemon>) -> String {
+    let resp = recpipe::server::app(d.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_configured_refuses_every_action() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let (status, _) = call(&d, "POST", "/api/v1/pipelines/example/runs", Some("")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_skips_an_overlap_and_a_duplicate_run_id_is_a_no_op() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let now = Utc::now();
+    let first = d
+        .start_run("example", Some("scheduled-a".into()), now)
+        .unwrap();
+    assert_eq!(
+        first,
+        Started::Started {
+            run_id: "scheduled-a".into()
+        }
+    );
+    // No await in between: the first run is still in progress.
+    let second = d
+        .start_run("example", Some("scheduled-b".into()), now)
+        .unwrap();
+    assert_eq!(
+        second,
+        Started::Skipped {
+            run_id: "scheduled-b".into(),
+            running: "scheduled-a".into()
+        }
+    );
+    let skipped = d.history.run("example", "scheduled-b").unwrap().unwrap();
+    assert_eq!(skipped.status, recpipe::pipeline::RunStatus::Skipped);
+    let again = d
+        .start_run("example", Some("scheduled-a".into()), now)
+        .unwrap();
+    assert_eq!(
+        again,
+        Started::Duplicate {
+            run_id: "scheduled-a".into()
+        }
+    );
+    let run = wait_finished(&d, "scheduled-a").await;
+    assert_eq!(run["run"]["status"], "succeeded");
+    let after = d
+        .start_run("example", Some("scheduled-a".into()), now)
+        .unwrap();
+    assert_eq!(
+        after,
+        Started::Duplicate {
+            run_id: "scheduled-a".into()
+        },
+        "finished runs too"
+    );
+}
+
+/// A free local port (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET, so the test depends on nothing but the daemon.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn json_at(port: u16, path: &str) -> Option<Value> {
+    let (_, body) = http_get(port, path)?;
+    // The body may be chunked: take the JSON object inside.
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    serde_json::from_str(&body[start..=end]).ok()
+}
+
+#[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn succeeded_runs(port: u16) -> usize {
+    json_at(
+        port,
+        "/api/v1/runs?pipeline=every-second&status=succeeded&limit=1000",
+    )
+    .and_then(|v| v["runs"].as_array().map(Vec::len))
+    .unwrap_or(0)
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn real_daemon_keeps_its_schedule_through_a_broken_file_and_drains_on_sigterm() {
+    let project = common::project();
+    let pipelines = project.path().join("pipelines");
+    // Only one pipeline, on a one-second schedule.
+    std::fs::remove_file(pipelines.join("example_als.toml")).unwrap();
+    let example = std::fs::read_to_string(pipelines.join("example.toml")).unwrap();
+    let every_second = example
+        .replace("name = \"example\"", "name = \"every-second\"")
+        .replace("schedule = \"0 0 4 * * *\"", "schedule = \"* * * * * *\"");
+    assert_ne!(every_second, example);
+    std::fs::write(pipelines.join("example.toml"), &every_second).unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
+        .arg("--project-dir")
+        .arg(project.path())
+        .arg("daemon")
+        .env("RECPIPE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RECPIPE__DAEMON__RELOAD_INTERVAL", "200ms")
+        .env_remove("RECPIPE_ENV")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    wait_for("readiness", Duration::from_secs(30), || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    wait_for("a scheduled run", Duration::from_secs(30), || {
+        succeeded_runs(port) >= 1
+    });
+
+    // A broken edit: the old schedule keeps firing and the API shows the error.
+    std::fs::write(
+        pipelines.join("example.toml"),
+        every_second.replace("kind = \"train\"", "kind = \"trian\""),
+    )
+    .unwrap();
+    wait_for("the reload error", Duration::from_secs(30), || {
+        json_at(port, "/api/v1/pipelines").is_some_and(|v| {
+            v["reload"]["diagnostics"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|m| m.as_str().unwrap_or("").contains("trian")))
+        })
+    });
+    let before = succeeded_runs(port);
+    wait_for(
+        "runs after the broken edit",
+        Duration::from_secs(30),
+        || succeeded_runs(port) >= before + 2,
+    );
+    let (_, page) = http_get(port, "/").unwrap();
+    assert!(
+        page.contains("reload-problems") && page.contains("every-second"),
+        "{page}"
+    );
+
+    // SIGTERM: not ready, drains, exits 0.
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    wait_for("the exit after SIGTERM", Duration::from_secs(60), || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
+    let mut log = String::new();
+    if let Some(err) = child.0.stderr.take() {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("\"severity\":\"INFO\"") && log.contains("daemon stopped"),
+        "{log}"
+    );
+    assert!(log.contains("does not validate"), "{log}");
+}
+
+/// Loads a page in headless Chromium (Debian's `chromium`, or `$CHROMIUM`) and
+/// returns the DOM after load and what the browser logged.
+fn chromium_dump(url: &str) -> (String, String) {
+    let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start `{browser}` (.ci/run installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Console messages the page produced (Chromium logs them as `CONSOLE(…)`).
+fn console_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("CONSOLE")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_ui_renders_in_headless_chromium() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let run_id = match d.start_run("example", None, Utc::now()).unwrap() {
+        Started::Started { run_id } => run_id,
+        other => panic!("{other:?}"),
+    };
+    wait_finished(&d, &run_id).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let base = format!("http://127.0.0.1:{port}");
+
+    let index = base.clone() + "/";
+    let (dom, log) = tokio::task::spawn_blocking(move || chromium_dump(&index))
+        .await
+        .unwrap();
+    assert!(dom.contains("id=\"pipelines\""), "{dom}");
+    for name in ["example", "example-als"] {
+        assert!(
+            dom.contains(&format!("href=\"/ui/pipelines/{name}\"")),
+            "{dom}"
+        );
+    }
+    assert!(
+        console_lines(&log).is_empty(),
+        "console: {:?}",
+        console_lines(&log)
+    );
+
+    let run_page = format!("{base}/ui/runs/example/{run_id}");
+    let (dom, log) = tokio::task::spawn_blocking(move || chromium_dump(&run_page))
+        .await
+        .unwrap();
+    assert!(dom.contains("<svg id=\"dag\""), "{dom}");
+    for step in [
+        "interactions",
+        "closed_items",
+        "popular",
+        "user_recs",
+        "publish",
+    ] {
+        assert!(
+            dom.contains(&format!("class=\"step succeeded\" data-step=\"{step}\"")),
+            "{step}: {dom}"
+        );
+    }
+    assert!(dom.contains("id=\"run-status\">succeeded"), "{dom}");
+    assert!(
+        console_lines(&log).is_empty(),
+        "console: {:?}",
+        console_lines(&log)
+    );
+
+    let pipeline_page = format!("{base}/ui/pipelines/example");
+    let (dom, _) = tokio::task::spawn_blocking(move || chromium_dump(&pipeline_page))
+        .await
+        .unwrap();
+    assert!(dom.contains("<svg id=\"durations\""), "{dom}");
+    assert!(dom.contains(&run_id), "{dom}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_running_is_resumed_or_reported_at_startup() {
+    use recpipe::pipeline::history::History;
+    use recpipe::pipeline::{RunRecord, RunStatus};
+    for resume in [true, false] {
+        let project = common::project();
+        let mut settings = Settings::load(project.path()).unwrap();
+        settings.daemon.resume_interrupted = resume;
+        {
+            // What a killed daemon leaves: a run recorded as running.
+            let history = History::open(&settings.state_dir).unwrap();
+            let now = Utc::now();
+            history
+                .begin(&RunRecord {
+                    pipeline: "example".into(),
+                    run_id: "killed".into(),
+                    logical_date: now,
+                    status: RunStatus::Running,
+                    started_at: now,
+                    finished_at: None,
+                    steps: Vec::new(),
+                })
+                .unwrap();
+        }
+        let d = Daemon::start(
+            Arc::new(settings),
+            Arc::new(TokioClock::starting_at(Utc::now())),
+        )
+        .await
+        .unwrap();
+        if resume {
+            let run = wait_finished(&d, "killed").await;
+            assert_eq!(run["run"]["status"], "succeeded", "{run}");
+        } else {
+            let run = d.history.run("example", "killed").unwrap().unwrap();
+            assert_eq!(run.status, RunStatus::Interrupted);
+            assert!(d.running("example").is_empty());
+        }
+    }
+}
