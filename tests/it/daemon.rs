@@ -336,6 +336,21 @@ fn real_daemon_keeps_its_schedule_through_a_broken_file_and_drains_on_sigterm() 
         "{page}"
     );
 
+    // A valid edit is swapped in: the renamed pipeline appears, the errors clear.
+    std::fs::write(
+        pipelines.join("example.toml"),
+        every_second.replace("name = \"every-second\"", "name = \"renamed\""),
+    )
+    .unwrap();
+    wait_for("the valid reload", Duration::from_secs(30), || {
+        json_at(port, "/api/v1/pipelines").is_some_and(|v| {
+            v["pipelines"][0]["name"] == "renamed"
+                && v["reload"]["diagnostics"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+        })
+    });
+
     // SIGTERM: not ready, drains, exits 0.
     let pid = child.0.id().to_string();
     assert!(
