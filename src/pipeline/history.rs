@@ -99,7 +99,7 @@ impl History {
                 params![
                     record.pipeline,
                     record.run_id,
-                    status_name(record.status),
+                    record.status.as_str(),
                     stamp(record.started_at),
                     json
                 ],
@@ -114,12 +114,7 @@ impl History {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET status = ?3, record = ?4 WHERE pipeline = ?1 AND run_id = ?2",
-                params![
-                    record.pipeline,
-                    record.run_id,
-                    status_name(record.status),
-                    json
-                ],
+                params![record.pipeline, record.run_id, record.status.as_str(), json],
             )
         })
         .map(|_| ())
@@ -140,7 +135,7 @@ impl History {
     /// Runs matching `filter`, newest first.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, HistoryError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-        let status = filter.status.map(status_name);
+        let status = filter.status.map(RunStatus::as_str);
         let rows: Vec<String> = self.with(|c| {
             let mut q = c.prepare(
                 "SELECT record FROM runs
@@ -205,15 +200,4 @@ impl History {
 /// Fixed-width UTC text, so SQLite orders and compares times as strings.
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-fn status_name(s: RunStatus) -> &'static str {
-    match s {
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::Skipped => "skipped",
-        RunStatus::Interrupted => "interrupted",
-    }
 }

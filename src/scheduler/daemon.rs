@@ -492,7 +492,7 @@ impl Daemon {
             .runs
             .get_or_create(&RunLabels {
                 pipeline: pipeline.to_string(),
-                status: format!("{status:?}").to_lowercase(),
+                status: status.as_str().to_string(),
             })
             .inc();
     }

@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use crate::config::Pipeline;
 use crate::pipeline::history::RunFilter;
-use crate::pipeline::{RunDir, RunRecord, RunStatus, StepStatus};
+use crate::pipeline::{RunDir, RunRecord, RunStatus};
 use crate::scheduler::cron::Schedule;
 use crate::scheduler::daemon::Daemon;
 
@@ -37,27 +37,6 @@ fn page(title: &str, body: &str) -> Html<String> {
          <style>{STYLE}</style></head><body><p><a href=\"/\">recpipe</a></p>{body}</body></html>",
         esc(title)
     ))
-}
-
-fn status_name(s: RunStatus) -> &'static str {
-    match s {
-        RunStatus::Running => "running",
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-        RunStatus::Skipped => "skipped",
-        RunStatus::Interrupted => "interrupted",
-    }
-}
-
-fn step_status_name(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Succeeded => "succeeded",
-        StepStatus::Reused => "reused",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Cancelled => "cancelled",
-    }
 }
 
 fn duration_s(r: &RunRecord) -> Option<f64> {
@@ -116,7 +95,7 @@ pub async fn index(State(d): State<Arc<Daemon>>) -> Html<String> {
                     esc(&r.run_id),
                     esc(&r.run_id)
                 ),
-                status_name(r.status),
+                r.status.as_str(),
             ),
             None => ("–".into(), ""),
         };
@@ -270,7 +249,7 @@ pub async fn pipeline(State(d): State<Arc<Daemon>>, Path(name): Path<String>) ->
     body.push_str(&duration_chart(&runs));
     body.push_str("<h2>Runs</h2><table id=\"runs\"><tr><th>run</th><th>status</th><th>started (UTC)</th><th>duration</th></tr>");
     for r in &runs {
-        let st = status_name(r.status);
+        let st = r.status.as_str();
         let _ = write!(
             body,
             "<tr><td><a href=\"/ui/runs/{}/{}\">{}</a></td><td class=\"{st}\">{st}</td><td>{}</td><td>{}</td></tr>",
@@ -304,14 +283,14 @@ pub async fn run(
     let mut status: BTreeMap<String, &'static str> = r
         .steps
         .iter()
-        .map(|s| (s.id.clone(), step_status_name(s.status)))
+        .map(|s| (s.id.clone(), s.status.as_str()))
         .collect();
     if r.status == RunStatus::Running {
         for s in &p.steps {
             status.entry(s.id.clone()).or_insert("running");
         }
     }
-    let st = status_name(r.status);
+    let st = r.status.as_str();
     let mut body = format!(
         "<h1>{} · {}</h1><p>status <b class=\"{st}\" id=\"run-status\">{st}</b>, started {}</p>",
         esc(&p.name),
@@ -321,7 +300,7 @@ pub async fn run(
     body.push_str(&dag_svg(&p, &status));
     body.push_str("<table id=\"steps\"><tr><th>step</th><th>status</th><th>duration</th><th>attempts</th><th>rows</th><th>error</th></tr>");
     for s in &r.steps {
-        let st = step_status_name(s.status);
+        let st = s.status.as_str();
         let _ = write!(
             body,
             "<tr><td>{}</td><td class=\"{st}\">{st}</td><td>{:.2} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -520,3 +520,30 @@ async fn a_run_left_running_is_resumed_or_reported_at_startup() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_cancels_the_running_run() {
+    let project = common::project();
+    let file = project.path().join("pipelines/example.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("concurrency = \"forbid\"", "concurrency = \"replace\""),
+    )
+    .unwrap();
+    let d = daemon(project.path(), None).await;
+    let now = Utc::now();
+    d.start_run("example", Some("first".into()), now).unwrap();
+    // No await in between: `first` has not finished its five steps.
+    let second = d.start_run("example", Some("second".into()), now).unwrap();
+    assert_eq!(
+        second,
+        Started::Started {
+            run_id: "second".into()
+        }
+    );
+    let first = wait_finished(&d, "first").await;
+    let second = wait_finished(&d, "second").await;
+    assert_eq!(first["run"]["status"], "cancelled", "{first}");
+    assert_eq!(second["run"]["status"], "succeeded", "{second}");
+}
