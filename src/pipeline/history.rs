@@ -150,6 +150,16 @@ impl History {
             .collect()
     }
 
+    /// The newest run of `pipeline`.
+    pub fn last_run(&self, pipeline: &str) -> Result<Option<RunRecord>, HistoryError> {
+        let filter = RunFilter {
+            pipeline: Some(pipeline.to_string()),
+            limit: 1,
+            ..RunFilter::default()
+        };
+        Ok(self.runs(&filter)?.into_iter().next())
+    }
+
     /// Marks every run still recorded as running (the process died under it) as
     /// interrupted, and returns them so the daemon can resume or report them.
     pub fn interrupt_running(&self) -> Result<Vec<RunRecord>, HistoryError> {

@@ -80,15 +80,7 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 fn pipeline_json(d: &Daemon, p: &Pipeline) -> Value {
-    let last = d
-        .history
-        .runs(&RunFilter {
-            pipeline: Some(p.name.clone()),
-            limit: 1,
-            ..RunFilter::default()
-        })
-        .ok()
-        .and_then(|r| r.into_iter().next());
+    let last = d.history.last_run(&p.name).ok().flatten();
     json!({
         "name": p.name,
         "description": p.description,

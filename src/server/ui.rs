@@ -78,15 +78,7 @@ pub async fn index(State(d): State<Arc<Daemon>>) -> Html<String> {
             .next_fire(p)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "–".into());
-        let last = d
-            .history
-            .runs(&RunFilter {
-                pipeline: Some(p.name.clone()),
-                limit: 1,
-                ..RunFilter::default()
-            })
-            .ok()
-            .and_then(|r| r.into_iter().next());
+        let last = d.history.last_run(&p.name).ok().flatten();
         let (last_cell, status) = match &last {
             Some(r) => (
                 format!(
