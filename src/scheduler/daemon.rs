@@ -66,6 +66,9 @@ pub struct ReloadStatus {
     fingerprint: u64,
 }
 
+/// Step id → state, for one run in progress.
+pub type StepStates = BTreeMap<String, &'static str>;
+
 struct Active {
     run_id: String,
     stop: StopFlag,
@@ -81,6 +84,9 @@ pub struct Daemon {
     reload: Mutex<ReloadStatus>,
     triggers: Mutex<HashMap<String, (String, JoinHandle<()>)>>,
     active: Mutex<HashMap<String, Vec<Active>>>,
+    /// Step states of the runs in progress, by (pipeline, run id): the history
+    /// records a run's steps when it ends.
+    live: Mutex<HashMap<(String, String), StepStates>>,
     fires: mpsc::Sender<Fire>,
     shutting_down: AtomicBool,
     /// Counts runs in progress; shutdown waits for zero.
@@ -110,6 +116,7 @@ impl Daemon {
             reload: Mutex::new(ReloadStatus::default()),
             triggers: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             fires,
             shutting_down: AtomicBool::new(false),
             running: watch::channel(0).0,
@@ -381,6 +388,11 @@ impl Daemon {
             };
             let outcome = daemon.executor.run(request, Some(tx)).await;
             let _ = observer.await;
+            daemon
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(p.name.clone(), run_id.clone()));
             let record = match outcome {
                 Ok(record) => record,
                 Err(e) => {
@@ -462,6 +474,20 @@ impl Daemon {
             "{} {line}",
             Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
         ));
+        let (step, state) = match &event {
+            Event::Started { step, .. } => (step, "running"),
+            Event::Retrying { step, .. } => (step, "retrying"),
+            Event::Succeeded { step, .. } => (step, "succeeded"),
+            Event::Reused { step } => (step, "reused"),
+            Event::Failed { step, .. } => (step, "failed"),
+            Event::Skipped { step, .. } => (step, "skipped"),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((p.name.clone(), run_id.to_string()))
+            .or_default()
+            .insert(step.clone(), state);
         if let Event::Succeeded {
             step,
             rows,
@@ -495,6 +521,20 @@ impl Daemon {
                 status: status.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// The state of each started step of a run in progress: `running`,
+    /// `retrying`, `succeeded`, `reused`, `failed` or `skipped`.
+    pub fn live_steps(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+    ) -> Option<BTreeMap<String, &'static str>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(pipeline.to_string(), run_id.to_string()))
+            .cloned()
     }
 
     /// Asks a run in progress to stop; `false` if no such run is in progress.

@@ -171,7 +171,8 @@ async fn show_run(
             let log =
                 crate::pipeline::RunDir::new(&d.settings.state_dir, &run.pipeline, &run.run_id)
                     .log_tail(50);
-            Json(json!({ "run": run, "log_tail": log })).into_response()
+            let live = d.live_steps(&run.pipeline, &run.run_id);
+            Json(json!({ "run": run, "live_steps": live, "log_tail": log })).into_response()
         }
         many => error(
             StatusCode::CONFLICT,

@@ -278,9 +278,7 @@ pub async fn run(
         .map(|s| (s.id.clone(), s.status.as_str()))
         .collect();
     if r.status == RunStatus::Running {
-        for s in &p.steps {
-            status.entry(s.id.clone()).or_insert("running");
-        }
+        status.extend(d.live_steps(&r.pipeline, &r.run_id).unwrap_or_default());
     }
     let st = r.status.as_str();
     let mut body = format!(

@@ -547,3 +547,39 @@ async fn replace_cancels_the_running_run() {
     assert_eq!(first["run"]["status"], "cancelled", "{first}");
     assert_eq!(second["run"]["status"], "succeeded", "{second}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_progress_shows_each_step_as_it_goes() {
+    let project = common::project();
+    // A training long enough to be seen running.
+    let file = project.path().join("pipelines/example_als.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("iterations = 10", "iterations = 1000", 1),
+    )
+    .unwrap();
+    let d = daemon(project.path(), None).await;
+    let Started::Started { run_id } = d.start_run("example-als", None, Utc::now()).unwrap() else {
+        panic!("not started");
+    };
+    let mut seen_training = false;
+    loop {
+        let (_, body) = call(&d, "GET", &format!("/api/v1/runs/{run_id}"), None).await;
+        if body["run"]["status"] != "running" {
+            assert!(
+                body["live_steps"].is_null(),
+                "only runs in progress: {body}"
+            );
+            break;
+        }
+        let live = &body["live_steps"];
+        if live["als"] == "running" {
+            assert_eq!(live["interactions"], "succeeded", "{body}");
+            assert!(live["user_recs"].is_null(), "not started yet: {body}");
+            seen_training = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_training, "never saw `als` running");
+}
