@@ -22,7 +22,7 @@ use super::cron::Schedule;
 use super::metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
 use super::{Clock, Fire};
 use crate::config::pipeline::{self, load_all};
-use crate::config::{Concurrency, Pipeline, Settings};
+use crate::config::{CatchUp, Concurrency, Pipeline, Settings};
 use crate::models::StopFlag;
 use crate::pipeline::history::{History, HistoryError};
 use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
@@ -196,6 +196,7 @@ impl Daemon {
             status.diagnostics.clear();
             self.metrics.config_valid.set(1);
         }
+        let first_load = status.loaded_at.is_none();
         status.loaded_at = Some(self.clock.now());
         drop(status);
         let map: BTreeMap<String, Arc<Pipeline>> = loaded
@@ -204,12 +205,17 @@ impl Daemon {
             .collect();
         info!(pipelines = map.len(), "pipelines loaded");
         *self.pipelines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map.clone());
-        self.arm_triggers(&map);
+        self.arm_triggers(&map, first_load);
     }
 
     /// Replaces the trigger of each pipeline whose schedule changed; stops the
-    /// triggers of pipelines that are gone.
-    fn arm_triggers(self: &Arc<Self>, pipelines: &BTreeMap<String, Arc<Pipeline>>) {
+    /// triggers of pipelines that are gone. Catch-up applies only to the first
+    /// load (after downtime): a schedule edited later did not miss its past times.
+    fn arm_triggers(
+        self: &Arc<Self>,
+        pipelines: &BTreeMap<String, Arc<Pipeline>>,
+        first_load: bool,
+    ) {
         let mut triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
         triggers.retain(|name, (key, handle)| {
             let keep = pipelines.get(name).is_some_and(|p| trigger_key(p) == *key);
@@ -240,7 +246,11 @@ impl Daemon {
             let handle = super::spawn(
                 name.clone(),
                 schedule,
-                p.catch_up,
+                if first_load {
+                    p.catch_up
+                } else {
+                    CatchUp::None
+                },
                 last,
                 self.clock.clone(),
                 self.fires.clone(),

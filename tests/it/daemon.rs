@@ -583,3 +583,56 @@ async fn a_run_in_progress_shows_each_step_as_it_goes() {
     }
     assert!(seen_training, "never saw `als` running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_the_latest_missed_time_at_startup_but_not_after_an_edit() {
+    use recpipe::pipeline::history::History;
+    use recpipe::scheduler::cron::{Schedule, scheduled_run_id};
+    let project = common::project();
+    let file = project.path().join("pipelines/example.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let hourly = text
+        .replace(
+            "schedule = \"0 0 4 * * *\"",
+            "schedule = \"0 0 * * * *\"\ncatch_up = \"latest\"",
+        )
+        .replace("timezone = \"Asia/Tokyo\"", "timezone = \"UTC\"");
+    std::fs::write(&file, &hourly).unwrap();
+    let settings = Settings::load(project.path()).unwrap();
+    let now = Utc::now();
+    // The daemon was down for three hours.
+    History::open(&settings.state_dir)
+        .unwrap()
+        .set_last_scheduled("example", now - chrono::Duration::hours(3))
+        .unwrap();
+    let d = daemon(project.path(), None).await;
+    let missed = Schedule::parse("0 0 * * * *", chrono_tz::UTC)
+        .unwrap()
+        .latest_between(now - chrono::Duration::hours(3), now)
+        .unwrap();
+    let run = wait_finished(&d, &scheduled_run_id(missed)).await;
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    let (_, runs) = call(&d, "GET", "/api/v1/runs?pipeline=example", None).await;
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        1,
+        "only the latest: {runs}"
+    );
+
+    // An edit to every minute: its past minutes were not missed, nothing catches up.
+    std::fs::write(&file, hourly.replace("\"0 0 * * * *\"", "\"0 * * * * *\"")).unwrap();
+    let edited_at = Utc::now();
+    d.reload(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let past_minute = Schedule::parse("0 * * * * *", chrono_tz::UTC)
+        .unwrap()
+        .latest_between(missed, edited_at);
+    if let Some(t) = past_minute {
+        assert!(
+            d.history
+                .run("example", &scheduled_run_id(t))
+                .unwrap()
+                .is_none()
+        );
+    }
+}
