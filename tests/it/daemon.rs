@@ -229,7 +229,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 GET, so the test depends on nothing but the daemon.
+/// A minimal HTTP/1.1 GET, so the test depends on nothing but the daemon. Reads
+/// to `Content-Length` when given (Chromium's DevTools server keeps the
+/// connection open), else to the end.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -238,8 +240,26 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .is_some_and(|len| body.len() >= len)
+        });
+        if n == 0 || complete {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
@@ -381,40 +401,143 @@ fn real_daemon_keeps_its_schedule_through_a_broken_file_and_drains_on_sigterm() 
     assert!(log.contains("does not validate"), "{log}");
 }
 
-/// Loads a page in headless Chromium (Debian's `chromium`, or `$CHROMIUM`) and
-/// returns the DOM after load and what the browser logged.
-fn chromium_dump(url: &str) -> (String, String) {
-    let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--dump-dom", url])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start `{browser}` (.ci/run installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Headless Chromium (Debian's `chromium`, or `$CHROMIUM`) driven over the
+/// DevTools protocol: pages are opened and inspected in the real browser, and
+/// console errors, uncaught exceptions and failed loads are collected.
+struct Browser {
+    child: Child,
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    errors: Vec<String>,
+    _profile: tempfile::TempDir,
 }
 
-/// Console messages the page produced (Chromium logs them as `CONSOLE(…)`).
-fn console_lines(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| l.contains("CONSOLE")).collect()
+impl Browser {
+    fn launch() -> Self {
+        let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{browser}` (.ci/run installs it): {e}"));
+        // Chromium writes the port it chose to this file.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let mut port = 0u16;
+        wait_for("the DevTools port", Duration::from_secs(30), || {
+            port = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next()?.parse().ok())
+                .unwrap_or(0);
+            port != 0
+        });
+        let mut page_ws = String::new();
+        wait_for("a page target", Duration::from_secs(30), || {
+            let Some((_, body)) = http_get(port, "/json/list") else {
+                return false;
+            };
+            let start = body.find('[').unwrap_or(0);
+            let targets: Value = serde_json::from_str(&body[start..]).unwrap_or(Value::Null);
+            page_ws = targets
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["id"].as_str())
+                .map(|id| format!("ws://127.0.0.1:{port}/devtools/page/{id}"))
+                .unwrap_or_default();
+            !page_ws.is_empty()
+        });
+        let (ws, _) = tungstenite::connect(page_ws.as_str()).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        let mut b = Self {
+            child,
+            ws,
+            next_id: 0,
+            errors: Vec::new(),
+            _profile: profile,
+        };
+        for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+            b.call(domain, serde_json::json!({}));
+        }
+        b
+    }
+
+    /// The next message; events are inspected for errors on the way.
+    fn read(&mut self) -> Value {
+        let msg = self.ws.read().expect("DevTools connection");
+        let v: Value = serde_json::from_str(msg.to_text().unwrap_or("{}")).unwrap_or(Value::Null);
+        let p = &v["params"];
+        match v["method"].as_str() {
+            Some("Runtime.consoleAPICalled")
+                if matches!(p["type"].as_str(), Some("error" | "assert")) =>
+            {
+                self.errors.push(format!("console: {}", p["args"]))
+            }
+            Some("Runtime.exceptionThrown") => self
+                .errors
+                .push(format!("exception: {}", p["exceptionDetails"])),
+            Some("Log.entryAdded") if p["entry"]["level"] == "error" => {
+                self.errors.push(format!("log: {}", p["entry"]["text"]))
+            }
+            _ => {}
+        }
+        v
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.ws
+            .send(tungstenite::Message::text(msg.to_string()))
+            .unwrap();
+        loop {
+            let v = self.read();
+            if v["id"] == id {
+                assert!(v["error"].is_null(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Navigates and waits for the load event; returns the errors it caused.
+    fn open(&mut self, url: &str) -> Vec<String> {
+        self.errors.clear();
+        self.call("Page.navigate", serde_json::json!({ "url": url }));
+        while self.read()["method"] != "Page.loadEventFired" {}
+        // Let late console messages arrive.
+        self.call("Runtime.evaluate", serde_json::json!({ "expression": "1" }));
+        std::mem::take(&mut self.errors)
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        r["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,53 +554,35 @@ async fn web_ui_renders_in_headless_chromium() {
     tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
     let base = format!("http://127.0.0.1:{port}");
 
-    let index = base.clone() + "/";
-    let (dom, log) = tokio::task::spawn_blocking(move || chromium_dump(&index))
-        .await
-        .unwrap();
-    assert!(dom.contains("id=\"pipelines\""), "{dom}");
-    for name in ["example", "example-als"] {
-        assert!(
-            dom.contains(&format!("href=\"/ui/pipelines/{name}\"")),
-            "{dom}"
-        );
-    }
-    assert!(
-        console_lines(&log).is_empty(),
-        "console: {:?}",
-        console_lines(&log)
-    );
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        // The error capture works: a page that logs an error is caught.
+        let errors = b.open("data:text/html,<script>console.error('on purpose')</script>");
+        assert!(errors.iter().any(|e| e.contains("on purpose")), "{errors:?}");
 
-    let run_page = format!("{base}/ui/runs/example/{run_id}");
-    let (dom, log) = tokio::task::spawn_blocking(move || chromium_dump(&run_page))
-        .await
-        .unwrap();
-    assert!(dom.contains("<svg id=\"dag\""), "{dom}");
-    for step in [
-        "interactions",
-        "closed_items",
-        "popular",
-        "user_recs",
-        "publish",
-    ] {
-        assert!(
-            dom.contains(&format!("class=\"step succeeded\" data-step=\"{step}\"")),
-            "{step}: {dom}"
-        );
-    }
-    assert!(dom.contains("id=\"run-status\">succeeded"), "{dom}");
-    assert!(
-        console_lines(&log).is_empty(),
-        "console: {:?}",
-        console_lines(&log)
-    );
+        let errors = b.open(&format!("{base}/"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let links = b.eval("[...document.querySelectorAll('#pipelines a[href^=\"/ui/pipelines/\"]')].map(a => a.textContent)");
+        assert_eq!(links, serde_json::json!(["example", "example-als"]));
 
-    let pipeline_page = format!("{base}/ui/pipelines/example");
-    let (dom, _) = tokio::task::spawn_blocking(move || chromium_dump(&pipeline_page))
-        .await
-        .unwrap();
-    assert!(dom.contains("<svg id=\"durations\""), "{dom}");
-    assert!(dom.contains(&run_id), "{dom}");
+        let errors = b.open(&format!("{base}/ui/runs/example/{run_id}"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let steps = b.eval("[...document.querySelectorAll('#dag g.step.succeeded')].map(g => g.dataset.step).sort()");
+        assert_eq!(
+            steps,
+            serde_json::json!(["closed_items", "interactions", "popular", "publish", "user_recs"])
+        );
+        // The SVG is laid out: every step box has a size.
+        let sized = b.eval("[...document.querySelectorAll('#dag rect')].every(r => r.getBBox().width > 0)");
+        assert_eq!(sized, Value::Bool(true));
+        assert_eq!(b.eval("document.getElementById('run-status').textContent"), "succeeded");
+
+        let errors = b.open(&format!("{base}/ui/pipelines/example"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(b.eval("document.querySelectorAll('#durations rect').length"), 1);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
