@@ -146,6 +146,34 @@ similarity = "cosine"
     );
 }
 
+/// Runs `recpipe step extract` for `SELECT item_id FROM items WHERE <condition>`
+/// over the example items as a filter list; returns `<project>/<name>.parquet`.
+fn extract_item_filter(p: &std::path::Path, name: &str, condition: &str) -> std::path::PathBuf {
+    let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let sql = p.join(format!("{name}.sql"));
+    std::fs::write(&sql, format!("SELECT item_id FROM items WHERE {condition}")).unwrap();
+    let table = format!("items={}", s(&p.join("data/example/items.parquet")));
+    let output = p.join(format!("{name}.parquet"));
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "extract",
+            "--table",
+            &table,
+            "--sql",
+            &s(&sql),
+            "--role",
+            "filter",
+            "--output",
+            &s(&output),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    output
+}
+
 /// The merge-filters and evaluate commands on plain files, chained with train and
 /// recommend as an operator would when debugging a pipeline by hand.
 #[test]
@@ -155,30 +183,7 @@ fn merge_filters_and_evaluate_commands() {
     let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let data = p.join("data/example");
     // A filter file: the closed items, made with the extract command.
-    std::fs::write(
-        p.join("closed.sql"),
-        "SELECT item_id FROM items WHERE status = 'closed'",
-    )
-    .unwrap();
-    let table = format!("items={}", s(&data.join("items.parquet")));
-    let closed = p.join("closed.parquet");
-    let out = recpipe(
-        p,
-        &[
-            "step",
-            "extract",
-            "--table",
-            &table,
-            "--sql",
-            &s(&p.join("closed.sql")),
-            "--role",
-            "filter",
-            "--output",
-            &s(&closed),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let closed = extract_item_filter(p, "closed", "status = 'closed'");
     let merged = p.join("merged");
     let closed_arg = format!("closed={}", s(&closed));
     let items_arg = format!("items={}", s(&data.join("items.parquet")));
@@ -288,30 +293,7 @@ fn an_empty_allow_list_allows_nothing() {
     let p = dir.path();
     let s = |x: &std::path::Path| x.to_str().unwrap().to_string();
     let data = p.join("data/example");
-    std::fs::write(
-        p.join("none.sql"),
-        "SELECT item_id FROM items WHERE status = 'no such status'",
-    )
-    .unwrap();
-    let table = format!("items={}", s(&data.join("items.parquet")));
-    let empty = p.join("empty.parquet");
-    let out = recpipe(
-        p,
-        &[
-            "step",
-            "extract",
-            "--table",
-            &table,
-            "--sql",
-            &s(&p.join("none.sql")),
-            "--role",
-            "filter",
-            "--output",
-            &s(&empty),
-        ],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let empty = extract_item_filter(p, "empty", "status = 'no such status'");
     let merged = p.join("merged");
     let input = format!("in_stock={}", s(&empty));
     let out = recpipe(
