@@ -24,6 +24,11 @@ pub enum HistoryError {
     },
     #[error("run history: a stored record does not parse: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("run history: cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct History {
@@ -63,8 +68,10 @@ impl History {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        std::fs::create_dir_all(state_dir).map_err(|source| HistoryError::Dir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
         let conn = Connection::open(&path).map_err(err)?;
         // WAL: readers (the API) do not wait for the writer (a finishing run).
         conn.pragma_update(None, "journal_mode", "WAL")
