@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -145,15 +145,12 @@ impl Daemon {
     pub fn pipelines(&self) -> Arc<BTreeMap<String, Arc<Pipeline>>> {
         self.pipelines
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.reload.locked().clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -172,13 +169,13 @@ impl Daemon {
         let dir = self.settings.pipelines_dir.clone();
         let fingerprint = fingerprint(&dir);
         {
-            let status = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+            let status = self.reload.locked();
             if !force && status.loaded_at.is_some() && status.fingerprint == fingerprint {
                 return;
             }
         }
         let (loaded, diags) = load_all(&self.settings, &[dir]);
-        let mut status = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.reload.locked();
         status.fingerprint = fingerprint;
         if !diags.is_empty() {
             status.diagnostics = diags.0.iter().map(ToString::to_string).collect();
@@ -204,7 +201,10 @@ impl Daemon {
             .map(|p| (p.name.clone(), Arc::new(p)))
             .collect();
         info!(pipelines = map.len(), "pipelines loaded");
-        *self.pipelines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map.clone());
+        *self
+            .pipelines
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(map.clone());
         self.arm_triggers(&map, first_load);
     }
 
@@ -216,7 +216,7 @@ impl Daemon {
         pipelines: &BTreeMap<String, Arc<Pipeline>>,
         first_load: bool,
     ) {
-        let mut triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut triggers = self.triggers.locked();
         triggers.retain(|name, (key, handle)| {
             let keep = pipelines.get(name).is_some_and(|p| trigger_key(p) == *key);
             if !keep {
@@ -294,7 +294,7 @@ impl Daemon {
         let now = self.clock.now();
         let run_id =
             run_id.unwrap_or_else(|| format!("manual-{}", now.format("%Y%m%dT%H%M%S%3fZ")));
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = self.active.locked();
         let running = active.entry(p.name.clone()).or_default();
         let mut record = RunRecord {
             pipeline: p.name.clone(),
@@ -351,8 +351,7 @@ impl Daemon {
         self.history.update(&record)?;
         let stop = StopFlag::default();
         self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry(p.name.clone())
             .or_default()
             .push(Active {
@@ -400,8 +399,7 @@ impl Daemon {
             let _ = observer.await;
             daemon
                 .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .locked()
                 .remove(&(p.name.clone(), run_id.clone()));
             let record = match outcome {
                 Ok(record) => record,
@@ -446,12 +444,7 @@ impl Daemon {
                     pipeline: p.name.clone(),
                 })
                 .dec();
-            if let Some(list) = daemon
-                .active
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&p.name)
-            {
+            if let Some(list) = daemon.active.locked().get_mut(&p.name) {
                 list.retain(|a| a.run_id != run_id);
             }
             daemon.running.send_modify(|n| *n -= 1);
@@ -493,8 +486,7 @@ impl Daemon {
             Event::Skipped { step, .. } => (step, "skipped"),
         };
         self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry((p.name.clone(), run_id.to_string()))
             .or_default()
             .insert(step.clone(), state);
@@ -541,15 +533,14 @@ impl Daemon {
         run_id: &str,
     ) -> Option<BTreeMap<String, &'static str>> {
         self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(&(pipeline.to_string(), run_id.to_string()))
             .cloned()
     }
 
     /// Asks a run in progress to stop; `false` if no such run is in progress.
     pub fn cancel(&self, run_id: &str) -> bool {
-        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.active.locked();
         let found = active.values().flatten().find(|a| a.run_id == run_id);
         if let Some(a) = found {
             a.stop.stop();
@@ -560,8 +551,7 @@ impl Daemon {
     /// The run ids in progress, by pipeline.
     pub fn running(&self, pipeline: &str) -> Vec<String> {
         self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(pipeline)
             .map(|l| l.iter().map(|a| a.run_id.clone()).collect())
             .unwrap_or_default()
@@ -571,12 +561,7 @@ impl Daemon {
     /// waits for them to record their state (their run dirs stay resumable).
     pub async fn shutdown(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        for (_, (_, handle)) in self
-            .triggers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for (_, (_, handle)) in self.triggers.locked().drain() {
             handle.abort();
         }
         let mut running = self.running.subscribe();
@@ -587,17 +572,24 @@ impl Daemon {
             return;
         }
         warn!("grace period over: cancelling the runs in progress");
-        for a in self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .flatten()
-        {
+        for a in self.active.locked().values().flatten() {
             a.stop.stop();
         }
         // Steps see the flag between blocks and iterations.
         let _ = tokio::time::timeout(Duration::from_secs(30), running.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// Locking that survives a panic in another holder: the daemon's maps stay
+/// usable (each update is a single insert or removal), so one failed request
+/// does not take the scheduler down.
+trait Locked<T> {
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
