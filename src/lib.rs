@@ -13,7 +13,8 @@
 //! - [`config`]: daemon settings and pipeline files, validated with file:line errors
 //! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O)
 //! - [`artifact`]: Parquet and JSON files written atomically
-//! - [`sources`], [`sinks`]: where SQL runs and where lists are published
+//! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
+//!   [`pgconn`]: the PostgreSQL connections both use
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
 //! - [`pipeline`]: the DAG executor and run directories
 //! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up, the
@@ -27,6 +28,7 @@ pub mod config;
 pub mod failpoint;
 pub mod logging;
 pub mod models;
+pub mod pgconn;
 pub mod pipeline;
 pub mod scheduler;
 pub mod server;

@@ -46,7 +46,20 @@ enum Command {
     /// SIGTERM (`server.listen`, `api.token`; SIGHUP reloads the pipelines).
     Daemon,
     /// Check pipeline files (default: every file in the pipelines dir); exit 2 on errors.
-    Validate { paths: Vec<PathBuf> },
+    Validate {
+        paths: Vec<PathBuf>,
+        /// Also reach every configured source and sink; exit 1 if one fails.
+        #[arg(long)]
+        check_connections: bool,
+    },
+    /// Make the previous published version of a pipeline's tables current again;
+    /// a second rollback undoes the first.
+    Rollback {
+        pipeline: String,
+        /// Only the tables written to this sink.
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// Print a pipeline's steps in run order with what each reads and writes.
     Plan { pipeline: String },
     /// Run a pipeline once, now; rerunning a run id resumes it.
@@ -393,7 +406,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     };
     match cli.command {
         Command::Daemon => daemon(settings()?).await,
-        Command::Validate { paths } => validate(&*settings()?, paths),
+        Command::Validate {
+            paths,
+            check_connections,
+        } => {
+            let settings = settings()?;
+            validate(&settings, paths)?;
+            match check_connections {
+                true => check_connections_of(&settings).await,
+                false => Ok(()),
+            }
+        }
+        Command::Rollback { pipeline, sink } => {
+            let settings = settings()?;
+            rollback(&settings, &*find_pipeline(&settings, &pipeline)?, sink).await
+        }
         Command::Plan { pipeline } => {
             let settings = settings()?;
             plan(&settings, &*find_pipeline(&settings, &pipeline)?);
@@ -479,6 +506,68 @@ fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
             p.file.display(),
             p.name,
             p.steps.len()
+        );
+    }
+    Ok(())
+}
+
+/// Reaches every configured source and sink and reports each.
+async fn check_connections_of(settings: &Settings) -> Result<(), Failure> {
+    let mut failed = 0;
+    let mut report = |what: String, result: Result<(), String>| match result {
+        Ok(()) => println!("ok    {what}"),
+        Err(e) => {
+            failed += 1;
+            println!("FAIL  {what}: {e}");
+        }
+    };
+    for (name, config) in &settings.sources {
+        let source = AnySource::from_config(config);
+        let result = source.healthcheck().await.map_err(|e| e.to_string());
+        report(format!("source `{name}` ({})", config.kind()), result);
+    }
+    for (name, config) in &settings.sinks {
+        let sink = recpipe::sinks::AnySink::from_config(name, config);
+        let result = tokio::task::spawn_blocking(move || sink.get().healthcheck())
+            .await
+            .map_err(|e| anyhow!(e))?
+            .map_err(|e| e.to_string());
+        report(format!("sink `{name}` ({})", config.kind()), result);
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(Failure::Failed(anyhow!("{n} connection check(s) failed"))),
+    }
+}
+
+/// Rolls back every table the pipeline writes (to `only` sink, if given).
+async fn rollback(settings: &Settings, p: &Pipeline, only: Option<String>) -> Result<(), Failure> {
+    let targets: Vec<_> = p
+        .writes
+        .iter()
+        .filter(|w| only.as_ref().is_none_or(|s| *s == w.sink))
+        .collect();
+    if targets.is_empty() {
+        return Err(Failure::BadInput(anyhow!(
+            "pipeline `{}` writes no table{}",
+            p.name,
+            only.map(|s| format!(" to sink `{s}`")).unwrap_or_default()
+        )));
+    }
+    for w in targets {
+        let config = settings
+            .sinks
+            .get(&w.sink)
+            .ok_or_else(|| Failure::BadInput(anyhow!("sink `{}` is not configured", w.sink)))?;
+        let sink = recpipe::sinks::AnySink::from_config(&w.sink, config);
+        let table = w.table.clone();
+        let published = tokio::task::spawn_blocking(move || sink.get().rollback(&table))
+            .await
+            .map_err(|e| anyhow!(e))?
+            .with_context(|| format!("rollback of `{}` in sink `{}`", w.table, w.sink))?;
+        println!(
+            "rolled back  sink `{}` table `{}`: now version {} ({} rows) at {}",
+            w.sink, w.table, published.version, published.rows, published.location
         );
     }
     Ok(())

@@ -154,10 +154,64 @@ impl Default for DaemonSettings {
 pub enum SourceConfig {
     /// The embedded DataFusion engine over local Parquet/CSV files.
     Datafusion(DataFusionSourceConfig),
+    /// A PostgreSQL database (often the service's own, for filter lists).
+    Postgres(PostgresConfig),
 }
 
 impl SourceConfig {
-    pub const KINDS: &[&str] = &["datafusion"];
+    pub const KINDS: &[&str] = &["datafusion", "postgres"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Datafusion(_) => "datafusion",
+            SourceConfig::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// A PostgreSQL connection, for a source or a sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq key=value or `postgresql://` URL; holds the password, so it is never
+    /// printed (set it with `RECPIPE__SINKS__<NAME>__DSN` from a Kubernetes Secret).
+    pub dsn: Secret,
+    /// Sources: the `search_path` of queries. Sinks: where tables are published.
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM file of the CA that signed the server's certificate; without it the
+    /// web PKI roots are trusted.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Further connection attempts after a failed one, with doubling delays.
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+}
+
+fn default_pg_schema() -> String {
+    "public".into()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_retries() -> u32 {
+    3
+}
+
+/// Whether a PostgreSQL connection is encrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    Disable,
+    /// TLS, with the server's certificate and host name verified (libpq's
+    /// `sslmode=verify-full`).
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +243,17 @@ pub enum FileFormat {
 pub enum SinkConfig {
     /// Versioned Parquet directories with an atomically switched `CURRENT` pointer.
     Parquet(ParquetSinkConfig),
+    /// Tables in a PostgreSQL schema, swapped in by rename.
+    Postgres(PostgresConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Postgres(_) => "postgres",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,11 +337,13 @@ impl Settings {
                         table.path = dir.join(&table.path);
                     }
                 }
+                SourceConfig::Postgres(pg) => resolve_ca(&dir, pg),
             }
         }
         for sink in self.sinks.values_mut() {
             match sink {
                 SinkConfig::Parquet(p) => p.path = dir.join(&p.path),
+                SinkConfig::Postgres(pg) => resolve_ca(&dir, pg),
             }
         }
     }
@@ -300,10 +367,34 @@ impl Settings {
                     );
                 }
                 SinkConfig::Parquet(_) => {}
+                SinkConfig::Postgres(pg) if !is_pg_identifier(&pg.schema) => {
+                    return invalid(
+                        format!("sinks.{name}.schema"),
+                        "must be a lowercase identifier (letters, digits, `_`)",
+                    );
+                }
+                SinkConfig::Postgres(_) => {}
             }
         }
         Ok(())
     }
+}
+
+fn resolve_ca(dir: &Path, pg: &mut PostgresConfig) {
+    if let Some(ca) = &mut pg.ca_file {
+        *ca = dir.join(&*ca);
+    }
+}
+
+/// A name services can write unquoted in PostgreSQL: lowercase, so it does not
+/// depend on quoting, and at most 63 bytes.
+pub fn is_pg_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
 }
 
 /// Deserializes `"30s"`, `"5m"`, `"1h 30m"`.

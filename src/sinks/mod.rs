@@ -5,6 +5,7 @@
 //! atomic step. A failure before or during either leaves the previous list current.
 
 pub mod parquet;
+pub mod postgres;
 
 use std::path::Path;
 
@@ -16,6 +17,9 @@ use crate::config::settings::SinkConfig;
 pub enum SinkError {
     #[error("sink `{sink}`: {message}")]
     Io { sink: String, message: String },
+    /// The store refused the write (permissions, bad data): retrying cannot help.
+    #[error("sink `{sink}`: {message}")]
+    Rejected { sink: String, message: String },
     #[error("sink `{sink}`: failure point `{point}` armed")]
     FailPoint { sink: String, point: &'static str },
 }
@@ -55,40 +59,39 @@ pub trait Sink {
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError>;
     /// Makes `staged` the current version of its table.
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError>;
+    /// Stages and swaps: the whole publish of one list.
+    fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
+        let staged = self.write_staging(table, version, input)?;
+        self.swap(&staged)
+    }
+    /// Makes the version before the current one current again; a second rollback
+    /// undoes the first.
+    fn rollback(&self, table: &str) -> Result<Published, SinkError>;
 }
 
 /// A configured sink, built from its settings.
 #[derive(Debug, Clone)]
 pub enum AnySink {
     Parquet(parquet::ParquetSink),
+    Postgres(postgres::PostgresSink),
 }
 
 impl AnySink {
     pub fn from_config(name: &str, config: &SinkConfig) -> Self {
         match config {
             SinkConfig::Parquet(c) => AnySink::Parquet(parquet::ParquetSink::new(name, c.clone())),
+            SinkConfig::Postgres(c) => {
+                AnySink::Postgres(postgres::PostgresSink::new(name, c.clone()))
+            }
         }
     }
 
-    fn inner(&self) -> &impl Sink {
+    /// The sink behind the enum. Its methods block (files, or a database from the
+    /// SQL runtime): call them outside async code, e.g. in `spawn_blocking`.
+    pub fn get(&self) -> &dyn Sink {
         match self {
             AnySink::Parquet(s) => s,
+            AnySink::Postgres(s) => s,
         }
-    }
-
-    pub fn healthcheck(&self) -> Result<(), SinkError> {
-        self.inner().healthcheck()
-    }
-
-    /// Stages and swaps: the whole publish of one list.
-    pub fn publish(
-        &self,
-        table: &str,
-        version: &str,
-        input: &Path,
-    ) -> Result<Published, SinkError> {
-        let sink = self.inner();
-        let staged = sink.write_staging(table, version, input)?;
-        sink.swap(&staged)
     }
 }

@@ -57,9 +57,8 @@ impl ParquetSink {
         }
     }
 
-    /// Deletes the oldest complete versions beyond `keep_versions`, never the
-    /// current one, and leftover staging folders of other versions.
-    fn prune(&self, table: &str, current: &str) -> Result<Vec<String>, SinkError> {
+    /// Complete versions, newest first.
+    fn versions(&self, table: &str) -> Result<Vec<String>, SinkError> {
         let versions_dir = self.table_dir(table).join("versions");
         let mut versions = Vec::new();
         let entries = fs::read_dir(&versions_dir)
@@ -67,22 +66,38 @@ impl ParquetSink {
         for entry in entries {
             let entry = entry.map_err(|e| self.err("cannot list versions", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".staging-") {
+                continue;
+            }
             let modified = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .map_err(|e| self.err("cannot stat version", e))?;
-            if name.starts_with(".staging-") {
+            versions.push((modified, name));
+        }
+        versions.sort_by(|a, b| b.cmp(a));
+        Ok(versions.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// Deletes the oldest complete versions beyond `keep_versions`, never the
+    /// current one, and leftover staging folders of other versions.
+    fn prune(&self, table: &str, current: &str) -> Result<Vec<String>, SinkError> {
+        let versions_dir = self.table_dir(table).join("versions");
+        let entries = fs::read_dir(&versions_dir)
+            .map_err(|e| self.err(&format!("cannot list {}", versions_dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.err("cannot list versions", e))?;
+            if entry.file_name().to_string_lossy().starts_with(".staging-") {
                 fs::remove_dir_all(entry.path())
                     .map_err(|e| self.err("cannot remove staging", e))?;
-            } else if name != current {
-                versions.push((modified, name));
             }
         }
-        // Newest first; the current version counts as one of the kept.
-        versions.sort_by(|a, b| b.cmp(a));
+        // The current version counts as one of the kept.
         let mut pruned = Vec::new();
-        for (_, name) in versions
+        for name in self
+            .versions(table)?
             .into_iter()
+            .filter(|v| v != current)
             .skip(self.config.keep_versions.saturating_sub(1))
         {
             fs::remove_dir_all(versions_dir.join(&name))
@@ -91,6 +106,20 @@ impl ParquetSink {
         }
         pruned.sort();
         Ok(pruned)
+    }
+
+    /// Points `CURRENT` and `current` at `version`, each replaced by rename.
+    fn point_to(&self, table: &str, version: &str) -> Result<PathBuf, SinkError> {
+        let dir = self.table_dir(table);
+        artifact::write_bytes(&dir.join("CURRENT"), format!("{version}\n").as_bytes())
+            .map_err(|e| self.err("cannot switch CURRENT", e))?;
+        let link_tmp = dir.join(format!(".current-{version}"));
+        let _ = fs::remove_file(&link_tmp);
+        std::os::unix::fs::symlink(Path::new("versions").join(version), &link_tmp)
+            .map_err(|e| self.err("cannot link current", e))?;
+        artifact::rename_durable(&link_tmp, &dir.join("current"))
+            .map_err(|e| self.err("cannot switch current", e))?;
+        Ok(dir.join("current").join(DATA_FILE))
     }
 }
 
@@ -151,25 +180,34 @@ impl Sink for ParquetSink {
                 point: "parquet.before_swap",
             });
         }
-        let dir = self.table_dir(&staged.table);
-        artifact::write_bytes(
-            &dir.join("CURRENT"),
-            format!("{}\n", staged.version).as_bytes(),
-        )
-        .map_err(|e| self.err("cannot switch CURRENT", e))?;
-        let link_tmp = dir.join(format!(".current-{}", staged.version));
-        let _ = fs::remove_file(&link_tmp);
-        std::os::unix::fs::symlink(Path::new("versions").join(&staged.version), &link_tmp)
-            .map_err(|e| self.err("cannot link current", e))?;
-        artifact::rename_durable(&link_tmp, &dir.join("current"))
-            .map_err(|e| self.err("cannot switch current", e))?;
+        let location = self.point_to(&staged.table, &staged.version)?;
         let pruned = self.prune(&staged.table, &staged.version)?;
         Ok(Published {
             table: staged.table.clone(),
             version: staged.version.clone(),
             rows: staged.rows,
-            location: dir.join("current").join(DATA_FILE).display().to_string(),
+            location: location.display().to_string(),
             pruned,
+        })
+    }
+
+    fn rollback(&self, table: &str) -> Result<Published, SinkError> {
+        let current = self.current(table)?;
+        // The newest other version: after a rollback that is the one rolled back
+        // from, so a second rollback undoes the first.
+        let previous = self
+            .versions(table)?
+            .into_iter()
+            .find(|v| Some(v) != current.as_ref())
+            .ok_or_else(|| self.err(&format!("table `{table}`"), "no earlier version kept"))?;
+        let location = self.point_to(table, &previous)?;
+        let rows = parquet_rows(&location).map_err(|e| self.err("cannot read version", e))?;
+        Ok(Published {
+            table: table.to_string(),
+            version: previous,
+            rows,
+            location: location.display().to_string(),
+            pruned: Vec::new(),
         })
     }
 }

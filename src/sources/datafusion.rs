@@ -26,6 +26,11 @@ impl DataFusionSource {
         Self { config }
     }
 
+    /// Every configured table can be registered (its files exist and are readable).
+    pub async fn healthcheck(&self) -> Result<(), SourceError> {
+        self.context().await.map(|_| ())
+    }
+
     async fn context(&self) -> Result<SessionContext, SourceError> {
         // Two partitions match the machine we size for and keep memory modest.
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));

@@ -4,6 +4,7 @@
 //! Invariant: query parameters are bound by the engine, never formatted into SQL.
 
 pub mod datafusion;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -55,6 +56,7 @@ pub trait Source {
 #[derive(Debug, Clone)]
 pub enum AnySource {
     DataFusion(datafusion::DataFusionSource),
+    Postgres(postgres::PostgresSource),
 }
 
 impl AnySource {
@@ -62,6 +64,9 @@ impl AnySource {
         match config {
             SourceConfig::Datafusion(c) => {
                 AnySource::DataFusion(datafusion::DataFusionSource::new(c.clone()))
+            }
+            SourceConfig::Postgres(c) => {
+                AnySource::Postgres(postgres::PostgresSource::new(c.clone()))
             }
         }
     }
@@ -73,11 +78,20 @@ impl AnySource {
     ) -> Result<QueryResult, SourceError> {
         match self {
             AnySource::DataFusion(s) => s.query(sql, params).await,
+            AnySource::Postgres(s) => s.query(sql, params).await,
+        }
+    }
+
+    /// Checks the source can be reached and its tables opened.
+    pub async fn healthcheck(&self) -> Result<(), SourceError> {
+        match self {
+            AnySource::DataFusion(s) => s.healthcheck().await,
+            AnySource::Postgres(s) => s.healthcheck().await,
         }
     }
 }
 
-/// The runtime queries execute on. DataFusion does CPU work inside its async
+/// The runtime queries, and database sinks' writes, execute on. DataFusion does CPU work inside its async
 /// operators; giving it its own threads keeps the daemon's runtime (health probes,
 /// API) responsive while a large extract runs.
 pub fn engine() -> &'static tokio::runtime::Runtime {

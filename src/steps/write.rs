@@ -15,6 +15,7 @@ pub fn run(
     version: &str,
     input: PathBuf,
 ) -> Result<StepOutput, StepError> {
+    let sink = sink.get();
     sink.healthcheck()?;
     let published = sink.publish(table, version, &input)?;
     Ok(StepOutput {

@@ -5,6 +5,7 @@ mod daemon;
 mod extract;
 mod history;
 mod lists;
+mod postgres;
 mod run;
 mod scheduler;
 mod validate;

@@ -1,0 +1,567 @@
+//! The PostgreSQL sink: a list becomes a table in the sink's schema, swapped in by
+//! rename so a service querying it sees the old list or the new one.
+//!
+//! Publishing `<table>` for run `r`, on one connection holding an advisory lock
+//! for the table (so two runs never publish it at once):
+//! 1. drop leftover `<table>__staging_*` tables of crashed runs;
+//! 2. in one transaction, create `<table>__staging_<r>`, binary `COPY` the rows,
+//!    index it (first column, rank), analyze it and record the run in its comment;
+//! 3. in one transaction, drop `<table>__prev`, rename `<table>` to `<table>__prev`
+//!    and the staging table to `<table>`.
+//!
+//! Readers blocked on the rename's lock resolve the name again once it commits,
+//! so they read the new table, never a missing one. A failure before step 3
+//! commits leaves `<table>` as it was. `rollback` swaps `<table>__prev` back.
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, Schema, TimeUnit,
+    TimestampMicrosecondType,
+};
+use bytes::{BufMut, BytesMut};
+use futures::SinkExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio_postgres::{Client, GenericClient};
+
+use super::{Published, Sink, SinkError, Staged};
+use crate::config::settings::{PostgresConfig, is_pg_identifier};
+use crate::failpoint;
+use crate::pgconn::{PgError, Target, qualified};
+
+const PREV: &str = "__prev";
+const STAGING: &str = "__staging_";
+/// Bytes of COPY data sent per message.
+const CHUNK: usize = 1 << 20;
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Debug, Clone)]
+pub struct PostgresSink {
+    name: String,
+    config: PostgresConfig,
+}
+
+impl PostgresSink {
+    pub fn new(name: &str, config: PostgresConfig) -> Self {
+        Self {
+            name: name.to_string(),
+            config,
+        }
+    }
+
+    /// Runs database work to completion from a blocking thread (the write step
+    /// runs in `spawn_blocking`); the connection's I/O runs on the SQL runtime.
+    fn block_on<T>(
+        &self,
+        work: impl Future<Output = Result<T, PgError>> + Send,
+    ) -> Result<T, SinkError> {
+        crate::sources::engine()
+            .block_on(work)
+            .map_err(|e| match e.retryable {
+                true => SinkError::Io {
+                    sink: self.name.clone(),
+                    message: e.message,
+                },
+                false => SinkError::Rejected {
+                    sink: self.name.clone(),
+                    message: e.message,
+                },
+            })
+    }
+
+    /// A connection holding `table`'s publish lock.
+    async fn connect(&self, table: &str) -> Result<(Target, Client), PgError> {
+        if !is_pg_identifier(table) || table.len() + STAGING.len() + 4 > 63 {
+            return Err(PgError::new(format!(
+                "table `{table}`: PostgreSQL tables must be lowercase names of at most {} bytes",
+                63 - STAGING.len() - 4
+            )));
+        }
+        let target = Target::new(&self.config)?;
+        let client = target.connect().await?;
+        // One publisher per table: a session lock, released if this process dies.
+        let key = lock_key(&self.config.schema, table);
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(|e| PgError::from_db("cannot take the table's publish lock", &e))?;
+        Ok((target, client))
+    }
+
+    async fn publish_async(
+        &self,
+        table: &str,
+        version: &str,
+        input: &Path,
+    ) -> Result<Published, PgError> {
+        let schema = &self.config.schema;
+        let (target, mut client) = self.connect(table).await?;
+        if let Some((current, rows)) = run_of(&client, schema, table).await?
+            && current == version
+        {
+            // Published by an earlier attempt of this run whose result was lost.
+            return Ok(self.published(table, version, rows, Vec::new()));
+        }
+        let pruned = drop_leftovers(&client, schema, table).await?;
+        let staging = staging_name(table, version);
+        let rows = stage(&mut client, &target, schema, &staging, version, input).await?;
+        if failpoint::armed("postgres.before_swap") {
+            return Err(PgError::new("failure point `postgres.before_swap` armed"));
+        }
+        swap(&mut client, schema, &staging, table).await?;
+        Ok(self.published(table, version, rows, pruned))
+    }
+
+    fn published(&self, table: &str, version: &str, rows: u64, pruned: Vec<String>) -> Published {
+        Published {
+            table: table.to_string(),
+            version: version.to_string(),
+            rows,
+            location: format!("{}.{table}", self.config.schema),
+            pruned,
+        }
+    }
+}
+
+impl Sink for PostgresSink {
+    fn healthcheck(&self) -> Result<(), SinkError> {
+        self.block_on(async {
+            let target = Target::new(&self.config)?;
+            let client = target.connect().await?;
+            let row = client
+                .query_one(
+                    "SELECT has_schema_privilege(current_user, $1, 'CREATE')",
+                    &[&self.config.schema],
+                )
+                .await
+                .map_err(|e| PgError::from_db(&format!("schema `{}`", self.config.schema), &e))?;
+            match row.get::<_, bool>(0) {
+                true => Ok(()),
+                false => Err(PgError::new(format!(
+                    "{}: the user may not create tables in schema `{}`",
+                    target.display, self.config.schema
+                ))),
+            }
+        })
+    }
+
+    fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
+        self.block_on(async {
+            let schema = &self.config.schema;
+            let (target, mut client) = self.connect(table).await?;
+            drop_leftovers(&client, schema, table).await?;
+            let staging = staging_name(table, version);
+            let rows = stage(&mut client, &target, schema, &staging, version, input).await?;
+            Ok(Staged {
+                table: table.to_string(),
+                version: version.to_string(),
+                rows,
+            })
+        })
+    }
+
+    fn swap(&self, staged: &Staged) -> Result<Published, SinkError> {
+        self.block_on(async {
+            let (_, mut client) = self.connect(&staged.table).await?;
+            let staging = staging_name(&staged.table, &staged.version);
+            swap(&mut client, &self.config.schema, &staging, &staged.table).await?;
+            Ok(self.published(&staged.table, &staged.version, staged.rows, Vec::new()))
+        })
+    }
+
+    fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
+        self.block_on(self.publish_async(table, version, input))
+    }
+
+    fn rollback(&self, table: &str) -> Result<Published, SinkError> {
+        self.block_on(async {
+            let schema = &self.config.schema;
+            let (_, mut client) = self.connect(table).await?;
+            let prev = format!("{table}{PREV}");
+            if run_of(&client, schema, &prev).await?.is_none() {
+                return Err(PgError::new(format!(
+                    "table `{schema}.{prev}` does not exist or was not published by recpipe: nothing to roll back to"
+                )));
+            }
+            let aside = format!("{table}__rollback");
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| PgError::from_db("rollback", &e))?;
+            let sql = format!(
+                "ALTER TABLE {} RENAME TO \"{aside}\";
+                 ALTER TABLE {} RENAME TO \"{table}\";
+                 ALTER TABLE {} RENAME TO \"{prev}\";",
+                qualified(schema, table),
+                qualified(schema, &prev),
+                qualified(schema, &aside),
+            );
+            tx.batch_execute(&sql)
+                .await
+                .map_err(|e| PgError::from_db("rollback", &e))?;
+            tx.commit()
+                .await
+                .map_err(|e| PgError::from_db("rollback", &e))?;
+            let (version, rows) = run_of(&client, schema, table).await?.unwrap_or_default();
+            Ok(self.published(table, &version, rows, Vec::new()))
+        })
+    }
+}
+
+/// The advisory lock key of `schema.table`: FNV-1a, stable across processes.
+fn lock_key(schema: &str, table: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("recpipe:{schema}.{table}").bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// `<table>__staging_<run>`, the run id cut to fit PostgreSQL's 63-byte names (the
+/// name only needs to be unique among staging tables, and those of other runs are
+/// dropped before one is created).
+fn staging_name(table: &str, version: &str) -> String {
+    let room = 63 - table.len() - STAGING.len();
+    let run: String = version
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' => c.to_ascii_lowercase(),
+            'a'..='z' | '0'..='9' => c,
+            _ => '_',
+        })
+        .take(room)
+        .collect();
+    format!("{table}{STAGING}{run}")
+}
+
+/// The run id and row count recorded in the comment of `schema.table`, if it
+/// exists and recpipe published it.
+async fn run_of(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(String, u64)>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT obj_description(c.oid, 'pg_class') FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| PgError::from_db(&format!("cannot read `{schema}.{table}`"), &e))?;
+    let comment: Option<String> = row.and_then(|r| r.get(0));
+    Ok(comment.and_then(|c| {
+        let value: serde_json::Value = serde_json::from_str(&c).ok()?;
+        Some((
+            value.get("recpipe_run_id")?.as_str()?.to_string(),
+            value.get("rows")?.as_u64()?,
+        ))
+    }))
+}
+
+/// Drops the staging tables crashed runs left behind; returns their names.
+async fn drop_leftovers(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, PgError> {
+    let prefix = format!("{table}{STAGING}");
+    let rows = client
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND starts_with(tablename, $2)
+             ORDER BY tablename",
+            &[&schema, &prefix],
+        )
+        .await
+        .map_err(|e| PgError::from_db("cannot list staging tables", &e))?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {}",
+                qualified(schema, &name)
+            ))
+            .await
+            .map_err(|e| PgError::from_db(&format!("cannot drop leftover `{name}`"), &e))?;
+        tracing::info!(table = %name, "dropped a staging table left by an earlier run");
+        dropped.push(name);
+    }
+    Ok(dropped)
+}
+
+/// Creates, fills, indexes and analyzes `staging` from the Parquet list at
+/// `input` in one transaction, so a failure leaves nothing behind; returns the
+/// rows copied.
+async fn stage(
+    client: &mut Client,
+    target: &Target,
+    schema: &str,
+    staging: &str,
+    version: &str,
+    input: &Path,
+) -> Result<u64, PgError> {
+    let read_err = |e: &dyn std::fmt::Display| {
+        PgError::new(format!("cannot read list {}: {e}", input.display()))
+    };
+    let file = File::open(input).map_err(|e| read_err(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| read_err(&e))?
+        .with_batch_size(8192);
+    let columns = Column::all(reader.schema())?;
+    let reader = reader.build().map_err(|e| read_err(&e))?;
+    let table = qualified(schema, staging);
+    let db = |what: &str| {
+        let what = format!("{what} `{schema}.{staging}`");
+        move |e: tokio_postgres::Error| PgError::from_db(&what, &e)
+    };
+    let drop_in_copy = failpoint::armed("postgres.drop_connection_in_copy");
+    let pid: i32 = match drop_in_copy {
+        true => client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(db("cannot stage"))?
+            .get(0),
+        false => 0,
+    };
+    let tx = client.transaction().await.map_err(db("cannot stage"))?;
+    let definition: Vec<String> = columns.iter().map(Column::definition).collect();
+    tx.batch_execute(&format!("CREATE TABLE {table} ({})", definition.join(", ")))
+        .await
+        .map_err(db("cannot create"))?;
+    let copy = tx
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(db("cannot copy into"))?;
+    futures::pin_mut!(copy);
+    let mut buf = BytesMut::with_capacity(2 * CHUNK);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension length
+    let mut sent = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| read_err(&e))?;
+        encode(&columns, &batch, &mut buf)?;
+        if buf.len() >= CHUNK {
+            copy.send(buf.split().freeze())
+                .await
+                .map_err(db("cannot copy into"))?;
+            sent += 1;
+            if drop_in_copy && sent == 1 {
+                // As if the network dropped: the server ends the session mid-COPY.
+                let other = target.connect().await?;
+                other
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| PgError::from_db("failure point", &e))?;
+            }
+        }
+    }
+    buf.put_i16(-1); // trailer
+    copy.send(buf.freeze())
+        .await
+        .map_err(db("cannot copy into"))?;
+    let rows = copy.finish().await.map_err(db("cannot copy into"))?;
+    if let Some(first) = columns.first() {
+        let rank = columns.iter().any(|c| c.name == "rank");
+        let key = match rank {
+            true => format!("\"{}\", rank", first.name),
+            false => format!("\"{}\"", first.name),
+        };
+        tx.batch_execute(&format!("CREATE INDEX ON {table} ({key}); ANALYZE {table}"))
+            .await
+            .map_err(db("cannot index"))?;
+    }
+    // COMMENT takes no parameters: the server quotes the text with format().
+    let comment = serde_json::json!({ "recpipe_run_id": version, "rows": rows }).to_string();
+    let sql: String = tx
+        .query_one(
+            "SELECT format('COMMENT ON TABLE %I.%I IS %L', $1::text, $2::text, $3::text)",
+            &[&schema, &staging, &comment],
+        )
+        .await
+        .map_err(db("cannot comment on"))?
+        .get(0);
+    tx.batch_execute(&sql)
+        .await
+        .map_err(db("cannot comment on"))?;
+    tx.commit().await.map_err(db("cannot commit"))?;
+    Ok(rows)
+}
+
+/// In one transaction: `<table>__prev` dropped, `<table>` becomes `<table>__prev`,
+/// `staging` becomes `<table>`.
+async fn swap(
+    client: &mut Client,
+    schema: &str,
+    staging: &str,
+    table: &str,
+) -> Result<(), PgError> {
+    let db =
+        |e: tokio_postgres::Error| PgError::from_db(&format!("cannot swap `{schema}.{table}`"), &e);
+    let prev = format!("{table}{PREV}");
+    let tx = client.transaction().await.map_err(db)?;
+    let sql = format!(
+        "DROP TABLE IF EXISTS {prev_q};
+         ALTER TABLE IF EXISTS {table_q} RENAME TO \"{prev}\";
+         ALTER TABLE {staging_q} RENAME TO \"{table}\";",
+        prev_q = qualified(schema, &prev),
+        table_q = qualified(schema, table),
+        staging_q = qualified(schema, staging),
+    );
+    tx.batch_execute(&sql).await.map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+/// A list column and how it is sent to PostgreSQL.
+struct Column {
+    name: String,
+    kind: Kind,
+    nullable: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    Timestamp,
+    Timestamptz,
+}
+
+impl Column {
+    fn all(schema: &Schema) -> Result<Vec<Column>, PgError> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let kind = match f.data_type() {
+                    DataType::Utf8 => Kind::Text,
+                    DataType::Int32 => Kind::Int4,
+                    DataType::Int64 => Kind::Int8,
+                    DataType::Float32 => Kind::Float4,
+                    DataType::Float64 => Kind::Float8,
+                    DataType::Boolean => Kind::Bool,
+                    DataType::Timestamp(TimeUnit::Microsecond, None) => Kind::Timestamp,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => Kind::Timestamptz,
+                    other => {
+                        return Err(PgError::new(format!(
+                            "column `{}`: {other} has no PostgreSQL mapping here",
+                            f.name()
+                        )));
+                    }
+                };
+                if !is_pg_identifier(f.name()) {
+                    return Err(PgError::new(format!(
+                        "column `{}` is not a lowercase PostgreSQL name",
+                        f.name()
+                    )));
+                }
+                Ok(Column {
+                    name: f.name().clone(),
+                    kind,
+                    nullable: f.is_nullable(),
+                })
+            })
+            .collect()
+    }
+
+    fn definition(&self) -> String {
+        let ty = match self.kind {
+            Kind::Text => "text",
+            Kind::Int4 => "integer",
+            Kind::Int8 => "bigint",
+            Kind::Float4 => "real",
+            Kind::Float8 => "double precision",
+            Kind::Bool => "boolean",
+            Kind::Timestamp => "timestamp",
+            Kind::Timestamptz => "timestamptz",
+        };
+        let null = if self.nullable { "" } else { " NOT NULL" };
+        format!("\"{}\" {ty}{null}", self.name)
+    }
+}
+
+/// Appends `batch` in PostgreSQL's binary COPY format: per row the field count,
+/// then per field its byte length (−1 for NULL) and big-endian value.
+fn encode(columns: &[Column], batch: &RecordBatch, buf: &mut BytesMut) -> Result<(), PgError> {
+    let arrays = batch.columns();
+    if arrays.len() != columns.len() {
+        return Err(PgError::new(
+            "a batch of the list does not match its schema",
+        ));
+    }
+    for row in 0..batch.num_rows() {
+        buf.put_i16(columns.len() as i16);
+        for (column, array) in columns.iter().zip(arrays) {
+            if array.is_null(row) {
+                buf.put_i32(-1);
+                continue;
+            }
+            match column.kind {
+                Kind::Text => {
+                    let v = array.as_string::<i32>().value(row);
+                    buf.put_i32(v.len() as i32);
+                    buf.put_slice(v.as_bytes());
+                }
+                Kind::Int4 => {
+                    buf.put_i32(4);
+                    buf.put_i32(array.as_primitive::<Int32Type>().value(row));
+                }
+                Kind::Int8 => {
+                    buf.put_i32(8);
+                    buf.put_i64(array.as_primitive::<Int64Type>().value(row));
+                }
+                Kind::Float4 => {
+                    buf.put_i32(4);
+                    buf.put_f32(array.as_primitive::<Float32Type>().value(row));
+                }
+                Kind::Float8 => {
+                    buf.put_i32(8);
+                    buf.put_f64(array.as_primitive::<Float64Type>().value(row));
+                }
+                Kind::Bool => {
+                    buf.put_i32(1);
+                    buf.put_u8(array.as_boolean().value(row) as u8);
+                }
+                Kind::Timestamp | Kind::Timestamptz => {
+                    let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
+                    buf.put_i32(8);
+                    buf.put_i64(micros - PG_EPOCH_MICROS);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_fit_postgres_limits() {
+        assert_eq!(
+            staging_name("user_recs", "scheduled-20261128T040000Z"),
+            "user_recs__staging_scheduled_20261128t040000z"
+        );
+        let long = "t".repeat(48);
+        let name = staging_name(&long, "scheduled-20261128T040000Z");
+        assert_eq!(name.len(), 63);
+        assert!(name.starts_with(&format!("{long}{STAGING}sch")));
+    }
+
+    #[test]
+    fn lock_keys_differ_per_table() {
+        assert_ne!(lock_key("public", "a"), lock_key("public", "b"));
+        assert_ne!(lock_key("public", "a"), lock_key("other", "a"));
+        assert_eq!(lock_key("public", "a"), lock_key("public", "a"));
+    }
+}
