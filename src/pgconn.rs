@@ -149,7 +149,7 @@ impl Target {
                     .await
                     .map_err(|e| PgError::from_db(&what, &e))?;
                 tokio::spawn(async move { connection.await.map_err(log_end) });
-                Ok(client)
+                quiet(client).await
             }
             TlsMode::VerifyFull => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
@@ -159,7 +159,7 @@ impl Target {
                     .await
                     .map_err(|e| PgError::from_db(&what, &e))?;
                 tokio::spawn(async move { connection.await.map_err(log_end) });
-                Ok(client)
+                quiet(client).await
             }
         }
     }
@@ -191,6 +191,16 @@ impl Target {
             .with_root_certificates(roots)
             .with_no_client_auth())
     }
+}
+
+/// The client with the server's notices ("table does not exist, skipping") off:
+/// they would reach the logs through the `log` bridge as noise.
+async fn quiet(client: Client) -> Result<Client, PgError> {
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await
+        .map_err(|e| PgError::from_db("cannot configure the session", &e))?;
+    Ok(client)
 }
 
 fn describe(config: &Config) -> String {
@@ -262,8 +272,8 @@ mod tests {
 
     #[test]
     fn a_bad_dsn_error_hides_the_password() {
-        let err = Target::new(&config("host=db password=hunter2 port=notaport"))
-            .expect_err("invalid");
+        let err =
+            Target::new(&config("host=db password=hunter2 port=notaport")).expect_err("invalid");
         assert!(err.message.starts_with("invalid dsn"), "{err}");
         assert!(!err.message.contains("hunter2"), "{err}");
         assert_eq!(

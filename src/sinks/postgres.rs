@@ -33,6 +33,8 @@ use crate::pgconn::{PgError, Target, qualified};
 
 const PREV: &str = "__prev";
 const STAGING: &str = "__staging_";
+/// Memory for sorting the index of a staged table (5M rows need about 250 MB).
+const INDEX_SORT_MEMORY: &str = "512MB";
 /// Bytes of COPY data sent per message.
 const CHUNK: usize = 1 << 20;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -328,13 +330,17 @@ async fn stage(
             .get(0),
         false => 0,
     };
+    let started = std::time::Instant::now();
     let tx = client.transaction().await.map_err(db("cannot stage"))?;
     let definition: Vec<String> = columns.iter().map(Column::definition).collect();
     tx.batch_execute(&format!("CREATE TABLE {table} ({})", definition.join(", ")))
         .await
         .map_err(db("cannot create"))?;
     let copy = tx
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        // FREEZE (allowed: the table is new in this transaction) writes the rows
+        // as already visible to all, so the first readers do not rewrite every
+        // page to set hint bits.
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN (FORMAT binary, FREEZE)"))
         .await
         .map_err(db("cannot copy into"))?;
     futures::pin_mut!(copy);
@@ -366,15 +372,20 @@ async fn stage(
         .await
         .map_err(db("cannot copy into"))?;
     let rows = copy.finish().await.map_err(db("cannot copy into"))?;
+    let copied = started.elapsed();
     if let Some(first) = columns.first() {
         let rank = columns.iter().any(|c| c.name == "rank");
         let key = match rank {
             true => format!("\"{}\", rank", first.name),
             false => format!("\"{}\"", first.name),
         };
-        tx.batch_execute(&format!("CREATE INDEX ON {table} ({key}); ANALYZE {table}"))
-            .await
-            .map_err(db("cannot index"))?;
+        // A sort in memory rather than on disk, for this transaction only.
+        tx.batch_execute(&format!(
+            "SET LOCAL maintenance_work_mem = '{INDEX_SORT_MEMORY}';
+             CREATE INDEX ON {table} ({key}); ANALYZE {table}"
+        ))
+        .await
+        .map_err(db("cannot index"))?;
     }
     // COMMENT takes no parameters: the server quotes the text with format().
     let comment = serde_json::json!({ "recpipe_run_id": version, "rows": rows }).to_string();
@@ -390,6 +401,13 @@ async fn stage(
         .await
         .map_err(db("cannot comment on"))?;
     tx.commit().await.map_err(db("cannot commit"))?;
+    tracing::info!(
+        table = %format!("{schema}.{staging}"),
+        rows,
+        copy_s = copied.as_secs_f64(),
+        index_s = (started.elapsed() - copied).as_secs_f64(),
+        "staged"
+    );
     Ok(rows)
 }
 

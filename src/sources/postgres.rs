@@ -399,8 +399,7 @@ mod tests {
             )
             .is_ok()
         );
-        let err = bind("days", &ParamValue::Int(1 << 40), &Type::INT4)
-            .expect_err("too large");
+        let err = bind("days", &ParamValue::Int(1 << 40), &Type::INT4).expect_err("too large");
         assert!(err.contains("`$days::bigint`"), "{err}");
         assert!(bind("x", &ParamValue::Text("a".into()), &Type::INT8).is_err());
     }
