@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -211,9 +212,15 @@ fn list_schema(shape: &ListShape, rows: &IdMap, items: &IdMap) -> SchemaRef {
 fn gather(map: &IdMap, indices: impl Iterator<Item = u32>) -> ArrayRef {
     match map.ids() {
         Ids::Int(v) => Arc::new(Int64Array::from_iter_values(indices.map(|i| v[i as usize]))),
-        Ids::Str(v) => Arc::new(StringArray::from_iter_values(
-            indices.map(|i| v[i as usize].as_str()),
-        )),
+        // A builder: `from_iter_values` needs an exact size hint, which the
+        // flattened list iterators do not give.
+        Ids::Str(v) => {
+            let mut ids = StringBuilder::new();
+            for i in indices {
+                ids.append_value(&v[i as usize]);
+            }
+            Arc::new(ids.finish())
+        }
     }
 }
 
