@@ -411,9 +411,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             check_connections,
         } => {
             let settings = settings()?;
-            validate(&settings, paths)?;
+            let pipelines = validate(&settings, paths)?;
             match check_connections {
-                true => check_connections_of(&settings).await,
+                true => check_connections_of(&settings, &pipelines).await,
                 false => Ok(()),
             }
         }
@@ -486,7 +486,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
+fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<Vec<Pipeline>, Failure> {
     let paths = if paths.is_empty() {
         vec![settings.pipelines_dir.clone()]
     } else {
@@ -508,11 +508,12 @@ fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<(), Failure> {
             p.steps.len()
         );
     }
-    Ok(())
+    Ok(pipelines)
 }
 
-/// Reaches every configured source and sink and reports each.
-async fn check_connections_of(settings: &Settings) -> Result<(), Failure> {
+/// Reaches every configured source and sink and reports each; dry-runs every
+/// BigQuery extract of `pipelines` and prints the bytes it would scan.
+async fn check_connections_of(settings: &Settings, pipelines: &[Pipeline]) -> Result<(), Failure> {
     let mut failed = 0;
     let mut report = |what: String, result: Result<(), String>| match result {
         Ok(()) => println!("ok    {what}"),
@@ -525,6 +526,35 @@ async fn check_connections_of(settings: &Settings) -> Result<(), Failure> {
         let source = AnySource::from_config(config);
         let result = source.healthcheck().await.map_err(|e| e.to_string());
         report(format!("source `{name}` ({})", config.kind()), result);
+    }
+    for p in pipelines {
+        for step in &p.steps {
+            let StepSpec::Extract(e) = &step.spec else {
+                continue;
+            };
+            let Some(AnySource::BigQuery(bq)) =
+                settings.sources.get(&e.source).map(AnySource::from_config)
+            else {
+                continue;
+            };
+            let mut params = BTreeMap::from([
+                ("run_id".to_string(), ParamValue::Text("dry-run".into())),
+                (
+                    "logical_date".to_string(),
+                    ParamValue::Text(Utc::now().to_rfc3339()),
+                ),
+            ]);
+            params.extend(e.params.clone());
+            let result = match std::fs::read_to_string(settings.resolve(&e.sql)) {
+                Ok(sql) => bq.dry_run(&sql, &params).await.map_err(|e| e.to_string()),
+                Err(err) => Err(format!("cannot read {}: {err}", e.sql.display())),
+            };
+            let what = format!("dry run `{}` step `{}`", p.name, step.id);
+            match result {
+                Ok(bytes) => report(format!("{what}: {bytes} bytes processed"), Ok(())),
+                Err(e) => report(what, Err(e)),
+            }
+        }
     }
     for (name, config) in &settings.sinks {
         let sink = recpipe::sinks::AnySink::from_config(name, config);

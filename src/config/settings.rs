@@ -156,17 +156,46 @@ pub enum SourceConfig {
     Datafusion(DataFusionSourceConfig),
     /// A PostgreSQL database (often the service's own, for filter lists).
     Postgres(PostgresConfig),
+    /// The BigQuery warehouse (or its emulator).
+    Bigquery(BigQueryConfig),
 }
 
 impl SourceConfig {
-    pub const KINDS: &[&str] = &["datafusion", "postgres"];
+    pub const KINDS: &[&str] = &["datafusion", "postgres", "bigquery"];
 
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Datafusion(_) => "datafusion",
             SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Bigquery(_) => "bigquery",
         }
     }
+}
+
+/// A BigQuery project. Credentials: `key_file` (a service-account key), else the
+/// application default credentials (on GKE, Workload Identity through the
+/// metadata server; elsewhere `GOOGLE_APPLICATION_CREDENTIALS`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQueryConfig {
+    /// The project queries run (and are billed) in.
+    pub project: String,
+    /// The dataset unqualified table names resolve in.
+    pub dataset: Option<String>,
+    /// Where jobs run, e.g. `asia-northeast1`; BigQuery infers it when absent.
+    pub location: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// A BigQuery emulator's address (`http://127.0.0.1:9050`): no credentials.
+    pub endpoint: Option<String>,
+    /// Rows per result page.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Queries that would scan more fail instead of running.
+    pub maximum_bytes_billed: Option<u64>,
+}
+
+fn default_page_size() -> u32 {
+    10_000
 }
 
 /// A PostgreSQL connection, for a source or a sink.
@@ -338,6 +367,11 @@ impl Settings {
                     }
                 }
                 SourceConfig::Postgres(pg) => resolve_ca(&dir, pg),
+                SourceConfig::Bigquery(bq) => {
+                    if let Some(key) = &mut bq.key_file {
+                        *key = dir.join(&*key);
+                    }
+                }
             }
         }
         for sink in self.sinks.values_mut() {

@@ -3,6 +3,7 @@
 //!
 //! Invariant: query parameters are bound by the engine, never formatted into SQL.
 
+pub mod bigquery;
 pub mod datafusion;
 pub mod postgres;
 
@@ -57,6 +58,7 @@ pub trait Source {
 pub enum AnySource {
     DataFusion(datafusion::DataFusionSource),
     Postgres(postgres::PostgresSource),
+    BigQuery(bigquery::BigQuerySource),
 }
 
 impl AnySource {
@@ -67,6 +69,9 @@ impl AnySource {
             }
             SourceConfig::Postgres(c) => {
                 AnySource::Postgres(postgres::PostgresSource::new(c.clone()))
+            }
+            SourceConfig::Bigquery(c) => {
+                AnySource::BigQuery(bigquery::BigQuerySource::new(c.clone()))
             }
         }
     }
@@ -79,6 +84,7 @@ impl AnySource {
         match self {
             AnySource::DataFusion(s) => s.query(sql, params).await,
             AnySource::Postgres(s) => s.query(sql, params).await,
+            AnySource::BigQuery(s) => s.query(sql, params).await,
         }
     }
 
@@ -87,6 +93,7 @@ impl AnySource {
         match self {
             AnySource::DataFusion(s) => s.healthcheck().await,
             AnySource::Postgres(s) => s.healthcheck().await,
+            AnySource::BigQuery(s) => s.dry_run("SELECT 1", &BTreeMap::new()).await.map(|_| ()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests, one binary (ripgrep's layout): modules by topic.
 
+mod bigquery;
 mod common;
 mod daemon;
 mod extract;
