@@ -552,3 +552,56 @@ fn the_example_pipeline_publishes_to_postgres_and_rolls_back() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn tls_verify_full_checks_the_server_certificate() {
+    let ca = std::env::var("RECPIPE_TEST_PG_CA")
+        .expect("RECPIPE_TEST_PG_CA is not set: run the tests with .ci/test");
+    let tls = |ca_file: PathBuf| {
+        AnySource::from_config(&SourceConfig::Postgres(PostgresConfig {
+            tls: TlsMode::VerifyFull,
+            ca_file: Some(ca_file),
+            ..pg_config(&admin_dsn(), "public")
+        }))
+    };
+    let result = tls(PathBuf::from(&ca))
+        .query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = result.batches.map(|b| b.unwrap()).collect().await;
+    let ssl = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .unwrap();
+    assert!(ssl.value(0), "the session is encrypted");
+
+    // A CA that did not sign the server's certificate: refused, not downgraded.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=other"])
+        .arg("-keyout")
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let err = tls(other).healthcheck().await.expect_err("unknown issuer");
+    assert!(
+        err.to_string()
+            .contains("cannot connect to postgres://postgres@127.0.0.1"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
