@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use crate::config::settings::{PostgresConfig, TlsMode};
 
@@ -136,32 +137,37 @@ impl Target {
     }
 
     async fn connect_once(&self) -> Result<Client, PgError> {
-        let what = format!("cannot connect to {}", self.display);
-        let server = self.display.clone();
-        let log_end = move |e: tokio_postgres::Error| {
-            tracing::debug!(%server, error = %e, "PostgreSQL connection ended");
-        };
         match self.tls {
-            TlsMode::Disable => {
-                let (client, connection) = self
-                    .config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| PgError::from_db(&what, &e))?;
-                tokio::spawn(async move { connection.await.map_err(log_end) });
-                quiet(client).await
-            }
+            TlsMode::Disable => self.connect_with(NoTls).await,
             TlsMode::VerifyFull => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
-                let (client, connection) = self
-                    .config
-                    .connect(tls)
-                    .await
-                    .map_err(|e| PgError::from_db(&what, &e))?;
-                tokio::spawn(async move { connection.await.map_err(log_end) });
-                quiet(client).await
+                self.connect_with(tls).await
             }
         }
+    }
+
+    async fn connect_with<T>(&self, tls: T) -> Result<Client, PgError>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) =
+            self.config.connect(tls).await.map_err(|e| {
+                PgError::from_db(&format!("cannot connect to {}", self.display), &e)
+            })?;
+        let server = self.display.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%server, error = %e, "PostgreSQL connection ended");
+            }
+        });
+        // Server notices ("does not exist, skipping") would reach the logs
+        // through the `log` bridge as noise.
+        client
+            .batch_execute("SET client_min_messages = warning")
+            .await
+            .map_err(|e| PgError::from_db("cannot configure the session", &e))?;
+        Ok(client)
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig, PgError> {
@@ -191,16 +197,6 @@ impl Target {
             .with_root_certificates(roots)
             .with_no_client_auth())
     }
-}
-
-/// The client with the server's notices ("table does not exist, skipping") off:
-/// they would reach the logs through the `log` bridge as noise.
-async fn quiet(client: Client) -> Result<Client, PgError> {
-    client
-        .batch_execute("SET client_min_messages = warning")
-        .await
-        .map_err(|e| PgError::from_db("cannot configure the session", &e))?;
-    Ok(client)
 }
 
 fn describe(config: &Config) -> String {
