@@ -14,7 +14,7 @@
 //! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O)
 //! - [`artifact`]: Parquet and JSON files written atomically
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
-//!   [`pgconn`]: the PostgreSQL connections both use
+//!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
 //! - [`pipeline`]: the DAG executor and run directories
 //! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up, the
@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod bench;
+pub mod bqconn;
 pub mod config;
 pub mod failpoint;
 pub mod logging;

@@ -274,6 +274,25 @@ pub enum SinkConfig {
     Parquet(ParquetSinkConfig),
     /// Tables in a PostgreSQL schema, swapped in by rename.
     Postgres(PostgresConfig),
+    /// Tables in a BigQuery dataset, replaced in one statement.
+    Bigquery(BigQuerySinkConfig),
+}
+
+/// A BigQuery dataset lists are published to; credentials as for the source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigQuerySinkConfig {
+    pub project: String,
+    pub dataset: String,
+    pub location: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// A BigQuery emulator's address (`http://127.0.0.1:9050`): no credentials.
+    pub endpoint: Option<String>,
+    /// A timestamp or date column: the table is partitioned by its day.
+    pub partition_by: Option<String>,
+    /// Columns the table is clustered by (e.g. `["user_id"]`).
+    #[serde(default)]
+    pub cluster_by: Vec<String>,
 }
 
 impl SinkConfig {
@@ -281,6 +300,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Bigquery(_) => "bigquery",
         }
     }
 }
@@ -378,6 +398,11 @@ impl Settings {
             match sink {
                 SinkConfig::Parquet(p) => p.path = dir.join(&p.path),
                 SinkConfig::Postgres(pg) => resolve_ca(&dir, pg),
+                SinkConfig::Bigquery(bq) => {
+                    if let Some(key) = &mut bq.key_file {
+                        *key = dir.join(&*key);
+                    }
+                }
             }
         }
     }
@@ -408,6 +433,20 @@ impl Settings {
                     );
                 }
                 SinkConfig::Postgres(_) => {}
+                // Pasted into DDL, which takes no parameters: plain names only.
+                SinkConfig::Bigquery(bq)
+                    if !bq
+                        .partition_by
+                        .iter()
+                        .chain(&bq.cluster_by)
+                        .all(|c| is_pg_identifier(c)) =>
+                {
+                    return invalid(
+                        format!("sinks.{name}.partition_by / cluster_by"),
+                        "must be lowercase column names (letters, digits, `_`)",
+                    );
+                }
+                SinkConfig::Bigquery(_) => {}
             }
         }
         Ok(())

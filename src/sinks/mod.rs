@@ -4,6 +4,7 @@
 //! next to the current one, where no reader looks; `swap` makes it current in one
 //! atomic step. A failure before or during either leaves the previous list current.
 
+pub mod bigquery;
 pub mod parquet;
 pub mod postgres;
 
@@ -74,6 +75,7 @@ pub trait Sink {
 pub enum AnySink {
     Parquet(parquet::ParquetSink),
     Postgres(postgres::PostgresSink),
+    BigQuery(bigquery::BigQuerySink),
 }
 
 impl AnySink {
@@ -82,6 +84,9 @@ impl AnySink {
             SinkConfig::Parquet(c) => AnySink::Parquet(parquet::ParquetSink::new(name, c.clone())),
             SinkConfig::Postgres(c) => {
                 AnySink::Postgres(postgres::PostgresSink::new(name, c.clone()))
+            }
+            SinkConfig::Bigquery(c) => {
+                AnySink::BigQuery(bigquery::BigQuerySink::new(name, c.clone()))
             }
         }
     }
@@ -92,6 +97,7 @@ impl AnySink {
         match self {
             AnySink::Parquet(s) => s,
             AnySink::Postgres(s) => s,
+            AnySink::BigQuery(s) => s,
         }
     }
 }

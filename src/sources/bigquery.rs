@@ -19,7 +19,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 use gcp_bigquery_client::Client;
-use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset_reference::DatasetReference;
 use gcp_bigquery_client::model::error_proto::ErrorProto;
@@ -33,23 +32,13 @@ use gcp_bigquery_client::model::table_row::TableRow;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 
 use super::{QueryResult, Source, SourceError};
+use crate::bqconn::Access;
 use crate::config::pipeline::ParamValue;
 use crate::config::settings::BigQueryConfig;
 
 #[derive(Debug, Clone)]
 pub struct BigQuerySource {
     config: BigQueryConfig,
-}
-
-/// A token for the emulator, which accepts any: no credentials exist there.
-#[derive(Clone)]
-struct EmulatorToken;
-
-#[async_trait::async_trait]
-impl gcp_bigquery_client::auth::Authenticator for EmulatorToken {
-    async fn access_token(&self) -> Result<String, BQError> {
-        Ok("emulator".into())
-    }
 }
 
 /// What one query returned first: its schema, rows, and where the rest is.
@@ -66,29 +55,15 @@ impl BigQuerySource {
         Self { config }
     }
 
-    /// A client for Google (application default credentials: the GKE metadata
-    /// server under Workload Identity, or `GOOGLE_APPLICATION_CREDENTIALS`; or the
-    /// configured service-account key file), or for the configured emulator.
+    /// A client with the configured credentials, or for the emulator.
     async fn client(&self) -> Result<Client, SourceError> {
-        let mut builder = ClientBuilder::new();
-        let auth_error = |e: BQError| SourceError::Io(format!("BigQuery credentials: {e}"));
-        if let Some(endpoint) = &self.config.endpoint {
-            builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
-            return builder
-                .build_from_authenticator(Arc::new(EmulatorToken))
-                .await
-                .map_err(auth_error);
-        }
-        match &self.config.key_file {
-            Some(path) => builder
-                .build_from_service_account_key_file(&path.to_string_lossy())
-                .await
-                .map_err(auth_error),
-            None => builder
-                .build_from_application_default_credentials()
-                .await
-                .map_err(auth_error),
-        }
+        let access = Access::new(
+            self.config.endpoint.as_deref(),
+            self.config.key_file.as_deref(),
+        )
+        .await
+        .map_err(SourceError::Io)?;
+        access.client().await.map_err(SourceError::Io)
     }
 
     async fn first_page(

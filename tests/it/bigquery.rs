@@ -216,3 +216,176 @@ fn check_connections_dry_runs_bigquery_extracts() {
     assert_eq!(rows, 24_995 * 5);
     assert!(list[0].column(0).null_count() == 0);
 }
+
+async fn bq_client() -> gcp_bigquery_client::Client {
+    ClientBuilder::new()
+        .with_v2_base_url(format!("{}/bigquery/v2", endpoint()))
+        .build_from_authenticator(Arc::new(AnyToken))
+        .await
+        .unwrap()
+}
+
+/// `count(*)` and the single run id of a published table, and its run label.
+async fn contents(table: &str) -> (i64, String, String) {
+    let client = bq_client().await;
+    let response = client
+        .job()
+        .query(
+            PROJECT,
+            QueryRequest::new(format!(
+                "SELECT COUNT(*), MIN(run_id), MAX(run_id) FROM bq_sink_{table}"
+            )),
+        )
+        .await
+        .unwrap();
+    assert!(response.errors.is_none(), "{table}: {:?}", response.errors);
+    let row = &response.rows.unwrap()[0];
+    let cell = |i: usize| {
+        row.columns.as_ref().unwrap()[i]
+            .value
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cell(1), cell(2), "{table} mixes runs");
+    let (dataset, name) = table.split_once('.').unwrap();
+    let meta = client
+        .table()
+        .get(PROJECT, &format!("bq_sink_{dataset}"), name, None)
+        .await
+        .unwrap();
+    let label = meta
+        .labels
+        .unwrap_or_default()
+        .remove("recpipe_run_id")
+        .unwrap_or_default();
+    (cell(0).parse().unwrap(), cell(1), label)
+}
+
+fn sink_config(dataset: &str) -> recpipe::config::settings::BigQuerySinkConfig {
+    recpipe::config::settings::BigQuerySinkConfig {
+        project: PROJECT.into(),
+        dataset: dataset.into(),
+        location: None,
+        key_file: None,
+        endpoint: Some(endpoint()),
+        partition_by: Some("generated_at".into()),
+        cluster_by: vec!["user_id".into()],
+    }
+}
+
+async fn fresh_dataset(dataset: &str) {
+    let client = bq_client().await;
+    let _ = client.dataset().delete(PROJECT, dataset, true).await;
+    client
+        .dataset()
+        .create(Dataset::new(PROJECT, dataset))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_bigquery_sink_replaces_the_table_and_rolls_back() {
+    fresh_dataset("bq_sink_swap").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = recpipe::sinks::AnySink::from_config(
+        "warehouse",
+        &recpipe::config::settings::SinkConfig::Bigquery(sink_config("bq_sink_swap")),
+    );
+    let publish = |run: &'static str, rows: usize| {
+        let (sink, path) = (sink.clone(), crate::postgres::list(dir.path(), run, rows));
+        tokio::task::spawn_blocking(move || sink.get().publish("recs", run, &path))
+    };
+    let first = publish("run-1", 100).await.unwrap().unwrap();
+    assert_eq!(first.rows, 100);
+    assert_eq!(
+        contents("swap.recs").await,
+        (100, "run-1".into(), "run-1".into())
+    );
+    publish("run-2", 150).await.unwrap().unwrap();
+    assert_eq!(
+        contents("swap.recs").await,
+        (150, "run-2".into(), "run-2".into())
+    );
+    assert_eq!(
+        contents("swap.recs__prev").await,
+        (100, "run-1".into(), "run-1".into())
+    );
+    // The same run again is a no-op: the previous table is not overwritten.
+    publish("run-2", 150).await.unwrap().unwrap();
+    assert_eq!(contents("swap.recs__prev").await.1, "run-1");
+
+    let s = sink.clone();
+    let back = tokio::task::spawn_blocking(move || s.get().rollback("recs"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.version, "run-1");
+    assert_eq!(
+        contents("swap.recs").await,
+        (100, "run-1".into(), "run-1".into())
+    );
+    assert_eq!(
+        contents("swap.recs__prev").await,
+        (150, "run-2".into(), "run-2".into())
+    );
+}
+
+#[test]
+fn a_failed_load_keeps_the_table_and_the_next_run_cleans_up() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(fresh_dataset("bq_sink_fail"));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("config")).unwrap();
+    std::fs::write(
+        p.join("config/default.toml"),
+        format!(
+            "[sinks.warehouse]\nkind = \"bigquery\"\nproject = \"{PROJECT}\"\ndataset = \"bq_sink_fail\"\nendpoint = \"{}\"\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let write = |run: &str, rows: usize, failpoint: &str| {
+        let input = crate::postgres::list(p, run, rows);
+        let args = [
+            "step",
+            "write",
+            "--input",
+            input.to_str().unwrap(),
+            "--sink",
+            "warehouse",
+            "--table",
+            "recs",
+            "--version",
+            run,
+        ];
+        recpipe(p, &args, &[("RECPIPE_FAILPOINTS", failpoint)])
+    };
+    let out = write("v1", 300, "");
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = write("v2", 400, "bigquery.corrupt_load");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("load job"), "{}", text(&out));
+    assert_eq!(rt.block_on(contents("fail.recs")).0, 300);
+
+    let out = write("v3", 500, "bigquery.before_swap");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(rt.block_on(contents("fail.recs")).1, "v1");
+
+    let out = write("v4", 600, "");
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pruned = summary["details"]["pruned"].as_array().unwrap();
+    assert!(
+        pruned.contains(&serde_json::json!("recs__staging_v3")),
+        "{summary}"
+    );
+    assert_eq!(
+        rt.block_on(contents("fail.recs")),
+        (600, "v4".into(), "v4".into())
+    );
+}

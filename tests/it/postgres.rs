@@ -103,7 +103,7 @@ fn sink(dsn: &str, schema: &str) -> AnySink {
 }
 
 /// A user→item list of `rows` rows for run `run`, as the recommend step writes it.
-fn list(dir: &Path, run: &str, rows: usize) -> PathBuf {
+pub fn list(dir: &Path, run: &str, rows: usize) -> PathBuf {
     let schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Int64, false),
         Field::new("item_id", DataType::Int64, false),
