@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
@@ -388,4 +389,48 @@ fn a_failed_load_keeps_the_table_and_the_next_run_cleans_up() {
         rt.block_on(contents("fail.recs")),
         (600, "v4".into(), "v4".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bigquery_reader_never_sees_a_partial_list_or_a_missing_table() {
+    fresh_dataset("bq_sink_reader").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = recpipe::sinks::AnySink::from_config(
+        "warehouse",
+        &recpipe::config::settings::SinkConfig::Bigquery(sink_config("bq_sink_reader")),
+    );
+    // Every run has its own size, so a partial or mixed table shows.
+    let size = |i: usize| 200 + 37 * i;
+    let runs: Vec<(String, std::path::PathBuf)> = (0..=20)
+        .map(|i| {
+            let run = format!("run-{i}");
+            let path = crate::postgres::list(dir.path(), &run, size(i));
+            (run, path)
+        })
+        .collect();
+    let publisher = tokio::task::spawn_blocking(move || {
+        for (run, path) in &runs {
+            sink.get().publish("recs", run, path).unwrap();
+        }
+    });
+    // Wait for the first list, then read until the last publish is done.
+    while bq_client()
+        .await
+        .table()
+        .get(PROJECT, "bq_sink_reader", "recs", None)
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut reads = 0;
+    while !publisher.is_finished() {
+        let (count, run, _) = contents("reader.recs").await;
+        let i: usize = run.strip_prefix("run-").unwrap().parse().unwrap();
+        assert_eq!(count as usize, size(i), "{run} is partial");
+        reads += 1;
+    }
+    publisher.await.unwrap();
+    assert!(reads >= 20, "only {reads} reads during 20 publishes");
+    assert_eq!(contents("reader.recs").await.1, "run-20");
 }
