@@ -61,22 +61,15 @@ impl BigQuerySink {
         }
     }
 
+    /// As the PostgreSQL sink's: database work from the write step's blocking
+    /// thread, the I/O on the SQL runtime.
     fn block_on<T>(
         &self,
         work: impl Future<Output = Result<T, Failure>> + Send,
     ) -> Result<T, SinkError> {
         crate::sources::engine()
             .block_on(work)
-            .map_err(|Failure(message, retryable)| match retryable {
-                true => SinkError::Io {
-                    sink: self.name.clone(),
-                    message,
-                },
-                false => SinkError::Rejected {
-                    sink: self.name.clone(),
-                    message,
-                },
-            })
+            .map_err(|Failure(message, retryable)| SinkError::store(&self.name, message, retryable))
     }
 
     async fn access(&self) -> Result<(Access, Client), Failure> {

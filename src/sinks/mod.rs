@@ -26,6 +26,15 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A failed store operation: `Io` when a retry could help, else `Rejected`.
+    fn store(sink: &str, message: String, retryable: bool) -> Self {
+        let sink = sink.to_string();
+        match retryable {
+            true => SinkError::Io { sink, message },
+            false => SinkError::Rejected { sink, message },
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, SinkError::Io { .. })
     }

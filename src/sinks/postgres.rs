@@ -62,16 +62,7 @@ impl PostgresSink {
     ) -> Result<T, SinkError> {
         crate::sources::engine()
             .block_on(work)
-            .map_err(|e| match e.retryable {
-                true => SinkError::Io {
-                    sink: self.name.clone(),
-                    message: e.message,
-                },
-                false => SinkError::Rejected {
-                    sink: self.name.clone(),
-                    message: e.message,
-                },
-            })
+            .map_err(|e| SinkError::store(&self.name, e.message, e.retryable))
     }
 
     /// A connection holding `table`'s publish lock.
