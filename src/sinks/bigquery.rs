@@ -61,15 +61,13 @@ impl BigQuerySink {
         }
     }
 
-    /// As the PostgreSQL sink's: database work from the write step's blocking
-    /// thread, the I/O on the SQL runtime.
     fn block_on<T>(
         &self,
         work: impl Future<Output = Result<T, Failure>> + Send,
     ) -> Result<T, SinkError> {
-        crate::sources::engine()
-            .block_on(work)
-            .map_err(|Failure(message, retryable)| SinkError::store(&self.name, message, retryable))
+        super::block_on(&self.name, work, |Failure(message, retryable)| {
+            (message, retryable)
+        })
     }
 
     async fn access(&self) -> Result<(Access, Client), Failure> {
@@ -322,31 +320,38 @@ impl BigQuerySink {
     ) -> Result<Published, Failure> {
         let (access, client) = self.access().await?;
         let run = run_label(version);
-        let rows = parquet_rows(input)?;
+        let rows = list_rows(input)?;
         if self.run_of(&client, table).await?.as_deref() == Some(run.as_str()) {
             // Published by an earlier attempt of this run whose result was lost.
             return Ok(self.published(table, version, rows, Vec::new()));
         }
         let pruned = self.drop_leftovers(&client, table).await?;
-        let staging = format!("{table}{STAGING}{}", run.replace('-', "_"));
-        self.load(&access, &client, &staging, &run, input).await?;
+        self.load(&access, &client, &staging_name(table, &run), &run, input)
+            .await?;
         if failpoint::armed("bigquery.before_swap") {
             return Err(Failure(
                 "failure point `bigquery.before_swap` armed".into(),
                 false,
             ));
         }
-        if let Some(current) = self.run_of(&client, table).await? {
-            self.replace(&client, &format!("{table}{PREV}"), table, &current, false)
+        self.swap_in(&client, table, &run).await?;
+        Ok(self.published(table, version, rows, pruned))
+    }
+
+    /// Keeps the current `table` as `<table>__prev`, replaces it with run `run`'s
+    /// staging table, and deletes that.
+    async fn swap_in(&self, client: &Client, table: &str, run: &str) -> Result<(), Failure> {
+        let staging = staging_name(table, run);
+        if let Some(current) = self.run_of(client, table).await? {
+            self.replace(client, &format!("{table}{PREV}"), table, &current, false)
                 .await?;
         }
-        self.replace(&client, table, &staging, &run, true).await?;
+        self.replace(client, table, &staging, run, true).await?;
         client
             .table()
             .delete(&self.config.project, &self.config.dataset, &staging)
             .await
-            .map_err(|e| transport(&format!("cannot delete `{staging}`"), e))?;
-        Ok(self.published(table, version, rows, pruned))
+            .map_err(|e| transport(&format!("cannot delete `{staging}`"), e))
     }
 
     fn published(&self, table: &str, version: &str, rows: u64, pruned: Vec<String>) -> Published {
@@ -378,12 +383,12 @@ impl Sink for BigQuerySink {
             let (access, client) = self.access().await?;
             self.drop_leftovers(&client, table).await?;
             let run = run_label(version);
-            let staging = format!("{table}{STAGING}{}", run.replace('-', "_"));
-            self.load(&access, &client, &staging, &run, input).await?;
+            self.load(&access, &client, &staging_name(table, &run), &run, input)
+                .await?;
             Ok(Staged {
                 table: table.to_string(),
                 version: version.to_string(),
-                rows: parquet_rows(input)?,
+                rows: list_rows(input)?,
             })
         })
     }
@@ -391,13 +396,9 @@ impl Sink for BigQuerySink {
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError> {
         self.block_on(async {
             let (_, client) = self.access().await?;
-            let (table, run) = (&staged.table, run_label(&staged.version));
-            let staging = format!("{table}{STAGING}{}", run.replace('-', "_"));
-            if let Some(current) = self.run_of(&client, table).await? {
-                self.replace(&client, &format!("{table}{PREV}"), table, &current, false)
-                    .await?;
-            }
-            self.replace(&client, table, &staging, &run, true).await?;
+            let table = &staged.table;
+            self.swap_in(&client, table, &run_label(&staged.version))
+                .await?;
             Ok(self.published(table, &staged.version, staged.rows, Vec::new()))
         })
     }
@@ -501,11 +502,12 @@ fn fields(path: &Path) -> Result<Vec<TableFieldSchema>, Failure> {
         .collect()
 }
 
-fn parquet_rows(path: &Path) -> Result<u64, Failure> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path)
-        .map_err(|e| Failure(format!("cannot read list {}: {e}", path.display()), false))?;
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| Failure(format!("cannot read list {}: {e}", path.display()), false))?;
-    Ok(reader.metadata().file_metadata().num_rows() as u64)
+/// `<table>__staging_<run>`.
+fn staging_name(table: &str, run: &str) -> String {
+    format!("{table}{STAGING}{}", run.replace('-', "_"))
+}
+
+fn list_rows(path: &Path) -> Result<u64, Failure> {
+    super::parquet::parquet_rows(path)
+        .map_err(|e| Failure(format!("cannot read list {}: {e}", path.display()), false))
 }

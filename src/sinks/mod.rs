@@ -26,18 +26,27 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// A failed store operation: `Io` when a retry could help, else `Rejected`.
-    fn store(sink: &str, message: String, retryable: bool) -> Self {
-        let sink = sink.to_string();
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Io { .. })
+    }
+}
+
+/// Runs a database sink's async work to completion from the blocking thread the
+/// write step runs on (`spawn_blocking`); the connection's I/O runs on the SQL
+/// runtime. `failure` gives an error's message and whether a retry could help:
+/// retryable failures become `Io`, the rest `Rejected`.
+fn block_on<T, E>(
+    sink: &str,
+    work: impl Future<Output = Result<T, E>> + Send,
+    failure: impl FnOnce(E) -> (String, bool),
+) -> Result<T, SinkError> {
+    crate::sources::engine().block_on(work).map_err(|e| {
+        let (sink, (message, retryable)) = (sink.to_string(), failure(e));
         match retryable {
             true => SinkError::Io { sink, message },
             false => SinkError::Rejected { sink, message },
         }
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Io { .. })
-    }
+    })
 }
 
 /// A staged version, ready to swap in.

@@ -212,7 +212,7 @@ impl Sink for ParquetSink {
     }
 }
 
-fn parquet_rows(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
+pub(super) fn parquet_rows(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
     let file = fs::File::open(path)?;
     let reader = parquet::file::reader::SerializedFileReader::new(file)?;
     use parquet::file::reader::FileReader;

@@ -54,15 +54,11 @@ impl PostgresSink {
         }
     }
 
-    /// Runs database work to completion from a blocking thread (the write step
-    /// runs in `spawn_blocking`); the connection's I/O runs on the SQL runtime.
     fn block_on<T>(
         &self,
         work: impl Future<Output = Result<T, PgError>> + Send,
     ) -> Result<T, SinkError> {
-        crate::sources::engine()
-            .block_on(work)
-            .map_err(|e| SinkError::store(&self.name, e.message, e.retryable))
+        super::block_on(&self.name, work, |e| (e.message, e.retryable))
     }
 
     /// A connection holding `table`'s publish lock.
