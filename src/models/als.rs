@@ -7,13 +7,18 @@
 //! other side fixed. The default solver is conjugate gradient with a few steps per
 //! row warm-started from the previous factors (Takács et al. 2011, as implicit
 //! does); the exact Cholesky solve is kept to check it. Rows are solved in parallel
-//! on the current rayon pool; the stop flag is checked between rows.
+//! on the current rayon pool; the stop flag is checked between rows. The solve has
+//! three builds, picked at run time: AVX-512 with the vectors in registers
+//! (`avx512`, for k a multiple of 16 up to 128), AVX2, and portable.
 
 use std::borrow::Cow;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use super::dense::{axpy_with, dot, dot_with, gemm_nt, gram, symv};
 use super::{Csr, Recommender, StopFlag, Stopped};
@@ -177,6 +182,8 @@ fn solve_side(
         }
     }
     let wide = has_avx2_fma();
+    #[cfg(target_arch = "x86_64")]
+    let widest = avx512::supports(k);
     x.par_chunks_mut(k).enumerate().try_for_each_init(
         || vec![0f32; 3 * k],
         |scratch, (row, xu)| {
@@ -192,6 +199,12 @@ fn solve_side(
                 0.0
             };
             match params.solver {
+                #[cfg(target_arch = "x86_64")]
+                Solver::ConjugateGradient { steps } if widest => {
+                    // SAFETY: `widest` is true only when the CPU has AVX-512 and
+                    // k = 16·N with N ≤ 8.
+                    unsafe { avx512::cg_row(&yty, extra, fixed, items, w, a, xu, steps) }
+                }
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if wide => {
                     // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
@@ -484,6 +497,50 @@ mod tests {
                     (a - e).abs() < 1e-3 * (1.0 + e.abs()),
                     "user {u}: {a} vs {e}"
                 );
+            }
+        }
+    }
+
+    /// The AVX-512 kernel takes the same CG steps as the portable one: after three
+    /// steps (the default) and after enough steps to converge to Cholesky.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_kernel_matches_portable() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for k in [16, 32, 48, 64, 128] {
+            if !avx512::supports(k) {
+                eprintln!("no AVX-512 on this CPU: the kernel for k = {k} is not exercised");
+                continue;
+            }
+            let items = 50;
+            let y: Vec<f32> = (0..items * k).map(|_| rng.random::<f32>() - 0.5).collect();
+            let mut yty = gram(&y, k);
+            for d in 0..k {
+                yty[d * k + d] += 0.1;
+            }
+            let row: Vec<u32> = (0..items as u32).filter(|_| rng.random_bool(0.4)).collect();
+            let w: Vec<f32> = row.iter().map(|_| rng.random_range(1..5) as f32).collect();
+            let x0: Vec<f32> = (0..k).map(|_| rng.random::<f32>() * 0.1).collect();
+            for steps in [3, 60] {
+                let (mut fast, mut slow) = (x0.clone(), x0.clone());
+                // SAFETY: supports(k) held above.
+                unsafe { avx512::cg_row(&yty, 2.0, &y, &row, &w, 0.7, &mut fast, steps) };
+                let mut scratch = vec![0f32; 3 * k];
+                cg_row::<false>(&yty, 2.0, &y, &row, &w, 0.7, &mut slow, steps, &mut scratch);
+                let mut exact = vec![0f32; k];
+                cholesky_row(&yty, 2.0, &y, &row, &w, 0.7, &mut exact);
+                for d in 0..k {
+                    let (f, s) = (fast[d], slow[d]);
+                    assert!(
+                        (f - s).abs() < 1e-3 * (1.0 + s.abs()),
+                        "k {k}, {steps} steps, [{d}]: {f} vs {s}"
+                    );
+                    if steps > k / 2 {
+                        let e = exact[d];
+                        assert!((f - e).abs() < 1e-3 * (1.0 + e.abs()), "k {k}: {f} vs {e}");
+                    }
+                }
+                assert_ne!(fast, x0, "k {k}: the kernel must move x");
             }
         }
     }
