@@ -18,11 +18,13 @@ mod symmetric;
 
 /// Query rows scored by one GEMM at most. sgemm packs its operands on every call,
 /// so few rows pay that again and again, and scores of one tile of items
-/// (rows × tile × 4 bytes) should stay in cache until selected. Measured on 100k
-/// users × 20k items × 64 factors (rec-all / sim-all, 2 threads): 256 rows × all
-/// items 3.1 s / 0.69 s; 256 × 4096 items 2.4 / 0.49; 1024 × 1024 2.0 / 0.39;
-/// 2048 × 1024 1.9 / 0.37.
-const ROWS_PER_GEMM: usize = 2048;
+/// (rows × tile × 4 bytes) should stay in cache until selected. Rec-all on 100k
+/// users × 20k items × 64 factors, 2 threads, tiles of 1024 items: 256 rows
+/// 1.26–1.43 s, 512 rows 1.26 s, 1024 rows 1.24 s, 2048 rows 1.30 s; 1024 rows
+/// with tiles of 512 items 1.37–1.47 s, of 2048 items 1.26–1.29 s. (Before the
+/// dev profile dropped matrixmultiply's debug assertions, packing was dearer and
+/// 2048 rows won.)
+const ROWS_PER_GEMM: usize = 1024;
 
 /// One recommended item with its score.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -160,20 +162,18 @@ impl TopK {
         if self.k == 0 {
             return;
         }
-        // Chunk maxima are taken for a group of chunks at once: they give the floor
-        // below, and chunks under the bar are then skipped without reading them.
         for (g, group) in tile.chunks(CHUNK * GROUP).enumerate() {
-            let mut maxima = [f32::NEG_INFINITY; GROUP];
-            for (m, c) in maxima.iter_mut().zip(group.chunks(CHUNK)) {
-                *m = chunk_max(c);
-            }
             // Until k are held the threshold is −∞ and nearly every score would
-            // enter the heap; the k-th largest chunk maximum bounds the result from
-            // below sooner, because k distinct items score at least that much.
+            // enter the heap; the k-th largest of the chunk maxima bounds the
+            // result from below sooner, because k distinct items score at least
+            // that much.
             let n = group.len().div_ceil(CHUNK);
             let floor = if self.heap.len() < self.k && n >= self.k {
-                let mut sorted = maxima;
-                *sorted[..n]
+                let mut maxima = [f32::NEG_INFINITY; GROUP];
+                for (m, c) in maxima.iter_mut().zip(group.chunks(CHUNK)) {
+                    *m = chunk_max(c);
+                }
+                *maxima[..n]
                     .select_nth_unstable_by(self.k - 1, |a, b| b.total_cmp(a))
                     .1
             } else {
@@ -182,11 +182,8 @@ impl TopK {
             let base = lo + g * CHUNK * GROUP;
             for (c, chunk) in group.chunks(CHUNK).enumerate() {
                 let bar = self.threshold.max(floor);
-                if maxima[c] < bar {
-                    continue;
-                }
-                // One vectorised comparison for the chunk, then only its passing
-                // scores are visited.
+                // One vectorised comparison for the chunk (no horizontal maximum),
+                // then only its passing scores are visited.
                 let mut passing = chunk
                     .iter()
                     .enumerate()
