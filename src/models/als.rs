@@ -198,22 +198,28 @@ fn solve_side(
             } else {
                 0.0
             };
+            let sys = RowSystem {
+                yty: &yty,
+                extra,
+                y: fixed,
+                items,
+                w,
+                alpha: a,
+            };
             match params.solver {
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if widest => {
                     // SAFETY: `widest` is true only when the CPU has AVX-512 and
                     // k = 16·N with N ≤ 8.
-                    unsafe { avx512::cg_row(&yty, extra, fixed, items, w, a, xu, steps) }
+                    unsafe { avx512::cg_row(&sys, xu, steps) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if wide => {
                     // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
-                    unsafe { cg_row_avx2(&yty, extra, fixed, items, w, a, xu, steps, scratch) }
+                    unsafe { cg_row_avx2(&sys, xu, steps, scratch) }
                 }
-                Solver::ConjugateGradient { steps } => {
-                    cg_row::<false>(&yty, extra, fixed, items, w, a, xu, steps, scratch)
-                }
-                Solver::Cholesky => cholesky_row(&yty, extra, fixed, items, w, a, xu),
+                Solver::ConjugateGradient { steps } => cg_row::<false>(&sys, xu, steps, scratch),
+                Solver::Cholesky => cholesky_row(&sys, xu),
             }
             Ok(())
         },
@@ -236,37 +242,34 @@ fn has_avx2_fma() -> bool {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cg_row_avx2(
-    yty: &[f32],
-    extra: f32,
-    y: &[f32],
-    items: &[u32],
-    w: &[f32],
-    alpha: f32,
-    x: &mut [f32],
-    steps: usize,
-    scratch: &mut [f32],
-) {
-    cg_row::<true>(yty, extra, y, items, w, alpha, x, steps, scratch)
+unsafe fn cg_row_avx2(sys: &RowSystem, x: &mut [f32], steps: usize, scratch: &mut [f32]) {
+    cg_row::<true>(sys, x, steps, scratch)
 }
 
-/// A few conjugate-gradient steps on `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`, from the
-/// current `x`; `yty` holds `YᵀY` (plus λI unless scaled) and `extra` the row's
-/// own diagonal term; `C − I` is `alpha · w` on the row's items.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn cg_row<const FMA: bool>(
-    yty: &[f32],
+/// One row's regularised least-squares system `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`:
+/// `yty` holds `YᵀY` (plus λI unless scaled), `extra` the row's own diagonal
+/// term, `y` the fixed factors, and `C − I` is `alpha · w` on the row's `items`.
+#[derive(Clone, Copy)]
+struct RowSystem<'a> {
+    yty: &'a [f32],
     extra: f32,
-    y: &[f32],
-    items: &[u32],
-    w: &[f32],
+    y: &'a [f32],
+    items: &'a [u32],
+    w: &'a [f32],
     alpha: f32,
-    x: &mut [f32],
-    steps: usize,
-    scratch: &mut [f32],
-) {
+}
+
+/// A few conjugate-gradient steps on the row's system, from the current `x`.
+#[inline(always)]
+fn cg_row<const FMA: bool>(sys: &RowSystem, x: &mut [f32], steps: usize, scratch: &mut [f32]) {
+    let RowSystem {
+        yty,
+        extra,
+        y,
+        items,
+        w,
+        alpha,
+    } = *sys;
     let k = x.len();
     let (r, rest) = scratch.split_at_mut(k);
     let (p, ap) = rest.split_at_mut(k);
@@ -327,15 +330,15 @@ fn prefetch_row(row: &[f32]) {
 }
 
 /// The exact solution of the same system, in f64.
-fn cholesky_row(
-    yty: &[f32],
-    extra: f32,
-    y: &[f32],
-    items: &[u32],
-    w: &[f32],
-    alpha: f32,
-    x: &mut [f32],
-) {
+fn cholesky_row(sys: &RowSystem, x: &mut [f32]) {
+    let RowSystem {
+        yty,
+        extra,
+        y,
+        items,
+        w,
+        alpha,
+    } = *sys;
     let k = x.len();
     let mut a = nalgebra::DMatrix::<f64>::from_fn(k, k, |i, j| {
         f64::from(yty[i * k + j]) + if i == j { f64::from(extra) } else { 0.0 }
@@ -469,29 +472,19 @@ mod tests {
         }
         for u in 0..m.n_rows {
             let (items, w) = conf.row(u);
-            let mut exact = vec![0f32; k];
-            cholesky_row(
-                &yty,
-                0.0,
-                &model.item_factors,
+            let sys = RowSystem {
+                yty: &yty,
+                extra: 0.0,
+                y: &model.item_factors,
                 items,
                 w,
-                conf.alpha,
-                &mut exact,
-            );
+                alpha: conf.alpha,
+            };
+            let mut exact = vec![0f32; k];
+            cholesky_row(&sys, &mut exact);
             // Many CG steps from zero must reach the exact solution.
             let mut approx = vec![0f32; k];
-            cg_row::<false>(
-                &yty,
-                0.0,
-                &model.item_factors,
-                items,
-                w,
-                conf.alpha,
-                &mut approx,
-                50,
-                &mut vec![0f32; 3 * k],
-            );
+            cg_row::<false>(&sys, &mut approx, 50, &mut vec![0f32; 3 * k]);
             for (a, e) in approx.iter().zip(&exact) {
                 assert!(
                     (a - e).abs() < 1e-3 * (1.0 + e.abs()),
@@ -521,14 +514,21 @@ mod tests {
             let row: Vec<u32> = (0..items as u32).filter(|_| rng.random_bool(0.4)).collect();
             let w: Vec<f32> = row.iter().map(|_| rng.random_range(1..5) as f32).collect();
             let x0: Vec<f32> = (0..k).map(|_| rng.random::<f32>() * 0.1).collect();
+            let sys = RowSystem {
+                yty: &yty,
+                extra: 2.0,
+                y: &y,
+                items: &row,
+                w: &w,
+                alpha: 0.7,
+            };
             for steps in [3, 60] {
                 let (mut fast, mut slow) = (x0.clone(), x0.clone());
                 // SAFETY: supports(k) held above.
-                unsafe { avx512::cg_row(&yty, 2.0, &y, &row, &w, 0.7, &mut fast, steps) };
-                let mut scratch = vec![0f32; 3 * k];
-                cg_row::<false>(&yty, 2.0, &y, &row, &w, 0.7, &mut slow, steps, &mut scratch);
+                unsafe { avx512::cg_row(&sys, &mut fast, steps) };
+                cg_row::<false>(&sys, &mut slow, steps, &mut vec![0f32; 3 * k]);
                 let mut exact = vec![0f32; k];
-                cholesky_row(&yty, 2.0, &y, &row, &w, 0.7, &mut exact);
+                cholesky_row(&sys, &mut exact);
                 for d in 0..k {
                     let (f, s) = (fast[d], slow[d]);
                     assert!(

@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+use super::RowSystem;
+
 /// Lanes of one register.
 const L: usize = 16;
 
@@ -22,28 +24,18 @@ pub fn supports(k: usize) -> bool {
 ///
 /// # Safety
 /// [`supports`] must have returned true for `x.len()`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn cg_row(
-    yty: &[f32],
-    extra: f32,
-    y: &[f32],
-    items: &[u32],
-    w: &[f32],
-    alpha: f32,
-    x: &mut [f32],
-    steps: usize,
-) {
+pub unsafe fn cg_row(sys: &RowSystem, x: &mut [f32], steps: usize) {
     // SAFETY: the caller checked AVX-512 and that k = 16·N with N in 1..=8.
     unsafe {
         match x.len() / L {
-            1 => solve::<1>(yty, extra, y, items, w, alpha, x, steps),
-            2 => solve::<2>(yty, extra, y, items, w, alpha, x, steps),
-            3 => solve::<3>(yty, extra, y, items, w, alpha, x, steps),
-            4 => solve::<4>(yty, extra, y, items, w, alpha, x, steps),
-            5 => solve::<5>(yty, extra, y, items, w, alpha, x, steps),
-            6 => solve::<6>(yty, extra, y, items, w, alpha, x, steps),
-            7 => solve::<7>(yty, extra, y, items, w, alpha, x, steps),
-            8 => solve::<8>(yty, extra, y, items, w, alpha, x, steps),
+            1 => solve::<1>(sys, x, steps),
+            2 => solve::<2>(sys, x, steps),
+            3 => solve::<3>(sys, x, steps),
+            4 => solve::<4>(sys, x, steps),
+            5 => solve::<5>(sys, x, steps),
+            6 => solve::<6>(sys, x, steps),
+            7 => solve::<7>(sys, x, steps),
+            8 => solve::<8>(sys, x, steps),
             _ => unreachable!("supports() admits k = 16..=128 in steps of 16"),
         }
     }
@@ -143,17 +135,15 @@ fn row<const N: usize>(y: &[f32], i: u32) -> &[f32] {
 }
 
 #[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
-fn solve<const N: usize>(
-    yty: &[f32],
-    extra: f32,
-    y: &[f32],
-    items: &[u32],
-    w: &[f32],
-    alpha: f32,
-    x_out: &mut [f32],
-    steps: usize,
-) {
+fn solve<const N: usize>(sys: &RowSystem, x_out: &mut [f32], steps: usize) {
+    let RowSystem {
+        yty,
+        extra,
+        y,
+        items,
+        w,
+        alpha,
+    } = *sys;
     let mut x: V<N> = load(x_out);
     // r = b − A x
     let mut r = symv(yty, extra, &x);
