@@ -299,8 +299,10 @@ fn top_k_capped(scores: &[f32], k: usize, caps: &GroupCaps) -> Vec<Scored> {
 
 /// Fewer items than this take the row-by-row path even for a symmetric model:
 /// its tiles are then too small to pay for the column pass. Sim-all measured on
-/// MovieLens 100K (1,682 items): 10.4 ms symmetric, 9 ms row by row; on 20k
-/// items 0.34 s against 0.38 s. (Tests compare the two paths on small inputs.)
+/// MovieLens 100K (1,682 items): 6.9 ms symmetric, 3.1 ms row by row; on 20k
+/// items 0.255 s against 0.261 s, the symmetric path's half of the products
+/// gaining more as the catalogue grows. (Tests compare the two paths on small
+/// inputs.)
 #[cfg(not(test))]
 const SYMMETRIC_MIN_ITEMS: usize = 4096;
 #[cfg(test)]
@@ -349,9 +351,10 @@ pub fn select_block(
             .map(|(row, top)| finish(row as u32, top))
             .collect());
     }
-    // Two blocks per thread keep every thread busy on small inputs too; more would
-    // repack each item tile more often (matrixmultiply packs both operands per
-    // call): sim-all on MovieLens took 5.3 ms with four per thread, 4.8 ms with two.
+    // Two blocks per thread keep every thread busy on small inputs too; each
+    // block repacks the item tiles (matrixmultiply packs both operands per call),
+    // so more blocks cost more packing: sim-all on MovieLens took 3.2 ms with
+    // four per thread and with two, and varied 3.2–5 ms with one.
     let per_block = (rows.len() / (2 * rayon::current_num_threads())).clamp(64, ROWS_PER_GEMM);
     let blocks: Vec<Vec<Vec<Scored>>> = rows
         .par_chunks(per_block)
