@@ -8,8 +8,9 @@
 //! row warm-started from the previous factors (Takács et al. 2011, as implicit
 //! does); the exact Cholesky solve is kept to check it. Rows are solved in parallel
 //! on the current rayon pool; the stop flag is checked between rows. The solve has
-//! three builds, picked at run time: AVX-512 with the vectors in registers
-//! (`avx512`, for k a multiple of 16 up to 128), AVX2, and portable.
+//! builds picked at run time: with the vectors in AVX-512 or AVX2 registers
+//! (`simd`, for k a multiple of 16 up to 128, or of 8 up to 64), and for other k
+//! an autovectorised AVX2 build and a portable one.
 
 use std::borrow::Cow;
 
@@ -18,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+mod simd;
 
 use super::dense::{axpy_with, dot, dot_with, gemm_nt, gram, symv};
 use super::{Csr, Recommender, StopFlag, Stopped};
@@ -183,7 +184,7 @@ fn solve_side(
     }
     let wide = has_avx2_fma();
     #[cfg(target_arch = "x86_64")]
-    let widest = avx512::supports(k);
+    let kernel = simd::Kernel::detect(k);
     x.par_chunks_mut(k).enumerate().try_for_each_init(
         || vec![0f32; 3 * k],
         |scratch, (row, xu)| {
@@ -206,13 +207,13 @@ fn solve_side(
                 w,
                 alpha: a,
             };
+            #[cfg(target_arch = "x86_64")]
+            if let (Solver::ConjugateGradient { steps }, Some(kernel)) = (params.solver, kernel) {
+                // SAFETY: detect() returned the kernel for this k on this CPU.
+                unsafe { kernel.cg_row(&sys, xu, steps) };
+                return Ok(());
+            }
             match params.solver {
-                #[cfg(target_arch = "x86_64")]
-                Solver::ConjugateGradient { steps } if widest => {
-                    // SAFETY: `widest` is true only when the CPU has AVX-512 and
-                    // k = 16·N with N ≤ 8.
-                    unsafe { avx512::cg_row(&sys, xu, steps) }
-                }
                 #[cfg(target_arch = "x86_64")]
                 Solver::ConjugateGradient { steps } if wide => {
                     // SAFETY: `wide` is true only when the CPU has AVX2 and FMA.
@@ -494,15 +495,20 @@ mod tests {
         }
     }
 
-    /// The AVX-512 kernel takes the same CG steps as the portable one: after three
-    /// steps (the default) and after enough steps to converge to Cholesky.
+    /// The register kernels take the same CG steps as the portable one: after
+    /// three steps (the default) and after enough steps to converge to Cholesky.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx512_kernel_matches_portable() {
+    fn register_kernels_match_portable() {
+        use simd::Kernel;
         let mut rng = StdRng::seed_from_u64(9);
-        for k in [16, 32, 48, 64, 128] {
-            if !avx512::supports(k) {
-                eprintln!("no AVX-512 on this CPU: the kernel for k = {k} is not exercised");
+        for (kernel, k) in [16, 32, 48, 64, 128]
+            .into_iter()
+            .map(|k| (Kernel::Avx512, k))
+            .chain([8, 24, 64].into_iter().map(|k| (Kernel::Avx2, k)))
+        {
+            if !kernel.supports(k) {
+                eprintln!("this CPU cannot run {kernel:?}: k = {k} is not exercised");
                 continue;
             }
             let items = 50;
@@ -525,7 +531,7 @@ mod tests {
             for steps in [3, 60] {
                 let (mut fast, mut slow) = (x0.clone(), x0.clone());
                 // SAFETY: supports(k) held above.
-                unsafe { avx512::cg_row(&sys, &mut fast, steps) };
+                unsafe { kernel.cg_row(&sys, &mut fast, steps) };
                 cg_row::<false>(&sys, &mut slow, steps, &mut vec![0f32; 3 * k]);
                 let mut exact = vec![0f32; k];
                 cholesky_row(&sys, &mut exact);
@@ -533,11 +539,14 @@ mod tests {
                     let (f, s) = (fast[d], slow[d]);
                     assert!(
                         (f - s).abs() < 1e-3 * (1.0 + s.abs()),
-                        "k {k}, {steps} steps, [{d}]: {f} vs {s}"
+                        "{kernel:?} k {k}, {steps} steps, [{d}]: {f} vs {s}"
                     );
                     if steps > k / 2 {
                         let e = exact[d];
-                        assert!((f - e).abs() < 1e-3 * (1.0 + e.abs()), "k {k}: {f} vs {e}");
+                        assert!(
+                            (f - e).abs() < 1e-3 * (1.0 + e.abs()),
+                            "{kernel:?} k {k}: {f} vs {e}"
+                        );
                     }
                 }
                 assert_ne!(fast, x0, "k {k}: the kernel must move x");
