@@ -29,8 +29,8 @@ case "${1:-ml100k}" in
     DATA=$OUT/synth.parquet
     python "$KIT/synth.py" --users 100000 --items 20000 --interactions 5000000 --seed 42 --out "$DATA" >/dev/null
     python "$KIT/anchors.py" --data "$DATA" --name synth-5m --models pop,als --positive all \
-      --blas-threads 1 --repeats 1 --write-split "$OUT/split.parquet" --out "$OUT/anchors.jsonl"
-    "$BIN" bench --split "$OUT/split.parquet" --repeats 1 > "$OUT/recpipe.json"
+      --blas-threads 1 --repeats 3 --write-split "$OUT/split.parquet" --out "$OUT/anchors.jsonl"
+    "$BIN" bench --split "$OUT/split.parquet" --repeats 3 > "$OUT/recpipe.json"
     ;;
   *) echo "usage: $0 ml100k|synth" >&2; exit 2 ;;
 esac
