@@ -19,11 +19,12 @@ pub use csr::Csr;
 pub use ids::IdMap;
 
 /// Shared cancellation flag, set by the executor and polled by compute loops. A
-/// child flag (one step of a run) is stopped by itself or by its parent (the run).
+/// child flag (one step of a run, one attempt of a step) is stopped by itself or
+/// by any of its ancestors (the step, the run), however deep the chain.
 #[derive(Debug, Clone, Default)]
 pub struct StopFlag {
     own: Arc<AtomicBool>,
-    parent: Option<Arc<AtomicBool>>,
+    ancestors: Arc<[Arc<AtomicBool>]>,
 }
 
 impl StopFlag {
@@ -33,17 +34,24 @@ impl StopFlag {
 
     pub fn is_stopped(&self) -> bool {
         self.own.load(Ordering::Relaxed)
-            || self
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.load(Ordering::Relaxed))
+            || self.ancestors.iter().any(|a| a.load(Ordering::Relaxed))
+    }
+
+    /// `Err(Stopped)` once the flag is raised: `stop.check()?` in a loop.
+    pub fn check(&self) -> Result<(), Stopped> {
+        match self.is_stopped() {
+            true => Err(Stopped),
+            false => Ok(()),
+        }
     }
 
     /// A flag that stops with this one but can also be stopped alone.
     pub fn child(&self) -> StopFlag {
+        let mut ancestors = self.ancestors.to_vec();
+        ancestors.push(self.own.clone());
         StopFlag {
             own: Arc::new(AtomicBool::new(false)),
-            parent: Some(self.own.clone()),
+            ancestors: ancestors.into(),
         }
     }
 }
@@ -90,5 +98,16 @@ mod tests {
         assert!(a.is_stopped() && !b.is_stopped() && !run.is_stopped());
         run.stop();
         assert!(b.is_stopped());
+    }
+
+    #[test]
+    fn a_grandchild_stops_with_the_run() {
+        // The executor gives each step a child of the run, and each attempt a
+        // child of the step: cancelling the run must reach the attempt.
+        let run = StopFlag::default();
+        let attempt = run.child().child();
+        assert!(attempt.check().is_ok());
+        run.stop();
+        assert_eq!(attempt.check(), Err(Stopped));
     }
 }

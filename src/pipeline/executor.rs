@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::rundir::{
-    InputRef, RunDir, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
+    ErrorClass, InputRef, RunDir, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
 use crate::config::{Pipeline, Step};
@@ -145,7 +145,7 @@ impl Executor {
             .iter()
             .map(|s| (s.id.as_str(), State::Pending))
             .collect();
-        let mut errors: BTreeMap<String, (String, u32, Duration)> = BTreeMap::new();
+        let mut errors: BTreeMap<String, StepFailure> = BTreeMap::new();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let max_parallel = settings.runtime.max_parallel_steps;
         let mut failed = false;
@@ -255,7 +255,12 @@ impl Executor {
                     states.insert(id, State::Failed);
                     errors.insert(
                         id.to_string(),
-                        (e.to_string(), finished.attempts, finished.duration),
+                        StepFailure {
+                            message: e.to_string(),
+                            class: e.class(),
+                            attempts: finished.attempts,
+                            duration: finished.duration,
+                        },
                     );
                 }
             }
@@ -309,10 +314,19 @@ impl Executor {
     }
 }
 
+/// How a step failed, for its record.
+#[derive(Clone)]
+struct StepFailure {
+    message: String,
+    class: ErrorClass,
+    attempts: u32,
+    duration: Duration,
+}
+
 fn step_record(
     step: &Step,
     state: &State,
-    error: Option<&(String, u32, Duration)>,
+    error: Option<&StepFailure>,
     cancelled: bool,
 ) -> StepRecord {
     let (status, attempts, duration_ms, rows) = match state {
@@ -326,13 +340,13 @@ fn step_record(
             manifest.duration_ms,
             manifest.rows,
         ),
-        State::Failed if cancelled => {
-            let (_, a, d) = error.cloned().unwrap_or_default();
-            (StepStatus::Cancelled, a, d.as_millis() as u64, 0)
-        }
         State::Failed => {
-            let (_, a, d) = error.cloned().unwrap_or_default();
-            (StepStatus::Failed, a, d.as_millis() as u64, 0)
+            let status = match cancelled {
+                true => StepStatus::Cancelled,
+                false => StepStatus::Failed,
+            };
+            let (a, d) = error.map_or((0, 0), |e| (e.attempts, e.duration.as_millis() as u64));
+            (status, a, d, 0)
         }
         State::Pending | State::Running | State::Skipped => (StepStatus::Skipped, 0, 0, 0),
     };
@@ -343,7 +357,8 @@ fn step_record(
         attempts,
         duration_ms,
         rows,
-        error: error.map(|e| e.0.clone()),
+        error: error.map(|e| e.message.clone()),
+        error_class: error.map(|e| e.class),
     }
 }
 

@@ -6,4 +6,4 @@ pub mod history;
 pub mod rundir;
 
 pub use executor::{Event, Executor, RunRequest};
-pub use rundir::{RunDir, RunRecord, RunStatus, StepStatus};
+pub use rundir::{ErrorClass, RunDir, RunRecord, RunStatus, StepStatus};

@@ -28,6 +28,7 @@ use crate::artifact::{ArtifactError, FileEntry};
 use crate::config::pipeline::{ArtifactKind, Role, StepSpec};
 use crate::config::{Settings, Step};
 use crate::models::{StopFlag, Stopped};
+use crate::pipeline::ErrorClass;
 use crate::sinks::{AnySink, SinkError};
 use crate::sources::{AnySource, SourceError};
 
@@ -238,6 +239,18 @@ impl StepError {
             | StepError::Data(_)
             | StepError::Stopped(_)
             | StepError::Panic(_) => false,
+        }
+    }
+
+    /// Bad data, SQL or contracts are invalid input; what a retry could fix is
+    /// transient; the rest (a refused write, a panic, a cancel) failed.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            e if e.is_retryable() => ErrorClass::Transient,
+            StepError::Source(_) | StepError::Data(_) | StepError::Artifact(_) => {
+                ErrorClass::InvalidInput
+            }
+            _ => ErrorClass::Failed,
         }
     }
 }
