@@ -234,6 +234,12 @@ struct RecommendArgs {
     /// Keep items the user already interacted with (`recommend` only).
     #[arg(long)]
     keep_seen: bool,
+    /// Fail when fewer than this share of users (items) get a list.
+    #[arg(long, default_value_t = 0.5)]
+    min_coverage: f64,
+    /// Write an empty list instead of failing.
+    #[arg(long)]
+    allow_empty: bool,
     #[arg(long, default_value = "cli")]
     run_id: String,
     #[arg(long)]
@@ -991,8 +997,12 @@ fn train_spec(model: &str, set: &[(String, String)]) -> Result<TrainSpec, Failur
     for (k, v) in set {
         text.push_str(&format!("{k} = {v}\n"));
     }
-    toml::from_str(&text)
-        .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))
+    let spec: TrainSpec = toml::from_str(&text)
+        .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
+    match pipeline::model_problems(&spec).first() {
+        Some((key, message)) => Err(Failure::BadInput(anyhow!("--set {key}: {message}"))),
+        None => Ok(spec),
+    }
 }
 
 fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {
@@ -1003,6 +1013,8 @@ fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {
         top_n: a.top_n,
         exclude_seen: !a.keep_seen,
         min_score: a.min_score,
+        min_coverage: a.min_coverage,
+        allow_empty: a.allow_empty,
         run_id: a.run_id,
         generated_at: Utc::now(),
     };

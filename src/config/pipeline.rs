@@ -303,6 +303,13 @@ pub struct RecommendSpec {
     /// Leave out items scoring below this.
     #[serde(default)]
     pub min_score: Option<f32>,
+    /// The step fails when fewer than this share of users get a list, so a
+    /// degenerate model never replaces a good list.
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+    /// An empty list is a failure unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// Top-N similar items per item from a trained model (item→item lists).
@@ -313,6 +320,15 @@ pub struct SimilarItemsSpec {
     pub top_n: usize,
     #[serde(default)]
     pub min_score: Option<f32>,
+    /// As for `recommend`, the share of items that must get a list.
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+fn default_min_coverage() -> f64 {
+    0.5
 }
 
 fn default_top_n() -> usize {
@@ -1189,6 +1205,38 @@ impl<'a> Checker<'a> {
         errors: &mut Vec<(Range<usize>, String, String)>,
     ) {
         let span_of = |key: &str| step.spans.get(key).cloned().unwrap_or(step.id_span.clone());
+        // Values that parse but cannot run (zero factors, infinite alpha, a zero
+        // timeout …) are refused here, with the line, instead of failing or
+        // hanging at run time.
+        let mut bounds = common_problems(&step.common);
+        match &step.spec {
+            StepSpec::Train(t) => bounds.extend(model_problems(t)),
+            StepSpec::Evaluate(e) => bounds.extend(model_problems(&e.model)),
+            StepSpec::Recommend(RecommendSpec {
+                min_score,
+                min_coverage,
+                ..
+            })
+            | StepSpec::SimilarItems(SimilarItemsSpec {
+                min_score,
+                min_coverage,
+                ..
+            }) => {
+                if let Some(m) = min_score.filter(|m| !m.is_finite()) {
+                    bounds.push(("min_score", format!("must be a finite number, not {m}")));
+                }
+                if !(0.0..=1.0).contains(min_coverage) {
+                    bounds.push((
+                        "min_coverage",
+                        format!("must be between 0 and 1, not {min_coverage}"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (key, message) in bounds {
+            errors.push((span_of(key), join(path, key), message));
+        }
         match &step.spec {
             StepSpec::Extract(e) => {
                 if !self.settings.sources.contains_key(&e.source) {
@@ -1198,7 +1246,13 @@ impl<'a> Checker<'a> {
                         unknown_name("source", &e.source, self.settings.sources.keys()),
                     ));
                 }
-                let sql = self.settings.resolve(&e.sql);
+                let sql = match sql_path(self.settings, &e.sql) {
+                    Ok(sql) => sql,
+                    Err(message) => {
+                        errors.push((span_of("sql"), join(path, "sql"), message));
+                        return;
+                    }
+                };
                 match std::fs::metadata(&sql) {
                     Ok(m) if m.is_file() => {}
                     Ok(_) => errors.push((
@@ -1342,6 +1396,121 @@ impl<'a> Checker<'a> {
             );
         }
     }
+}
+
+/// The largest values the bounds below accept. They are far above any useful
+/// setting; what they keep out are values that would exhaust memory or time.
+pub const MAX_FACTORS: usize = 1024;
+pub const MAX_ITERATIONS: usize = 1000;
+pub const MAX_CG_STEPS: usize = 100;
+pub const MAX_NEIGHBORS: usize = 10_000;
+pub const MAX_RETRIES: u32 = 100;
+pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `(key, message)` for every common key of a step outside its bounds.
+fn common_problems(common: &CommonSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if common.retries > MAX_RETRIES {
+        problems.push((
+            "retries",
+            format!("must be at most {MAX_RETRIES}, not {}", common.retries),
+        ));
+    }
+    if let Some(t) = common.timeout
+        && (t.is_zero() || t > MAX_STEP_TIMEOUT)
+    {
+        problems.push((
+            "timeout",
+            format!(
+                "must be more than 0s and at most 7 days, not {}",
+                humantime::format_duration(t)
+            ),
+        ));
+    }
+    problems
+}
+
+/// `(key, message)` for every model parameter outside the range the model can
+/// run with: each would panic, exhaust memory, run for days or give NaN factors.
+pub fn model_problems(spec: &TrainSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let mut whole = |key, value: usize, max: usize| {
+        if !(1..=max).contains(&value) {
+            problems.push((key, format!("must be between 1 and {max}, not {value}")));
+        }
+    };
+    match spec {
+        TrainSpec::Popular(_) => {}
+        TrainSpec::Als(a) => {
+            whole("factors", a.factors, MAX_FACTORS);
+            whole("iterations", a.iterations, MAX_ITERATIONS);
+            whole("cg_steps", a.cg_steps, MAX_CG_STEPS);
+            for (key, value) in [("regularization", a.regularization), ("alpha", a.alpha)] {
+                if !(value.is_finite() && (0.0..=1e6).contains(&value)) {
+                    problems.push((key, format!("must be between 0 and 1000000, not {value}")));
+                }
+            }
+            if let Some(eps) = a.log_epsilon
+                && !(eps.is_finite() && eps > 0.0)
+            {
+                problems.push((
+                    "log_epsilon",
+                    format!("must be a finite number above 0, not {eps}"),
+                ));
+            }
+        }
+        TrainSpec::ItemItem(i) => {
+            whole("neighbors", i.neighbors, MAX_NEIGHBORS);
+            if !(i.bm25_k1.is_finite() && (0.0..=100.0).contains(&i.bm25_k1)) {
+                problems.push((
+                    "bm25_k1",
+                    format!("must be between 0 and 100, not {}", i.bm25_k1),
+                ));
+            }
+            if !(0.0..=1.0).contains(&i.bm25_b) {
+                problems.push((
+                    "bm25_b",
+                    format!("must be between 0 and 1, not {}", i.bm25_b),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The SQL file of an extract, inside the project dir: a pipeline may name only
+/// files of its own project (`../../etc/passwd` or `/etc/passwd` would let a
+/// pipeline file read, and echo, anything the process can read).
+pub fn sql_path(settings: &Settings, sql: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let outside = || {
+        format!(
+            "`{}` is outside the project dir {}; name an SQL file inside it, relative to it (e.g. `sql/ratings.sql`)",
+            sql.display(),
+            settings.project_dir.display()
+        )
+    };
+    let mut depth = 0usize;
+    for part in sql.components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(outside());
+            }
+        }
+    }
+    let path = settings.resolve(sql);
+    // A symlink inside the project may still point out of it.
+    if let (Ok(real), Ok(root)) = (
+        std::fs::canonicalize(&path),
+        std::fs::canonicalize(&settings.project_dir),
+    ) && !real.starts_with(&root)
+    {
+        return Err(outside());
+    }
+    Ok(path)
 }
 
 /// What is wrong with the artifacts a step would read from its needs.

@@ -72,6 +72,18 @@ pub struct AlsModel {
     pub item_factors: Vec<f32>,
 }
 
+impl AlsModel {
+    /// Whether every factor is a finite number. Extreme confidences (a huge
+    /// `alpha` times a huge value) overflow in the solve and leave NaN factors,
+    /// whose scores rank nothing: such a model must not be used.
+    pub fn is_finite(&self) -> bool {
+        self.user_factors
+            .iter()
+            .chain(&self.item_factors)
+            .all(|v| v.is_finite())
+    }
+}
+
 /// What training observed: the loss per iteration when asked for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FitReport {

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::rundir::{
-    ErrorClass, InputRef, RunDir, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
+    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
 use crate::config::{Pipeline, Step};
@@ -31,6 +31,8 @@ pub enum ExecutorError {
     RunId(String),
     #[error("run directory: {0}")]
     RunDir(#[from] ArtifactError),
+    #[error("run `{run_id}` is being run by {holder}; stopped while waiting for it")]
+    Busy { run_id: String, holder: String },
 }
 
 /// Progress of a run, for the CLI's progress display and the daemon's logs.
@@ -117,6 +119,7 @@ impl Executor {
         }
         let settings = &self.resources.settings;
         let rundir = RunDir::new(&settings.state_dir, &req.pipeline.name, &req.run_id);
+        let _lock = lock(&rundir, &req).await?;
         let mut record = RunRecord {
             pipeline: req.pipeline.name.clone(),
             run_id: req.run_id.clone(),
@@ -506,7 +509,49 @@ impl StepTask {
                 let _ = work.await;
                 Err(StepError::Timeout(deadline.unwrap_or_default()))
             }
+            () = wait_stopped(&cx.stop) => {
+                // Compute checks the flag between rows and blocks and ends within
+                // moments; a query waiting on a server is dropped (aborted) after
+                // a short wind-down instead of holding the cancel until it answers.
+                match tokio::time::timeout(WIND_DOWN, &mut work).await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(StepError::Stopped(crate::models::Stopped)),
+                }
+            }
         }
+    }
+}
+
+/// The run directory's lock. While another process runs the same run, waits for
+/// it (then this runner resumes what it left, reusing its finished steps), so two
+/// runners never write one run directory and their records agree.
+async fn lock(rundir: &RunDir, req: &RunRequest) -> Result<RunLock, ExecutorError> {
+    let mut told = false;
+    loop {
+        if let Some(lock) = rundir.try_lock()? {
+            return Ok(lock);
+        }
+        if !told {
+            warn!(pipeline = %req.pipeline.name, run_id = %req.run_id, holder = %rundir.lock_holder(),
+                "another process is running this run; waiting for it to finish");
+            told = true;
+        }
+        if !sleep_unless_stopped(Duration::from_millis(200), &req.stop).await {
+            return Err(ExecutorError::Busy {
+                run_id: req.run_id.clone(),
+                holder: rundir.lock_holder(),
+            });
+        }
+    }
+}
+
+/// How long a cancelled step may take to notice its flag before it is dropped.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// Returns once `stop` is raised.
+async fn wait_stopped(stop: &StopFlag) {
+    while !stop.is_stopped() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -156,6 +156,15 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
 }
 
+/// The advisory lock of a run directory: one process at a time runs a run.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Holds a run directory's lock; dropping it (or the process dying) releases it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs::File,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub root: PathBuf,
@@ -225,6 +234,44 @@ impl RunDir {
             .iter()
             .map(|l| l.to_string())
             .collect()
+    }
+
+    /// Takes the run's advisory lock (`flock` on `.lock`), held until the
+    /// returned guard drops, or `None` if another process (or another runner in
+    /// this one) holds it. The lock dies with its process, so a killed runner
+    /// never leaves a run locked.
+    pub fn try_lock(&self) -> Result<Option<RunLock>, ArtifactError> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        fs::create_dir_all(&self.root).map_err(ArtifactError::io(&self.root))?;
+        let path = self.root.join(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(ArtifactError::io(&path))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => Ok(None),
+                _ => Err(ArtifactError::io(&path)(e)),
+            };
+        }
+        // Who holds it, for the message a waiting runner prints.
+        let _ = file.set_len(0);
+        let _ = write!(file, "pid {}", std::process::id());
+        Ok(Some(RunLock { _file: file }))
+    }
+
+    /// What the lock file says about its holder (`pid N`), for messages.
+    pub fn lock_holder(&self) -> String {
+        fs::read_to_string(self.root.join(LOCK_FILE))
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "another runner".to_string())
     }
 
     pub fn write_record(&self, record: &RunRecord) -> Result<(), ArtifactError> {

@@ -31,6 +31,32 @@ impl DataFusionSource {
         self.context().await.map(|_| ())
     }
 
+    /// The first Parquet file of the configured tables whose metadata does not
+    /// read, as `path: reason`. Reads footers only; a panic in the reader counts
+    /// as unreadable too.
+    pub fn unreadable_file(&self) -> Option<String> {
+        for table in self.config.tables.values() {
+            if table.format == Some(FileFormat::Csv) {
+                continue;
+            }
+            for file in files_of(&table.path) {
+                let check = std::panic::catch_unwind(|| -> Result<(), String> {
+                    let f = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+                    parquet::file::reader::SerializedFileReader::new(f)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                });
+                let problem = match check {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(_) => "its metadata cannot be read".to_string(),
+                };
+                return Some(format!("{}: {problem}", file.display()));
+            }
+        }
+        None
+    }
+
     async fn context(&self) -> Result<SessionContext, SourceError> {
         // Two partitions match the machine we size for and keep memory modest.
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
@@ -93,6 +119,21 @@ impl Source for DataFusionSource {
         let schema = stream.schema();
         let batches = stream.map(|b| b.map_err(query_error)).boxed();
         Ok(QueryResult { schema, batches })
+    }
+}
+
+/// The Parquet files of a table path: the file itself, or those of a folder.
+fn files_of(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut files: Vec<_> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                .collect();
+            files.sort();
+            files
+        }
+        Err(_) => vec![path.to_path_buf()],
     }
 }
 

@@ -88,6 +88,16 @@ impl AnySource {
         }
     }
 
+    /// After a query's reader panicked: the first local table file whose Parquet
+    /// metadata does not read, with the reason (only the embedded engine has
+    /// local files).
+    pub fn unreadable_file(&self) -> Option<String> {
+        match self {
+            AnySource::DataFusion(s) => s.unreadable_file(),
+            AnySource::Postgres(_) | AnySource::BigQuery(_) => None,
+        }
+    }
+
     /// Checks the source can be reached and its tables opened.
     pub async fn healthcheck(&self) -> Result<(), SourceError> {
         match self {

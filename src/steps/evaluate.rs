@@ -11,14 +11,14 @@ use rand::seq::SliceRandom;
 use serde_json::json;
 
 use super::interactions::IdColumn;
-use super::{StepError, StepOutput, train};
+use super::{StepError, StepOutput, interactions, train};
 use crate::artifact::{self, read_parquet};
 use crate::config::pipeline::{EvaluateSpec, PopularBy, SplitKind, TrainSpec};
 use crate::models::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::item_item::{self, ItemItemModel};
 use crate::models::popular::Popular;
-use crate::models::{Csr, IdMap, Recommender, StopFlag, als};
+use crate::models::{Csr, IdMap, Recommender, StopFlag};
 
 pub const METRICS_FILE: &str = "metrics.json";
 
@@ -73,7 +73,10 @@ pub fn run(
         let v: Vec<f32> = keep.iter().map(|&k| vals[k]).collect();
         Csr::from_triplets(users.len(), items.len(), &r, &c, &v)
     };
-    let (train_m, test_m) = (part(false), part(true));
+    let (train_m, test_m) = (
+        interactions::finite(part(false), input)?,
+        interactions::finite(part(true), input)?,
+    );
     if test_m.nnz() == 0 || train_m.nnz() == 0 {
         return Err(StepError::Data(format!(
             "{}: {} interactions are too few to hold out {}",
@@ -86,7 +89,7 @@ pub fn run(
     let baseline = eval::evaluate(&popular, &train_m, &test_m, spec.k, stop)?;
     let model: Box<dyn Recommender> = match &spec.model {
         TrainSpec::Popular(p) => Box::new(Popular::fit(&train_m, p.by == PopularBy::Value)),
-        TrainSpec::Als(a) => Box::new(als::fit(&train_m, &train::als_params(a), stop)?.0),
+        TrainSpec::Als(a) => Box::new(train::fit_als(&train_m, a, stop)?.0),
         TrainSpec::ItemItem(i) => Box::new(ItemItemModel {
             neighbors: item_item::neighbors(&train_m, train::similarity(i), i.neighbors, stop)?,
             user_items: train_m.clone(),

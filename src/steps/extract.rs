@@ -46,6 +46,7 @@ pub async fn run(
     params.extend(job.params.clone());
     let stop = cx.stop.clone();
     let sql_path = job.sql_path.clone();
+    let source = job.source.clone();
     let work = async move {
         let result = job.source.query(&sql, &params).await?;
         let target = contract::conform_schema(job.role, &result.schema).map_err(StepError::Data)?;
@@ -75,7 +76,10 @@ pub async fn run(
             files: vec![file],
         })
     };
-    let joined = crate::sources::engine().spawn(work).await;
+    // Aborted when this future is dropped (a cancelled run), so a query does not
+    // go on in the background.
+    let mut task = AbortOnDrop(crate::sources::engine().spawn(work));
+    let joined = (&mut task.0).await;
     match joined {
         Ok(r) => r.map_err(|e| match e {
             StepError::Source(SourceError::Query(m)) => {
@@ -83,6 +87,28 @@ pub async fn run(
             }
             other => other,
         }),
-        Err(e) => Err(StepError::Panic(e.to_string())),
+        Err(e) => match e.try_into_panic() {
+            // A panic inside DataFusion or the parquet crate comes from a file it
+            // could not read (a corrupt footer, say): a data error naming the file.
+            Ok(panic) => Err(StepError::Data(format!(
+                "{}: reading the query's input failed ({}){}",
+                sql_path.display(),
+                super::panic_message(&panic),
+                match source.unreadable_file() {
+                    Some(file) => format!("; {file}"),
+                    None => "; a table file may be corrupt".to_string(),
+                }
+            ))),
+            Err(e) => Err(StepError::Panic(e.to_string())),
+        },
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -141,13 +141,27 @@ fn matrix(
             }
         }
     }
-    Ok(Csr::from_triplets(
-        users.len(),
-        items.len(),
-        &rows,
-        &cols,
-        &vals,
-    ))
+    finite(
+        Csr::from_triplets(users.len(), items.len(), &rows, &cols, &vals),
+        path,
+    )
+}
+
+/// `m` if all its values are finite.
+pub fn finite(m: Csr, path: &Path) -> Result<Csr, StepError> {
+    // Each value passed the extract's contract, but duplicates are summed here and
+    // a sum can overflow f32: an infinite value would turn every factor into NaN.
+    if let Some(at) = m.data.iter().position(|v| !v.is_finite()) {
+        let row = m.indptr.partition_point(|&p| p <= at) - 1;
+        return Err(StepError::Data(format!(
+            "{}: the values of user #{row} and item #{} sum to {} (duplicate pairs are summed); \
+             keep `value` well below 1e38, e.g. scale or cap it in the SQL",
+            path.display(),
+            m.indices[at],
+            m.data[at]
+        )));
+    }
+    Ok(m)
 }
 
 /// Ids of different types never match; say so instead of silently matching nothing.

@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod extract;
 pub mod filters;
 pub mod interactions;
+pub mod memory;
 pub mod model_io;
 pub mod recommend;
 pub mod train;
@@ -77,9 +78,11 @@ pub async fn run(
             let source = resources.sources.get(&e.source).cloned().ok_or_else(|| {
                 StepError::Data(format!("source `{}` is not configured", e.source))
             })?;
+            let sql_path = crate::config::pipeline::sql_path(&resources.settings, &e.sql)
+                .map_err(StepError::Data)?;
             let job = extract::ExtractJob {
                 source,
-                sql_path: resources.settings.resolve(&e.sql),
+                sql_path,
                 params: e.params.clone(),
                 role: e.role,
                 allow_empty: e.allow_empty.unwrap_or(e.role == Role::Filter),
@@ -93,6 +96,7 @@ pub async fn run(
         }
         StepSpec::Recommend(r) => {
             let mut job = list_job(inputs, cx, r.top_n, r.min_score)?;
+            (job.min_coverage, job.allow_empty) = (r.min_coverage, r.allow_empty);
             job.exclude_seen = r.exclude_seen;
             job.interactions = inputs
                 .iter()
@@ -122,7 +126,8 @@ pub async fn run(
             .map_err(|e| StepError::Panic(e.to_string()))?
         }
         StepSpec::SimilarItems(r) => {
-            let job = list_job(inputs, cx, r.top_n, r.min_score)?;
+            let mut job = list_job(inputs, cx, r.top_n, r.min_score)?;
+            (job.min_coverage, job.allow_empty) = (r.min_coverage, r.allow_empty);
             let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
             compute(&cx.pool, move || recommend::similar(&job, &out, &stop)).await
         }
@@ -163,6 +168,8 @@ fn list_job(
         top_n,
         exclude_seen: false,
         min_score,
+        min_coverage: 0.0,
+        allow_empty: true,
         run_id: cx.run_id.clone(),
         generated_at: Utc::now(),
     })
@@ -274,7 +281,7 @@ where
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -40,6 +40,10 @@ pub struct RecommendJob {
     pub top_n: usize,
     pub exclude_seen: bool,
     pub min_score: Option<f32>,
+    /// Fail when fewer than this share of rows (users, or items) get a list.
+    pub min_coverage: f64,
+    /// Whether an empty list is a success.
+    pub allow_empty: bool,
     pub run_id: String,
     pub generated_at: DateTime<Utc>,
 }
@@ -59,6 +63,38 @@ const ITEM_LIST: ListShape = ListShape {
     item_column: "similar_item_id",
 };
 
+/// What [`write_lists`] wrote.
+struct Written {
+    rows: u64,
+    /// Query rows (users or items) that got a list of at least one item.
+    covered: usize,
+    file: crate::artifact::FileEntry,
+}
+
+impl Written {
+    /// Refuses a list that is empty, or that covers far fewer of its `of` query
+    /// rows than `job` asks for: such a list comes from a degenerate model or
+    /// filter (NaN factors, a `min_score` nothing reaches) and would replace a
+    /// good list. The step fails, so the previous list stays published.
+    fn check(&self, job: &RecommendJob, of: usize, what: &str) -> Result<(), StepError> {
+        if job.allow_empty {
+            return Ok(());
+        }
+        let share = self.covered as f64 / of.max(1) as f64;
+        if self.rows == 0 || share < job.min_coverage {
+            return Err(StepError::Data(format!(
+                "only {} of {of} {what} got a list ({:.1}%, `min_coverage` is {}%): the list \
+                 is not written and the previous one stays published; check `min_score`, the \
+                 filters and the model, or set `allow_empty = true` / a lower `min_coverage`",
+                self.covered,
+                share * 100.0,
+                job.min_coverage * 100.0
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Scores every row of `rows_ids` and streams the lists to `output`.
 #[allow(clippy::too_many_arguments)]
 fn write_lists(
@@ -70,7 +106,7 @@ fn write_lists(
     stamp: (&str, DateTime<Utc>),
     output: &Path,
     stop: &StopFlag,
-) -> Result<(u64, crate::artifact::FileEntry), StepError> {
+) -> Result<Written, StepError> {
     let schema = list_schema(shape, row_ids, item_ids);
     let mut sink = ParquetSink::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
@@ -80,14 +116,19 @@ fn write_lists(
         Some(_) => rows.len().max(1),
         None => USER_BLOCK,
     };
-    let mut written = 0u64;
+    let (mut written, mut covered) = (0u64, 0usize);
     for block in rows.chunks(block_rows) {
         let lists = topn::select_block(model, block, selection, stop)?;
+        covered += lists.iter().filter(|l| !l.is_empty()).count();
         let batch = to_batch(&schema, block, &lists, row_ids, item_ids, stamp)?;
         written += batch.num_rows() as u64;
         sink.write(&batch)?;
     }
-    Ok((written, sink.finish()?))
+    Ok(Written {
+        rows: written,
+        covered,
+        file: sink.finish()?,
+    })
 }
 
 /// User→item lists. Blocking: call through [`super::compute`] so scoring runs on
@@ -117,7 +158,7 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
         groups: filters.groups.as_ref(),
         ..Selection::default()
     };
-    let (rows, file) = write_lists(
+    let written = write_lists(
         loaded.fitted.recommender(),
         &USER_LIST,
         &loaded.users,
@@ -127,10 +168,12 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
         output,
         stop,
     )?;
+    written.check(job, loaded.users.len(), "users")?;
     Ok(StepOutput {
-        rows,
+        rows: written.rows,
         details: json!({
             "users": loaded.users.len(),
+            "users_covered": written.covered,
             "items": loaded.items.len(),
             "top_n": job.top_n,
             "excluded_seen": seen.as_ref().map_or(0, Csr::nnz),
@@ -138,7 +181,7 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
             "denied_pairs": filters.pairs.nnz(),
             "filters": filters.provenance,
         }),
-        files: vec![file],
+        files: vec![written.file],
     })
 }
 
@@ -165,7 +208,7 @@ pub fn similar(
         groups: filters.groups.as_ref(),
         ..Selection::default()
     };
-    let (rows, file) = write_lists(
+    let written = write_lists(
         similarity.as_ref(),
         &ITEM_LIST,
         &loaded.items,
@@ -175,15 +218,17 @@ pub fn similar(
         output,
         stop,
     )?;
+    written.check(job, loaded.items.len(), "items")?;
     Ok(StepOutput {
-        rows,
+        rows: written.rows,
         details: json!({
             "items": loaded.items.len(),
+            "items_covered": written.covered,
             "top_n": job.top_n,
             "denied_items": filters.blocked_items.len(),
             "filters": filters.provenance,
         }),
-        files: vec![file],
+        files: vec![written.file],
     })
 }
 

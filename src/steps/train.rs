@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::model_io::{self, Fitted, ModelMeta};
-use super::{StepError, StepOutput, interactions};
+use super::{StepError, StepOutput, interactions, memory};
 use crate::config::pipeline::{
     AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec,
 };
-use crate::models::StopFlag;
+use crate::models::{Csr, StopFlag};
 use crate::models::als::{self, AlsParams, Solver};
 use crate::models::item_item::{self, ItemItemModel, Similarity};
 use crate::models::popular::Popular;
@@ -44,6 +44,29 @@ pub fn similarity(spec: &ItemItemSpec) -> Similarity {
     }
 }
 
+/// Fits ALS after checking it fits in memory, and refuses factors that came out
+/// non-finite.
+pub fn fit_als(
+    matrix: &Csr,
+    spec: &AlsSpec,
+    stop: &StopFlag,
+) -> Result<(als::AlsModel, als::FitReport), StepError> {
+    let (n, k) = (matrix.n_rows + matrix.n_cols, spec.factors);
+    // Factors of both sides, the transposed matrix and k×k Gram plus per-thread
+    // scratch: what `als::fit` allocates beyond its input.
+    let bytes = (n * k * 4) as u64 + (matrix.nnz() * 8 + matrix.n_cols * 8) as u64 + (k * k * 8) as u64;
+    memory::check(bytes, &format!("ALS with {k} factors for {n} users and items"))?;
+    let (model, report) = als::fit(matrix, &als_params(spec), stop)?;
+    if !model.is_finite() {
+        return Err(StepError::Data(format!(
+            "ALS produced non-finite factors (alpha {}, regularization {}): the confidences \
+             overflow; lower `alpha` or scale `value` down in the SQL",
+            spec.alpha, spec.regularization
+        )));
+    }
+    Ok((model, report))
+}
+
 /// Fits `spec` on the interactions in `input` and writes the model into `out_dir`.
 /// Blocking: call through [`super::compute`].
 pub fn run(
@@ -67,10 +90,16 @@ pub fn run(
             json!({}),
         ),
         TrainSpec::Als(a) => {
-            let (model, report) = als::fit(&data.matrix, &als_params(a), stop)?;
+            let (model, report) = fit_als(&data.matrix, a, stop)?;
             (Fitted::Als(model), json!({ "loss": report.losses }))
         }
         TrainSpec::ItemItem(i) => {
+            // Kept lists, the transposed matrix and a dense accumulator per thread.
+            let items = data.matrix.n_cols as u64;
+            let bytes = items * i.neighbors.min(data.matrix.n_cols) as u64 * 8
+                + data.matrix.nnz() as u64 * 16
+                + rayon::current_num_threads() as u64 * items * 4;
+            memory::check(bytes, &format!("item-item with {} neighbors for {items} items", i.neighbors))?;
             let neighbors = item_item::neighbors(&data.matrix, similarity(i), i.neighbors, stop)?;
             let report = json!({ "neighbor_pairs": neighbors.nnz() });
             (

@@ -338,6 +338,7 @@ fn an_empty_allow_list_allows_nothing() {
             &s(&model),
             "--filter",
             &s(&merged),
+            "--allow-empty",
             "--output",
             &s(&recs),
         ],

@@ -5,6 +5,7 @@ mod common;
 mod daemon;
 mod extract;
 mod history;
+mod hostile;
 mod lists;
 mod postgres;
 mod run;

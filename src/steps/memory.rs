@@ -1,0 +1,50 @@
+//! Memory estimates checked before a step allocates: a step that would need more
+//! than the process can get fails with a clear error instead of aborting the
+//! whole daemon (an allocation failure is not an error in Rust, it is an abort,
+//! and a restart would resume the same run into the same abort).
+//!
+//! The limit is the smallest of the memory the kernel reports available, the
+//! cgroup's (a pod's) limit less its usage, and `RECPIPE_MEMORY_LIMIT` (bytes)
+//! when set.
+
+use super::StepError;
+
+/// Fails when `bytes` (an estimate of what `what` will allocate) exceeds what is
+/// available now.
+pub fn check(bytes: u64, what: &str) -> Result<(), StepError> {
+    match available() {
+        Some(free) if bytes > free => Err(StepError::Data(format!(
+            "{what} needs about {} but only {} is available: lower `factors` or the data \
+             (or give the process more memory)",
+            gib(bytes),
+            gib(free)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Bytes the process may still allocate, if any limit is known.
+pub fn available() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let meminfo = read("/proc/meminfo").and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    // cgroup v2, then v1; "max" (no limit) does not parse and is skipped.
+    let cgroup = match number(read("/sys/fs/cgroup/memory.max")) {
+        Some(max) => number(read("/sys/fs/cgroup/memory.current")).map(|u| max.saturating_sub(u)),
+        None => number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes")).and_then(|max| {
+            number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+                .map(|u| max.saturating_sub(u))
+        }),
+    };
+    let configured = number(std::env::var("RECPIPE_MEMORY_LIMIT").ok());
+    [meminfo, cgroup, configured].into_iter().flatten().min()
+}

@@ -1,0 +1,268 @@
+//! The hostile suite: what a careless operator or a hostile input does to a
+//! run. Values that parse but cannot run, data that overflows, corrupt files,
+//! degenerate models, two runners on one run, and a cancel that must reach the
+//! compute. Each case must end in a clear error (or a correct result) with the
+//! published list untouched: never a panic, an abort, a hang or a wrong list.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Float32Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use recpipe::pipeline::{RunRecord, RunStatus};
+
+use crate::common::{project, recpipe, repo, text};
+
+fn current(project: &Path, table: &str) -> Option<String> {
+    std::fs::read_to_string(project.join("state/published").join(table).join("CURRENT"))
+        .ok()
+        .map(|v| v.trim().to_string())
+}
+
+fn record(project: &Path, pipeline: &str, run_id: &str) -> RunRecord {
+    let path = project.join(format!("state/runs/{pipeline}/{run_id}/run.json"));
+    recpipe::artifact::read_json(&path).unwrap()
+}
+
+fn no_panic(out: &std::process::Output) {
+    let all = text(out);
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(
+        matches!(out.status.code(), Some(0..=2) | Some(75)),
+        "ended by a signal or an abort: {all}"
+    );
+}
+
+/// Replaces `from` with `to` in a pipeline file of the project.
+fn edit(project: &Path, file: &str, from: &str, to: &str) {
+    let path = project.join("pipelines").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in {file}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn validate_refuses_values_that_cannot_run() {
+    let fixture = repo().join("tests/it/fixtures/invalid/out_of_bounds.toml");
+    let out = recpipe(&repo(), &["validate", fixture.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "steps.als.factors",
+        "steps.als.iterations",
+        "steps.als.alpha",
+        "steps.als.regularization",
+        "steps.ratings.timeout",
+        "steps.ratings.sql",
+        "steps.user_recs.min_score",
+        "steps.huge.factors",
+    ] {
+        assert!(stderr.contains(key), "{key} not refused:\n{stderr}");
+    }
+    // The refused SQL path is never read, so nothing of it is echoed.
+    assert!(!stderr.contains("root:"), "{stderr}");
+}
+
+#[test]
+fn step_commands_refuse_the_same_values() {
+    let dir = project();
+    let p = dir.path();
+    let input = p.join("data/example/interactions.parquet");
+    for set in ["factors=0", "factors=1000000000", "alpha=inf", "iterations=0"] {
+        let out = recpipe(
+            p,
+            &[
+                "step",
+                "train",
+                "--input",
+                input.to_str().unwrap(),
+                "--model",
+                "als",
+                "--set",
+                set,
+                "--output",
+                p.join("model").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "{set}: {}", text(&out));
+        no_panic(&out);
+    }
+}
+
+/// Values each finite that overflow when duplicates are summed: the factors
+/// would be NaN and the lists random or empty.
+#[test]
+fn interaction_sums_that_overflow_are_refused() {
+    let dir = project();
+    let p = dir.path();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("item_id", DataType::Int64, false),
+        Field::new("value", DataType::Float32, false),
+    ]));
+    let users: Vec<i64> = (0..40).map(|i| i % 10).collect();
+    let items: Vec<i64> = (0..40).map(|i| i % 7).collect();
+    let mut values = vec![1.0f32; 40];
+    values[0] = 3e38;
+    let mut users2 = users.clone();
+    let mut items2 = items.clone();
+    users2.push(users[0]);
+    items2.push(items[0]);
+    values.push(3e38);
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(users2)),
+            Arc::new(Int64Array::from(items2)),
+            Arc::new(Float32Array::from(values)),
+        ],
+    )
+    .unwrap();
+    let input = p.join("overflow.parquet");
+    recpipe::artifact::write_parquet(&input, schema, &[batch]).unwrap();
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            input.to_str().unwrap(),
+            "--model",
+            "als",
+            "--output",
+            p.join("model").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    no_panic(&out);
+    assert!(text(&out).contains("sum to inf"), "{}", text(&out));
+}
+
+/// A `min_score` no item reaches passes validation (it is finite) but gives an
+/// empty list: the run fails and the previous list stays current.
+#[test]
+fn an_empty_list_is_not_published() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "good"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    edit(p, "example.toml", "top_n = 10", "top_n = 10\nmin_score = 1e30");
+    let out = recpipe(p, &["run", "example", "--run-id", "empty"], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    no_panic(&out);
+    assert!(text(&out).contains("min_coverage"), "{}", text(&out));
+    assert_eq!(current(p, "example_user_recs").as_deref(), Some("good"));
+    assert_eq!(record(p, "example", "empty").status, RunStatus::Failed);
+}
+
+/// A corrupt Parquet footer in an extract's input: a data error naming the
+/// file, not a panic, and nothing published.
+#[test]
+fn a_corrupt_input_file_is_a_data_error() {
+    let dir = project();
+    let p = dir.path();
+    let file = p.join("data/example/interactions.parquet");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    // Garble the footer's metadata, keep the length and the magic.
+    for b in &mut bytes[n - 200..n - 8] {
+        *b = 0xA5;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let out = recpipe(p, &["run", "example", "--run-id", "corrupt"], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("interactions.parquet"), "{}", text(&out));
+    assert!(!stdout.contains("step `interactions`: panicked"), "{}", text(&out));
+    assert_eq!(current(p, "example_user_recs"), None);
+}
+
+/// Two processes on one run id: the second waits for the first, then resumes
+/// it (reusing every step), and both records agree with what was published.
+#[test]
+fn two_runners_on_one_run_agree() {
+    let dir = project();
+    let p = dir.path();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_recpipe"))
+            .arg("--project-dir")
+            .arg(p)
+            .args(["run", "example-als", "--run-id", "twice"])
+            .env_remove("RECPIPE_FAILPOINTS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    assert_eq!(
+        record(p, "example-als", "twice").status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(
+        current(p, "example_als_user_recs").as_deref(),
+        Some("twice")
+    );
+}
+
+/// Ctrl-C (SIGINT) during a long ALS fit: the stop reaches the solver, the
+/// process exits within seconds and the run is recorded as cancelled.
+#[test]
+fn an_interrupt_reaches_a_long_fit() {
+    let dir = project();
+    let p = dir.path();
+    let data = p.join("data/example");
+    let out = recpipe(
+        p,
+        &[
+            "gen-data",
+            "--out",
+            data.to_str().unwrap(),
+            "--users",
+            "20000",
+            "--items",
+            "4000",
+            "--events",
+            "400000",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    edit(p, "example_als.toml", "factors = 32\niterations = 10", "factors = 256\niterations = 1000");
+    let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
+        .arg("--project-dir")
+        .arg(p)
+        .args(["run", "example-als", "--run-id", "long"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the fit is running (its step folder exists, the extract done).
+    let started = Instant::now();
+    let als = p.join("state/runs/example-als/long/interactions/manifest.json");
+    while std::fs::metadata(&als).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the run never got going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling a child process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?} to stop: {}",
+        signalled.elapsed(),
+        text(&out)
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(record(p, "example-als", "long").status, RunStatus::Cancelled);
+}
