@@ -52,6 +52,7 @@ fixture_tests! {
     unknown_model: "unknown_model.toml",
     many_errors: "many_errors.toml",
     duplicate_table: "duplicate_table",
+    write_tables: "write_tables.toml",
 }
 
 #[test]
