@@ -255,9 +255,14 @@ struct WriteArgs {
     sink: String,
     #[arg(long)]
     table: String,
-    /// The version name; rewriting the same version is a no-op.
+    /// The version name. Writing the same version with the same list again does
+    /// nothing; with a different list, publishes it.
     #[arg(long)]
     version: Option<String>,
+    /// Publish the list even if it has no rows (by default an empty list is
+    /// refused and the previous list stays current).
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 /// Failures with their exit code.
@@ -590,21 +595,36 @@ async fn rollback(settings: &Settings, p: &Pipeline, only: Option<String>) -> Re
             only.map(|s| format!(" to sink `{s}`")).unwrap_or_default()
         )));
     }
+    // The tables one step publishes together are rolled back together (in one
+    // transaction where the sink can), in the order the step publishes them.
+    let mut groups: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for w in targets {
+        match groups.iter_mut().find(|(step, _, _)| *step == w.step) {
+            Some((_, _, tables)) => tables.push(w.table.clone()),
+            None => groups.push((w.step.as_str(), w.sink.as_str(), vec![w.table.clone()])),
+        }
+    }
+    for (_, sink_name, tables) in groups {
         let config = settings
             .sinks
-            .get(&w.sink)
-            .ok_or_else(|| Failure::BadInput(anyhow!("sink `{}` is not configured", w.sink)))?;
-        let sink = recpipe::sinks::AnySink::from_config(&w.sink, config);
-        let table = w.table.clone();
-        let published = tokio::task::spawn_blocking(move || sink.get().rollback(&table))
+            .get(sink_name)
+            .ok_or_else(|| Failure::BadInput(anyhow!("sink `{sink_name}` is not configured")))?;
+        let sink = recpipe::sinks::AnySink::from_config(sink_name, config);
+        let names = tables
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let back = tokio::task::spawn_blocking(move || sink.get().rollback_group(&tables))
             .await
             .map_err(|e| anyhow!(e))?
-            .with_context(|| format!("rollback of `{}` in sink `{}`", w.table, w.sink))?;
-        println!(
-            "rolled back  sink `{}` table `{}`: now version {} ({} rows) at {}",
-            w.sink, w.table, published.version, published.rows, published.location
-        );
+            .with_context(|| format!("rollback of {names} in sink `{sink_name}`"))?;
+        for published in back {
+            println!(
+                "rolled back  sink `{sink_name}` table `{}`: now version {} ({} rows) at {}",
+                published.table, published.version, published.rows, published.location
+            );
+        }
     }
     Ok(())
 }
@@ -670,7 +690,18 @@ fn plan(settings: &Settings, p: &Pipeline) {
                 None => "deny and allow lists".to_string(),
             },
             StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
-            StepSpec::Write(w) => format!("to sink `{}` table `{}`", w.sink, w.table),
+            StepSpec::Write(w) => match &w.table {
+                Some(table) => format!("to sink `{}` table `{table}`", w.sink),
+                None => format!(
+                    "to sink `{}` tables {} (published together)",
+                    w.sink,
+                    w.tables
+                        .iter()
+                        .map(|(step, table)| format!("`{table}` ← {step}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
         };
         println!("{:>2}. {} [{}] {detail}", i + 1, step.id, step.spec.kind());
         println!(
@@ -792,11 +823,21 @@ fn report(settings: &Settings, record: &RunRecord) -> Result<(), Failure> {
         if manifest.output != ArtifactKind::Published {
             continue;
         }
-        if let Some(location) = manifest.details.get("location").and_then(|l| l.as_str()) {
-            println!(
-                "published `{}` ({} rows): {location}",
-                step.id, manifest.rows
-            );
+        // One list has flat details; a group lists its tables.
+        let tables: Vec<&serde_json::Value> = match manifest.details.get("tables") {
+            Some(serde_json::Value::Array(all)) => all.iter().collect(),
+            _ => vec![&manifest.details],
+        };
+        for published in tables {
+            let Some(location) = published.get("location").and_then(|l| l.as_str()) else {
+                continue;
+            };
+            let rows = published.get("rows").and_then(|r| r.as_u64()).unwrap_or(0);
+            let verb = match published.get("unchanged").and_then(|u| u.as_bool()) {
+                Some(true) => "unchanged",
+                _ => "published",
+            };
+            println!("{verb} `{}` ({rows} rows): {location}", step.id);
             if let Ok((_, batches)) = artifact::read_parquet(Path::new(location)) {
                 let head: Vec<_> = batches
                     .first()
@@ -978,11 +1019,25 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                     "`{version}` is not a valid version name"
                 )));
             }
-            let input = a.input;
-            tokio::task::spawn_blocking(move || steps::write::run(&sink, &a.table, &version, input))
+            let job = steps::write::WriteJob {
+                sink,
+                lists: vec![recpipe::sinks::ListFile {
+                    table: a.table,
+                    input: a.input,
+                }],
+                version,
+                allow_empty: a.allow_empty,
+            };
+            let written = tokio::task::spawn_blocking(move || steps::write::run(&job))
                 .await
-                .map_err(|e| anyhow!(e))?
-                .context("write")?
+                .map_err(|e| anyhow!(e))?;
+            match written {
+                // An empty or unreadable list is bad input (exit 2), as in a run.
+                Err(e @ steps::StepError::Data(_)) => {
+                    return Err(Failure::BadInput(anyhow!(e).context("write")));
+                }
+                other => other.context("write")?,
+            }
         }
     };
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;

@@ -94,9 +94,10 @@ impl std::fmt::Debug for Target {
 impl Target {
     pub fn new(pg: &PostgresConfig) -> Result<Self, PgError> {
         let mut config: Config = pg.dsn.expose().parse().map_err(|e| {
-            // The parser may quote part of the DSN: show only the error's kind.
-            let text = redact(&format!("{e}"), pg.dsn.expose());
-            PgError::new(format!("invalid dsn: {text}"))
+            PgError::new(format!(
+                "invalid dsn: {}; write libpq `key=value` pairs (`host=db port=5432 user=app dbname=jobs`) or a `postgresql://user@host:port/dbname` URL",
+                dsn_problem(&e, pg.dsn.expose())
+            ))
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(pg.connect_timeout);
@@ -214,6 +215,24 @@ fn describe(config: &Config) -> String {
     )
 }
 
+/// Which part of a DSN the parser refused. tokio-postgres says only "invalid
+/// connection string" at the top and names the option (`invalid value for
+/// option `port``, `unknown option `hots``) in its cause. The parser may quote
+/// part of the DSN, so the text is redacted.
+fn dsn_problem(e: &tokio_postgres::Error, dsn: &str) -> String {
+    let text = match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    let text = match text.as_str() {
+        "invalid connection string: unexpected EOF" => {
+            "invalid connection string: it ends inside a value (an unclosed quote?) or after a key without `=`".to_string()
+        }
+        _ => text,
+    };
+    redact(&text, dsn)
+}
+
 /// `text` with every occurrence of the secret, and of its password part, masked.
 fn redact(text: &str, dsn: &str) -> String {
     let mut out = text.replace(dsn, "***");
@@ -272,6 +291,14 @@ mod tests {
             Target::new(&config("host=db password=hunter2 port=notaport")).expect_err("invalid");
         assert!(err.message.starts_with("invalid dsn"), "{err}");
         assert!(!err.message.contains("hunter2"), "{err}");
+        // Which part is wrong, and what is accepted.
+        assert!(
+            err.message.contains("invalid value for option `port`"),
+            "{err}"
+        );
+        assert!(err.message.contains("`key=value` pairs"), "{err}");
+        let err = Target::new(&config("hots=db user=app")).expect_err("unknown key");
+        assert!(err.message.contains("unknown option `hots`"), "{err}");
         assert_eq!(
             redact(
                 "x postgresql://a:s3cret@h/d y s3cret",

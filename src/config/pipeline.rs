@@ -399,12 +399,53 @@ pub enum SplitKind {
     Time,
 }
 
-/// Publishes a list to a named sink as `table`, atomically.
+/// Publishes a list to a named sink as `table`, atomically; or several lists
+/// together, `tables = { <need> = "<table>", … }`, switched as one where the
+/// sink can (PostgreSQL: one transaction).
+///
+/// Keys absent from a file are not serialized, so adding them did not change the
+/// fingerprint (`spec_hash`) of existing write steps.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriteSpec {
     pub sink: String,
-    pub table: String,
+    /// The table of the step's one list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table of each list, by the step (in `needs`) that makes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, String>,
+    /// Publish an empty list too; by default an empty list fails the step and
+    /// the previous list stays current.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_empty: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl WriteSpec {
+    /// `(list step, table)` for each list this step publishes; `list_steps` are
+    /// the steps among its needs that make a list (for the `table` form, the one).
+    pub fn targets<'a>(&'a self, list_steps: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        match &self.table {
+            Some(table) => list_steps.iter().map(|s| (*s, table.as_str())).collect(),
+            None => self
+                .tables
+                .iter()
+                .map(|(s, t)| (s.as_str(), t.as_str()))
+                .collect(),
+        }
+    }
+
+    /// The tables this step publishes, in the order they are published.
+    pub fn table_names(&self) -> Vec<&str> {
+        match &self.table {
+            Some(table) => vec![table.as_str()],
+            None => self.tables.values().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// The kind of artifact a step leaves in its run directory.
@@ -722,20 +763,24 @@ impl<'a> Checker<'a> {
         let (header, steps) = (header?, steps?);
         let writes = steps
             .iter()
-            .filter_map(|(step, spans)| match &step.spec {
+            .flat_map(|(step, spans)| match &step.spec {
                 StepSpec::Write(w) => {
-                    let span = spans.get("table").cloned().unwrap_or(0..0);
+                    let key = if w.table.is_some() { "table" } else { "tables" };
+                    let span = spans.get(key).cloned().unwrap_or(0..0);
                     let (line, col) = super::diagnostic::line_col(self.src, span.start);
-                    Some(WriteTarget {
-                        step: step.id.clone(),
-                        sink: w.sink.clone(),
-                        table: w.table.clone(),
-                        file: self.file.to_path_buf(),
-                        line,
-                        col,
-                    })
+                    w.table_names()
+                        .into_iter()
+                        .map(|table| WriteTarget {
+                            step: step.id.clone(),
+                            sink: w.sink.clone(),
+                            table: table.to_string(),
+                            file: self.file.to_path_buf(),
+                            line,
+                            col,
+                        })
+                        .collect()
                 }
-                _ => None,
+                _ => Vec::new(),
             })
             .collect();
         Some(Pipeline {
@@ -1345,15 +1390,45 @@ impl<'a> Checker<'a> {
                         unknown_name("sink", &w.sink, self.settings.sinks.keys()),
                     ));
                 }
-                if !is_table_name(&w.table) {
-                    errors.push((
-                        span_of("table"),
+                let bad_name = |t: &str| {
+                    format!(
+                        "`{t}` is not a valid table name; use letters, digits and `_`, starting with a letter (at most 48 characters)"
+                    )
+                };
+                match (&w.table, w.tables.is_empty()) {
+                    (Some(_), false) => errors.push((
+                        span_of("tables"),
+                        join(path, "tables"),
+                        "set `table` (one list) or `tables` (several lists published together), not both".to_string(),
+                    )),
+                    (None, true) => errors.push((
+                        step.id_span.clone(),
                         join(path, "table"),
-                        format!(
-                            "`{}` is not a valid table name; use letters, digits and `_`, starting with a letter (at most 48 characters)",
-                            w.table
-                        ),
-                    ));
+                        "missing `table`; name the table to publish to, or publish several lists together with `tables = { <step> = \"<table>\", … }`".to_string(),
+                    )),
+                    (Some(t), true) if !is_table_name(t) => {
+                        errors.push((span_of("table"), join(path, "table"), bad_name(t)));
+                    }
+                    _ => {}
+                }
+                let mut seen = BTreeSet::new();
+                for (need, table) in w.tables.iter().filter(|_| w.table.is_none()) {
+                    let key = format!("{}.{need}", join(path, "tables"));
+                    if !step.common.needs.contains(need) {
+                        errors.push((
+                            span_of("tables"),
+                            key,
+                            format!("`{need}` is not in this step's `needs`; name the step that makes the list"),
+                        ));
+                    } else if !is_table_name(table) {
+                        errors.push((span_of("tables"), key, bad_name(table)));
+                    } else if !seen.insert(table.as_str()) {
+                        errors.push((
+                            span_of("tables"),
+                            key,
+                            format!("table `{table}` is named twice; give each list its own table"),
+                        ));
+                    }
                 }
             }
         }
@@ -1537,14 +1612,37 @@ fn input_problems(
             ));
         }
     }
-    if let StepSpec::Write(_) = step.spec {
-        let lists = kinds
+    if let StepSpec::Write(w) = &step.spec {
+        let lists: Vec<&str> = kinds
             .iter()
             .filter(|(_, k)| matches!(k, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
-            .count();
-        if lists != 1 {
+            .map(|(name, _)| *name)
+            .collect();
+        if w.table.is_some() || w.tables.is_empty() {
+            if lists.len() != 1 {
+                let several = match lists.len() {
+                    0 => "",
+                    _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
+                };
+                problems.push(format!(
+                    "a `write` step needs exactly one list (`user_recs` or `item_recs`), not {}{several}",
+                    lists.len()
+                ));
+            }
+            return problems;
+        }
+        for list in lists.iter().filter(|l| !w.tables.contains_key(**l)) {
             problems.push(format!(
-                "a `write` step needs exactly one list (`user_recs` or `item_recs`), not {lists}"
+                "`{list}` gives a list that `tables` does not name; add `{list} = \"<table>\"` to `tables`"
+            ));
+        }
+        for (need, _) in w.tables.iter().filter(|(n, _)| {
+            kinds.iter().any(|(name, k)| {
+                *name == n.as_str() && !matches!(k, ArtifactKind::UserRecs | ArtifactKind::ItemRecs)
+            })
+        }) {
+            problems.push(format!(
+                "`{need}` in `tables` gives no list; name a `recommend` or `similar_items` step"
             ));
         }
         return problems;

@@ -13,8 +13,18 @@
 //!    optional partitioning and clustering;
 //! 5. the staging table is deleted.
 //!
-//! A failure before step 4 leaves `<table>` as it was. The label makes a rerun of
-//! a published run a no-op.
+//! A failure before step 4 leaves `<table>` as it was. A second label,
+//! `recpipe_sha256`, holds the first 32 hex digits of the list file's SHA-256
+//! (label values are at most 63 lowercase characters): a publish does nothing
+//! (`unchanged`) only when both labels match, i.e. the same run already
+//! published this very list; a rerun whose list changed replaces the table.
+//!
+//! Tables published together (`publish_group`) are all loaded into staging
+//! tables first, then replaced one after another. BigQuery has no transaction
+//! around DDL, so the group is not atomic: each table switches in one statement,
+//! but between two of them a query can see one table's new list next to
+//! another's old one, and a failure between them leaves the earlier tables
+//! switched and fails the step (its retry, a rerun, or `rollback` mends it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,6 +49,12 @@ use crate::failpoint;
 const PREV: &str = "__prev";
 const STAGING: &str = "__staging_";
 const RUN_LABEL: &str = "recpipe_run_id";
+const SHA_LABEL: &str = "recpipe_sha256";
+/// Hex digits of the SHA-256 kept in the label (128 bits).
+const SHA_LABEL_LEN: usize = 32;
+
+/// The labels recpipe puts on a table it published.
+type Labels = HashMap<String, String>;
 
 /// A failure: its message, and whether a retry could help.
 struct Failure(String, bool);
@@ -85,8 +101,9 @@ impl BigQuerySink {
         format!("`{}.{}.{table}`", self.config.project, self.config.dataset)
     }
 
-    /// The run label of `table`, or `None` if the table does not exist.
-    async fn run_of(&self, client: &Client, table: &str) -> Result<Option<String>, Failure> {
+    /// recpipe's labels of `table` (empty if it has none), or `None` if the table
+    /// does not exist.
+    async fn labels_of(&self, client: &Client, table: &str) -> Result<Option<Labels>, Failure> {
         match client
             .table()
             .get(&self.config.project, &self.config.dataset, table, None)
@@ -94,8 +111,10 @@ impl BigQuerySink {
         {
             Ok(t) => Ok(Some(
                 t.labels
-                    .and_then(|mut l| l.remove(RUN_LABEL))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(k, _)| k == RUN_LABEL || k == SHA_LABEL)
+                    .collect(),
             )),
             Err(BQError::ResponseError { error }) if error.error.code == 404 => Ok(None),
             Err(e) => Err(transport(&format!("cannot read table `{table}`"), e)),
@@ -129,13 +148,13 @@ impl BigQuerySink {
         }
     }
 
-    /// Replaces `to` with the rows of `from`, labelled with `run`.
+    /// Replaces `to` with the rows of `from`, labelled with `labels`.
     async fn replace(
         &self,
         client: &Client,
         to: &str,
         from: &str,
-        run: &str,
+        labels: &Labels,
         layout: bool,
     ) -> Result<(), Failure> {
         let mut ddl = format!("CREATE OR REPLACE TABLE {}", self.qualified(to));
@@ -150,10 +169,16 @@ impl BigQuerySink {
                 ));
             }
         }
-        // Label values are lowercase letters, digits, `_` and `-` (run_label), so
-        // they are safe in the text.
+        // Label values are lowercase letters, digits, `_` and `-` (run_label, hex),
+        // so they are safe in the text.
+        let mut pairs: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("(\"{k}\", \"{v}\")"))
+            .collect();
+        pairs.sort();
         ddl.push_str(&format!(
-            " OPTIONS (labels = [(\"{RUN_LABEL}\", \"{run}\")]) AS SELECT * FROM {}",
+            " OPTIONS (labels = [{}]) AS SELECT * FROM {}",
+            pairs.join(", "),
             self.qualified(from)
         ));
         self.query(client, ddl)
@@ -163,7 +188,7 @@ impl BigQuerySink {
         // emulator); a no-op on BigQuery.
         let labels = Table {
             table_reference: TableReference::new(&self.config.project, &self.config.dataset, to),
-            labels: Some(HashMap::from([(RUN_LABEL.to_string(), run.to_string())])),
+            labels: Some(labels.clone()),
             ..Default::default()
         };
         client
@@ -312,41 +337,19 @@ impl BigQuerySink {
         }
     }
 
-    async fn publish_async(
-        &self,
-        table: &str,
-        version: &str,
-        input: &Path,
-    ) -> Result<Published, Failure> {
-        let (access, client) = self.access().await?;
-        let run = run_label(version);
-        let rows = list_rows(input)?;
-        if self.run_of(&client, table).await?.as_deref() == Some(run.as_str()) {
-            // Published by an earlier attempt of this run whose result was lost.
-            return Ok(self.published(table, version, rows, Vec::new()));
-        }
-        let pruned = self.drop_leftovers(&client, table).await?;
-        self.load(&access, &client, &staging_name(table, &run), &run, input)
-            .await?;
-        if failpoint::armed("bigquery.before_swap") {
-            return Err(Failure(
-                "failure point `bigquery.before_swap` armed".into(),
-                false,
-            ));
-        }
-        self.swap_in(&client, table, &run).await?;
-        Ok(self.published(table, version, rows, pruned))
-    }
-
     /// Keeps the current `table` as `<table>__prev`, replaces it with run `run`'s
-    /// staging table, and deletes that.
-    async fn swap_in(&self, client: &Client, table: &str, run: &str) -> Result<(), Failure> {
+    /// staging table (labelled with the run and the list's hash), and deletes that.
+    async fn swap_in(&self, client: &Client, table: &str, labels: &Labels) -> Result<(), Failure> {
+        let run = labels
+            .get(RUN_LABEL)
+            .map(String::as_str)
+            .unwrap_or_default();
         let staging = staging_name(table, run);
-        if let Some(current) = self.run_of(client, table).await? {
+        if let Some(current) = self.labels_of(client, table).await? {
             self.replace(client, &format!("{table}{PREV}"), table, &current, false)
                 .await?;
         }
-        self.replace(client, table, &staging, run, true).await?;
+        self.replace(client, table, &staging, labels, true).await?;
         client
             .table()
             .delete(&self.config.project, &self.config.dataset, &staging)
@@ -354,13 +357,16 @@ impl BigQuerySink {
             .map_err(|e| transport(&format!("cannot delete `{staging}`"), e))
     }
 
-    fn published(&self, table: &str, version: &str, rows: u64, pruned: Vec<String>) -> Published {
+    fn published(&self, staged: &Staged, pruned: Vec<String>) -> Published {
+        let table = &staged.table;
         Published {
-            table: table.to_string(),
-            version: version.to_string(),
-            rows,
+            table: table.clone(),
+            version: staged.version.clone(),
+            rows: staged.rows,
             location: format!("{}.{}.{table}", self.config.project, self.config.dataset),
             pruned,
+            sha256: staged.sha256.clone(),
+            unchanged: staged.unchanged,
         }
     }
 }
@@ -379,44 +385,62 @@ impl Sink for BigQuerySink {
     }
 
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
+        let sha256 = super::sha256_of(&self.name, input)?;
         self.block_on(async {
             let (access, client) = self.access().await?;
-            self.drop_leftovers(&client, table).await?;
             let run = run_label(version);
-            self.load(&access, &client, &staging_name(table, &run), &run, input)
-                .await?;
-            Ok(Staged {
+            let staged = |rows, unchanged, pruned| Staged {
                 table: table.to_string(),
                 version: version.to_string(),
-                rows: list_rows(input)?,
-            })
+                rows,
+                sha256: sha256.clone(),
+                unchanged,
+                pruned,
+            };
+            let rows = list_rows(input)?;
+            if self.labels_of(&client, table).await? == Some(labels(&run, &sha256)) {
+                // Published by an earlier attempt of this run whose result was lost.
+                return Ok(staged(rows, true, Vec::new()));
+            }
+            let pruned = self.drop_leftovers(&client, table).await?;
+            self.load(&access, &client, &staging_name(table, &run), &run, input)
+                .await?;
+            Ok(staged(rows, false, pruned))
         })
     }
 
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError> {
+        if staged.unchanged {
+            return Ok(self.published(staged, Vec::new()));
+        }
         self.block_on(async {
+            if failpoint::armed("bigquery.before_swap") {
+                return Err(Failure(
+                    "failure point `bigquery.before_swap` armed".into(),
+                    false,
+                ));
+            }
             let (_, client) = self.access().await?;
-            let table = &staged.table;
-            self.swap_in(&client, table, &run_label(&staged.version))
+            let run = run_label(&staged.version);
+            self.swap_in(&client, &staged.table, &labels(&run, &staged.sha256))
                 .await?;
-            Ok(self.published(table, &staged.version, staged.rows, Vec::new()))
+            Ok(self.published(staged, staged.pruned.clone()))
         })
-    }
-
-    fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
-        self.block_on(self.publish_async(table, version, input))
     }
 
     fn rollback(&self, table: &str) -> Result<Published, SinkError> {
         self.block_on(async {
             let (_, client) = self.access().await?;
             let prev = format!("{table}{PREV}");
-            let (Some(current), Some(previous)) = (
-                self.run_of(&client, table).await?,
-                self.run_of(&client, &prev).await?,
-            ) else {
+            let Some(current) = self.labels_of(&client, table).await? else {
                 return Err(Failure(
-                    format!("`{table}` has no previous version (`{prev}`) to roll back to"),
+                    format!("table `{table}` has never been published: nothing to roll back; publish a list first"),
+                    false,
+                ));
+            };
+            let Some(previous) = self.labels_of(&client, &prev).await? else {
+                return Err(Failure(
+                    format!("table `{table}` has no previous version (`{prev}`) to roll back to; a rollback needs two publishes"),
                     false,
                 ));
             };
@@ -439,9 +463,27 @@ impl Sink for BigQuerySink {
                 .and_then(|t| t.num_rows)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            Ok(self.published(table, &previous, rows, Vec::new()))
+            Ok(Published {
+                table: table.to_string(),
+                version: previous.get(RUN_LABEL).cloned().unwrap_or_default(),
+                rows,
+                location: format!("{}.{}.{table}", self.config.project, self.config.dataset),
+                pruned: Vec::new(),
+                sha256: previous.get(SHA_LABEL).cloned().unwrap_or_default(),
+                unchanged: false,
+            })
         })
     }
+}
+
+/// The labels of a table published by run label `run` from a list with SHA-256
+/// `sha256`.
+fn labels(run: &str, sha256: &str) -> Labels {
+    let prefix: String = sha256.chars().take(SHA_LABEL_LEN).collect();
+    HashMap::from([
+        (RUN_LABEL.to_string(), run.to_string()),
+        (SHA_LABEL.to_string(), prefix),
+    ])
 }
 
 /// A run id as a label value: lowercase letters, digits, `_` and `-`.

@@ -3,12 +3,25 @@
 //! Invariant: publishing is two phases. `write_staging` puts the complete new list
 //! next to the current one, where no reader looks; `swap` makes it current in one
 //! atomic step. A failure before or during either leaves the previous list current.
+//!
+//! A publish makes exactly its input current, or does nothing and says so
+//! ([`Published::unchanged`]). Every sink records the SHA-256 of the file it
+//! published next to the version (a file, a table comment, a label): doing nothing
+//! is allowed only when the current version has the same run id *and* the same
+//! content, i.e. an earlier attempt of the same publish whose result was lost. A
+//! rerun whose list changed (an edited `top_n`, say) publishes the new list.
+//! [`Published::rows`] is what a reader of the table now sees.
+//!
+//! A write step can publish several lists together ([`Sink::publish_group`]):
+//! every list is staged before any is switched. PostgreSQL switches them all in
+//! one transaction; the Parquet and BigQuery sinks switch one table after another,
+//! each atomically (see their modules for what a reader can see in between).
 
 pub mod bigquery;
 pub mod parquet;
 pub mod postgres;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +68,12 @@ pub struct Staged {
     pub table: String,
     pub version: String,
     pub rows: u64,
+    /// SHA-256 (hex) of the staged list file.
+    pub sha256: String,
+    /// The table already holds this version with this content: `swap` does nothing.
+    pub unchanged: bool,
+    /// Leftovers of crashed publishes removed while staging.
+    pub pruned: Vec<String>,
 }
 
 /// Where a published list now lives.
@@ -65,8 +84,21 @@ pub struct Published {
     pub rows: u64,
     /// Where a reader finds the current list (path or table name).
     pub location: String,
-    /// Versions removed because more than `keep_versions` were kept.
+    /// Versions (or leftover staging tables) removed while publishing.
     pub pruned: Vec<String>,
+    /// SHA-256 (hex) of the published list file, as recorded by the sink.
+    #[serde(default)]
+    pub sha256: String,
+    /// Nothing was done: the table already held this version with this content.
+    #[serde(default)]
+    pub unchanged: bool,
+}
+
+/// One list of a publish: the table it becomes and its Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFile {
+    pub table: String,
+    pub input: PathBuf,
 }
 
 /// What every sink does.
@@ -74,18 +106,48 @@ pub trait Sink {
     /// Checks the store is reachable and writable.
     fn healthcheck(&self) -> Result<(), SinkError>;
     /// Stores the Parquet list at `input` as version `version` of `table`, not yet
-    /// visible to readers. Staging the same version again is a no-op.
+    /// visible to readers. If the table's current version is `version` with the
+    /// same content, nothing is staged and the result is marked `unchanged`.
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError>;
-    /// Makes `staged` the current version of its table.
+    /// Makes `staged` the current version of its table (nothing, if `unchanged`).
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError>;
     /// Stages and swaps: the whole publish of one list.
     fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
         let staged = self.write_staging(table, version, input)?;
         self.swap(&staged)
     }
+    /// Publishes several lists as one version: all are staged before any is
+    /// switched, so a failure while staging changes no table. This default then
+    /// switches the tables one after another (each atomically); a sink that can
+    /// switch them in one step overrides it.
+    fn publish_group(
+        &self,
+        lists: &[ListFile],
+        version: &str,
+    ) -> Result<Vec<Published>, SinkError> {
+        let staged = lists
+            .iter()
+            .map(|l| self.write_staging(&l.table, version, &l.input))
+            .collect::<Result<Vec<_>, _>>()?;
+        staged.iter().map(|s| self.swap(s)).collect()
+    }
     /// Makes the version before the current one current again; a second rollback
     /// undoes the first.
     fn rollback(&self, table: &str) -> Result<Published, SinkError>;
+    /// Rolls back tables published together; by default one after another.
+    fn rollback_group(&self, tables: &[String]) -> Result<Vec<Published>, SinkError> {
+        tables.iter().map(|t| self.rollback(t)).collect()
+    }
+}
+
+/// SHA-256 (hex) of the list file at `path`: what "the same content" means.
+fn sha256_of(sink: &str, path: &Path) -> Result<String, SinkError> {
+    crate::artifact::describe(path)
+        .map(|entry| entry.sha256)
+        .map_err(|e| SinkError::Rejected {
+            sink: sink.to_string(),
+            message: format!("cannot read list: {e}"),
+        })
 }
 
 /// A configured sink, built from its settings.

@@ -4,6 +4,7 @@
 //! Layout under the sink's `path`:
 //! ```text
 //! <table>/versions/<version>/data.parquet   complete versions
+//! <table>/versions/<version>/version.json   its SHA-256 and row count
 //! <table>/versions/.staging-<version>/      a version being written
 //! <table>/CURRENT                            the current version's name
 //! <table>/current -> versions/<version>      the same, for readers that want a path
@@ -11,9 +12,24 @@
 //! Both pointers are replaced by rename, which is atomic on POSIX file systems, so a
 //! reader sees the old version or the new one. The last `keep_versions` versions are
 //! kept so a reader that resolved the pointer just before a swap can finish.
+//!
+//! A complete version folder is never changed: a reader that resolved `current`
+//! keeps reading the same bytes. So a publish of run `r` whose list differs from
+//! the one already kept as `versions/r` (a rerun after an edit) is stored as the
+//! next free name `r-2`, `r-3`, … and that becomes current. A version whose
+//! SHA-256 equals the list's is reused instead of copied again; if it is already
+//! current, the publish does nothing and says so (`unchanged`).
+//!
+//! Tables published together (`publish_group`) are all staged first, then switched
+//! one after another: each switch is atomic, the group is not. For the moment
+//! between two switches a reader can see one table's new list next to another's
+//! old one; a failure between them leaves the earlier tables switched and fails the
+//! step, whose retry (or rerun) switches the rest, or `rollback` undoes them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use super::{Published, Sink, SinkError, Staged};
 use crate::artifact;
@@ -21,6 +37,8 @@ use crate::config::settings::ParquetSinkConfig;
 use crate::failpoint;
 
 pub const DATA_FILE: &str = "data.parquet";
+/// Next to each version's data: its run id, SHA-256 and row count.
+pub const VERSION_FILE: &str = "version.json";
 
 #[derive(Debug, Clone)]
 pub struct ParquetSink {
@@ -44,6 +62,52 @@ impl ParquetSink {
         SinkError::Io {
             sink: self.name.clone(),
             message: format!("{what}: {e}"),
+        }
+    }
+
+    /// An error retrying cannot fix (nothing to roll back to, …).
+    fn rejected(&self, message: String) -> SinkError {
+        SinkError::Rejected {
+            sink: self.name.clone(),
+            message,
+        }
+    }
+
+    /// The SHA-256 of the list kept as `version`: recorded in `version.json`, or
+    /// computed for versions published before the record existed.
+    fn sha256_of_version(&self, table: &str, version: &str) -> Result<String, SinkError> {
+        let dir = self.table_dir(table).join("versions").join(version);
+        match artifact::read_json::<VersionRecord>(&dir.join(VERSION_FILE)) {
+            Ok(record) => Ok(record.sha256),
+            Err(_) => super::sha256_of(&self.name, &dir.join(DATA_FILE)),
+        }
+    }
+
+    /// The name to keep run `version`'s list (SHA-256 `sha256`) under, and whether
+    /// a complete version of that name already holds exactly this list: `version`
+    /// itself, or `version-2`, `version-3` … when earlier publishes of the run kept
+    /// other lists (a complete version is never rewritten).
+    fn version_name(
+        &self,
+        table: &str,
+        version: &str,
+        sha256: &str,
+    ) -> Result<(String, bool), SinkError> {
+        let versions_dir = self.table_dir(table).join("versions");
+        let mut n = 1u32;
+        loop {
+            let name = match n {
+                1 => version.to_string(),
+                n => format!("{version}-{n}"),
+            };
+            match fs::metadata(versions_dir.join(&name).join(DATA_FILE)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((name, false)),
+                Err(e) => return Err(self.err(&format!("cannot read version `{name}`"), e)),
+                Ok(_) if self.sha256_of_version(table, &name)? == sha256 => {
+                    return Ok((name, true));
+                }
+                Ok(_) => n += 1,
+            }
         }
     }
 
@@ -143,18 +207,25 @@ impl Sink for ParquetSink {
             return Err(self.err("staging", "failure point `parquet.write_staging` armed"));
         }
         let versions_dir = self.table_dir(table).join("versions");
-        let final_dir = versions_dir.join(version);
         let rows = parquet_rows(input).map_err(|e| self.err("cannot read input", e))?;
-        let data = final_dir.join(DATA_FILE);
-        if fs::metadata(&data).is_ok() {
-            // Staged by an earlier attempt of this run: the rename below made it complete.
-            return Ok(Staged {
-                table: table.to_string(),
-                version: version.to_string(),
-                rows,
-            });
+        let sha256 = super::sha256_of(&self.name, input)?;
+        let current = self.current(table)?;
+        let (name, kept) = self.version_name(table, version, &sha256)?;
+        let staged = |unchanged| Staged {
+            table: table.to_string(),
+            version: name.clone(),
+            rows,
+            sha256: sha256.clone(),
+            unchanged,
+            pruned: Vec::new(),
+        };
+        if kept {
+            // An earlier publish stored this very list under this name (the rename
+            // below made it complete): use it as it is.
+            return Ok(staged(current.as_deref() == Some(name.as_str())));
         }
-        let staging = versions_dir.join(format!(".staging-{version}"));
+        let final_dir = versions_dir.join(&name);
+        let staging = versions_dir.join(format!(".staging-{name}"));
         if fs::metadata(&staging).is_ok() {
             fs::remove_dir_all(&staging).map_err(|e| self.err("cannot clear old staging", e))?;
         }
@@ -165,12 +236,15 @@ impl Sink for ParquetSink {
         fs::File::open(&staged_file)
             .and_then(|f| f.sync_all())
             .map_err(|e| self.err("cannot sync list", e))?;
-        artifact::rename_durable(&staging, &final_dir).map_err(|e| self.err("cannot stage", e))?;
-        Ok(Staged {
-            table: table.to_string(),
-            version: version.to_string(),
+        let record = VersionRecord {
+            run_id: version.to_string(),
+            sha256: sha256.clone(),
             rows,
-        })
+        };
+        artifact::write_json(&staging.join(VERSION_FILE), &record)
+            .map_err(|e| self.err("cannot record the version", e))?;
+        artifact::rename_durable(&staging, &final_dir).map_err(|e| self.err("cannot stage", e))?;
+        Ok(staged(false))
     }
 
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError> {
@@ -180,18 +254,39 @@ impl Sink for ParquetSink {
                 point: "parquet.before_swap",
             });
         }
-        let location = self.point_to(&staged.table, &staged.version)?;
-        let pruned = self.prune(&staged.table, &staged.version)?;
+        let (location, pruned) = match staged.unchanged {
+            true => (
+                self.table_dir(&staged.table)
+                    .join("current")
+                    .join(DATA_FILE),
+                Vec::new(),
+            ),
+            false => {
+                let location = self.point_to(&staged.table, &staged.version)?;
+                (location, self.prune(&staged.table, &staged.version)?)
+            }
+        };
+        // What a reader opening `current` now gets, not what was asked for.
+        let rows = parquet_rows(&location).map_err(|e| self.err("cannot read version", e))?;
         Ok(Published {
             table: staged.table.clone(),
             version: staged.version.clone(),
-            rows: staged.rows,
+            rows,
             location: location.display().to_string(),
             pruned,
+            sha256: staged.sha256.clone(),
+            unchanged: staged.unchanged,
         })
     }
 
     fn rollback(&self, table: &str) -> Result<Published, SinkError> {
+        let versions_dir = self.table_dir(table).join("versions");
+        if fs::metadata(&versions_dir).is_err() {
+            return Err(self.rejected(format!(
+                "table `{table}` has never been published here (no {}): nothing to roll back; publish a list first",
+                versions_dir.display()
+            )));
+        }
         let current = self.current(table)?;
         // The newest other version: after a rollback that is the one rolled back
         // from, so a second rollback undoes the first.
@@ -199,20 +294,37 @@ impl Sink for ParquetSink {
             .versions(table)?
             .into_iter()
             .find(|v| Some(v) != current.as_ref())
-            .ok_or_else(|| self.err(&format!("table `{table}`"), "no earlier version kept"))?;
+            .ok_or_else(|| {
+                self.rejected(format!(
+                    "table `{table}` has no version before `{}` to roll back to; a rollback needs two published versions",
+                    current.as_deref().unwrap_or("?")
+                ))
+            })?;
         let location = self.point_to(table, &previous)?;
         let rows = parquet_rows(&location).map_err(|e| self.err("cannot read version", e))?;
+        let sha256 = self.sha256_of_version(table, &previous)?;
         Ok(Published {
             table: table.to_string(),
             version: previous,
             rows,
             location: location.display().to_string(),
             pruned: Vec::new(),
+            sha256,
+            unchanged: false,
         })
     }
 }
 
-pub(super) fn parquet_rows(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
+/// What `version.json` records about a complete version.
+#[derive(Debug, Serialize, Deserialize)]
+struct VersionRecord {
+    /// The run that published it (the folder may be `<run_id>-2` …).
+    run_id: String,
+    sha256: String,
+    rows: u64,
+}
+
+pub fn parquet_rows(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
     let file = fs::File::open(path)?;
     let reader = parquet::file::reader::SerializedFileReader::new(file)?;
     use parquet::file::reader::FileReader;

@@ -3,15 +3,25 @@
 //!
 //! Publishing `<table>` for run `r`, on one connection holding an advisory lock
 //! for the table (so two runs never publish it at once):
-//! 1. drop leftover `<table>__staging_*` tables of crashed runs;
-//! 2. in one transaction, create `<table>__staging_<r>`, binary `COPY` the rows,
-//!    index it (first column, rank), analyze it and record the run in its comment;
-//! 3. in one transaction, drop `<table>__prev`, rename `<table>` to `<table>__prev`
+//! 1. if the table's comment names run `r` and the SHA-256 of this very list,
+//!    an earlier attempt already published it: nothing is done (`unchanged`);
+//! 2. drop leftover `<table>__staging_*` tables of crashed runs;
+//! 3. in one transaction, create `<table>__staging_<r>`, binary `COPY` the rows,
+//!    index it (first column, rank), analyze it and record the run, the row count
+//!    and the list's SHA-256 in its comment;
+//! 4. in one transaction, drop `<table>__prev`, rename `<table>` to `<table>__prev`
 //!    and the staging table to `<table>`.
 //!
 //! Readers blocked on the rename's lock resolve the name again once it commits,
-//! so they read the new table, never a missing one. A failure before step 3
+//! so they read the new table, never a missing one. A failure before step 4
 //! commits leaves `<table>` as it was. `rollback` swaps `<table>__prev` back.
+//!
+//! Several tables published together (`publish_group`, a write step with
+//! `tables`) take every table's lock (in name order, so two groups cannot
+//! deadlock), stage every changed table, then rename them all in *one*
+//! transaction: a query, even one joining the tables, sees every table of the
+//! old run or every table of the new one. `rollback_group` swaps them back in one
+//! transaction too.
 
 use std::fs::File;
 use std::path::Path;
@@ -26,7 +36,7 @@ use futures::SinkExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_postgres::{Client, GenericClient};
 
-use super::{Published, Sink, SinkError, Staged};
+use super::{ListFile, Published, Sink, SinkError, Staged};
 use crate::config::settings::{PostgresConfig, is_pg_identifier};
 use crate::failpoint;
 use crate::pgconn::{PgError, Target, qualified};
@@ -61,56 +71,158 @@ impl PostgresSink {
         super::block_on(&self.name, work, |e| (e.message, e.retryable))
     }
 
-    /// A connection holding `table`'s publish lock.
-    async fn connect(&self, table: &str) -> Result<(Target, Client), PgError> {
-        if !is_pg_identifier(table) || table.len() + STAGING.len() + 4 > 63 {
-            return Err(PgError::new(format!(
-                "table `{table}`: PostgreSQL tables must be lowercase names of at most {} bytes",
-                63 - STAGING.len() - 4
-            )));
+    /// A connection holding the publish lock of every table in `tables`.
+    async fn connect(&self, tables: &[&str]) -> Result<(Target, Client), PgError> {
+        for table in tables {
+            if !is_pg_identifier(table) || table.len() + STAGING.len() + 4 > 63 {
+                return Err(PgError::new(format!(
+                    "table `{table}`: PostgreSQL tables must be lowercase names of at most {} bytes",
+                    63 - STAGING.len() - 4
+                )));
+            }
         }
         let target = Target::new(&self.config)?;
         let client = target.connect().await?;
-        // One publisher per table: a session lock, released if this process dies.
-        let key = lock_key(&self.config.schema, table);
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&key])
-            .await
-            .map_err(|e| PgError::from_db("cannot take the table's publish lock", &e))?;
+        // One publisher per table: session locks, released if this process dies,
+        // taken in one order so that two groups sharing tables cannot deadlock.
+        let mut keys: Vec<i64> = tables
+            .iter()
+            .map(|t| lock_key(&self.config.schema, t))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&key])
+                .await
+                .map_err(|e| PgError::from_db("cannot take the table's publish lock", &e))?;
+        }
         Ok((target, client))
     }
 
-    async fn publish_async(
+    /// Stages every list whose table does not already hold it, then switches the
+    /// staged tables in one transaction. `sha256` is each list's content hash.
+    async fn publish_group_async(
         &self,
-        table: &str,
+        lists: &[(ListFile, String)],
         version: &str,
-        input: &Path,
-    ) -> Result<Published, PgError> {
+    ) -> Result<Vec<Published>, PgError> {
         let schema = &self.config.schema;
-        let (target, mut client) = self.connect(table).await?;
-        if let Some((current, rows)) = run_of(&client, schema, table).await?
-            && current == version
-        {
-            // Published by an earlier attempt of this run whose result was lost.
-            return Ok(self.published(table, version, rows, Vec::new()));
+        let tables: Vec<&str> = lists.iter().map(|(l, _)| l.table.as_str()).collect();
+        let (target, mut client) = self.connect(&tables).await?;
+        let mut published = Vec::new();
+        let mut switch = Vec::new();
+        for (list, sha256) in lists {
+            let table = list.table.as_str();
+            if let Some(current) = recorded(&client, schema, table).await?
+                && current.run_id == version
+                && current.sha256 == *sha256
+            {
+                // Published by an earlier attempt of this run whose result was lost.
+                published.push(self.published(
+                    table,
+                    version,
+                    current.rows,
+                    sha256,
+                    Vec::new(),
+                    true,
+                ));
+                continue;
+            }
+            let pruned = drop_leftovers(&client, schema, table).await?;
+            let staging = staging_name(table, version);
+            let rows = stage(
+                &mut client,
+                &target,
+                schema,
+                &staging,
+                version,
+                sha256,
+                &list.input,
+            )
+            .await?;
+            switch.push((staging, table));
+            published.push(self.published(table, version, rows, sha256, pruned, false));
         }
-        let pruned = drop_leftovers(&client, schema, table).await?;
-        let staging = staging_name(table, version);
-        let rows = stage(&mut client, &target, schema, &staging, version, input).await?;
+        if switch.is_empty() {
+            return Ok(published);
+        }
         if failpoint::armed("postgres.before_swap") {
             return Err(PgError::new("failure point `postgres.before_swap` armed"));
         }
-        swap(&mut client, schema, &staging, table).await?;
-        Ok(self.published(table, version, rows, pruned))
+        swap(&mut client, schema, &switch).await?;
+        Ok(published)
     }
 
-    fn published(&self, table: &str, version: &str, rows: u64, pruned: Vec<String>) -> Published {
+    /// Swaps each table with its `__prev` in one transaction.
+    async fn rollback_async(&self, tables: &[&str]) -> Result<Vec<Published>, PgError> {
+        let schema = &self.config.schema;
+        let (_, mut client) = self.connect(tables).await?;
+        let mut sql = String::new();
+        for table in tables {
+            let prev = format!("{table}{PREV}");
+            if recorded(&client, schema, table).await?.is_none() {
+                return Err(PgError::new(format!(
+                    "table `{schema}.{table}` has never been published by recpipe: nothing to roll back; publish a list first"
+                )));
+            }
+            if recorded(&client, schema, &prev).await?.is_none() {
+                return Err(PgError::new(format!(
+                    "table `{schema}.{table}` has no previous version (`{schema}.{prev}`) to roll back to; a rollback needs two publishes"
+                )));
+            }
+            let aside = format!("{table}__rollback");
+            sql.push_str(&format!(
+                "ALTER TABLE {} RENAME TO \"{aside}\";
+                 ALTER TABLE {} RENAME TO \"{table}\";
+                 ALTER TABLE {} RENAME TO \"{prev}\";",
+                qualified(schema, table),
+                qualified(schema, &prev),
+                qualified(schema, &aside),
+            ));
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::from_db("rollback", &e))?;
+        tx.batch_execute(&sql)
+            .await
+            .map_err(|e| PgError::from_db("rollback", &e))?;
+        tx.commit()
+            .await
+            .map_err(|e| PgError::from_db("rollback", &e))?;
+        let mut published = Vec::new();
+        for table in tables {
+            let now = recorded(&client, schema, table).await?.unwrap_or_default();
+            published.push(self.published(
+                table,
+                &now.run_id,
+                now.rows,
+                &now.sha256,
+                Vec::new(),
+                false,
+            ));
+        }
+        Ok(published)
+    }
+
+    fn published(
+        &self,
+        table: &str,
+        version: &str,
+        rows: u64,
+        sha256: &str,
+        pruned: Vec<String>,
+        unchanged: bool,
+    ) -> Published {
         Published {
             table: table.to_string(),
             version: version.to_string(),
             rows,
             location: format!("{}.{table}", self.config.schema),
             pruned,
+            sha256: sha256.to_string(),
+            unchanged,
         }
     }
 }
@@ -138,65 +250,98 @@ impl Sink for PostgresSink {
     }
 
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
+        let sha256 = super::sha256_of(&self.name, input)?;
         self.block_on(async {
             let schema = &self.config.schema;
-            let (target, mut client) = self.connect(table).await?;
-            drop_leftovers(&client, schema, table).await?;
-            let staging = staging_name(table, version);
-            let rows = stage(&mut client, &target, schema, &staging, version, input).await?;
-            Ok(Staged {
+            let (target, mut client) = self.connect(&[table]).await?;
+            let staged = |rows, unchanged, pruned| Staged {
                 table: table.to_string(),
                 version: version.to_string(),
                 rows,
-            })
+                sha256: sha256.clone(),
+                unchanged,
+                pruned,
+            };
+            if let Some(current) = recorded(&client, schema, table).await?
+                && current.run_id == version
+                && current.sha256 == sha256
+            {
+                return Ok(staged(current.rows, true, Vec::new()));
+            }
+            let pruned = drop_leftovers(&client, schema, table).await?;
+            let staging = staging_name(table, version);
+            let rows = stage(
+                &mut client,
+                &target,
+                schema,
+                &staging,
+                version,
+                &sha256,
+                input,
+            )
+            .await?;
+            Ok(staged(rows, false, pruned))
         })
     }
 
     fn swap(&self, staged: &Staged) -> Result<Published, SinkError> {
+        let (table, version) = (staged.table.as_str(), staged.version.as_str());
+        let published = |pruned| {
+            self.published(
+                table,
+                version,
+                staged.rows,
+                &staged.sha256,
+                pruned,
+                staged.unchanged,
+            )
+        };
+        if staged.unchanged {
+            return Ok(published(Vec::new()));
+        }
         self.block_on(async {
-            let (_, mut client) = self.connect(&staged.table).await?;
-            let staging = staging_name(&staged.table, &staged.version);
-            swap(&mut client, &self.config.schema, &staging, &staged.table).await?;
-            Ok(self.published(&staged.table, &staged.version, staged.rows, Vec::new()))
+            let (_, mut client) = self.connect(&[table]).await?;
+            let staging = staging_name(table, version);
+            swap(&mut client, &self.config.schema, &[(staging, table)]).await?;
+            Ok(published(staged.pruned.clone()))
         })
     }
 
     fn publish(&self, table: &str, version: &str, input: &Path) -> Result<Published, SinkError> {
-        self.block_on(self.publish_async(table, version, input))
+        let list = ListFile {
+            table: table.to_string(),
+            input: input.to_path_buf(),
+        };
+        let mut published = self.publish_group(&[list], version)?;
+        published.pop().ok_or_else(|| SinkError::Io {
+            sink: self.name.clone(),
+            message: "nothing was published".into(),
+        })
+    }
+
+    fn publish_group(
+        &self,
+        lists: &[ListFile],
+        version: &str,
+    ) -> Result<Vec<Published>, SinkError> {
+        let lists = lists
+            .iter()
+            .map(|l| Ok((l.clone(), super::sha256_of(&self.name, &l.input)?)))
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        self.block_on(self.publish_group_async(&lists, version))
     }
 
     fn rollback(&self, table: &str) -> Result<Published, SinkError> {
-        self.block_on(async {
-            let schema = &self.config.schema;
-            let (_, mut client) = self.connect(table).await?;
-            let prev = format!("{table}{PREV}");
-            if run_of(&client, schema, &prev).await?.is_none() {
-                return Err(PgError::new(format!(
-                    "table `{schema}.{prev}` does not exist or was not published by recpipe: nothing to roll back to"
-                )));
-            }
-            let aside = format!("{table}__rollback");
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| PgError::from_db("rollback", &e))?;
-            let sql = format!(
-                "ALTER TABLE {} RENAME TO \"{aside}\";
-                 ALTER TABLE {} RENAME TO \"{table}\";
-                 ALTER TABLE {} RENAME TO \"{prev}\";",
-                qualified(schema, table),
-                qualified(schema, &prev),
-                qualified(schema, &aside),
-            );
-            tx.batch_execute(&sql)
-                .await
-                .map_err(|e| PgError::from_db("rollback", &e))?;
-            tx.commit()
-                .await
-                .map_err(|e| PgError::from_db("rollback", &e))?;
-            let (version, rows) = run_of(&client, schema, table).await?.unwrap_or_default();
-            Ok(self.published(table, &version, rows, Vec::new()))
+        let mut back = self.block_on(self.rollback_async(&[table]))?;
+        back.pop().ok_or_else(|| SinkError::Io {
+            sink: self.name.clone(),
+            message: "nothing was rolled back".into(),
         })
+    }
+
+    fn rollback_group(&self, tables: &[String]) -> Result<Vec<Published>, SinkError> {
+        let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+        self.block_on(self.rollback_async(&tables))
     }
 }
 
@@ -226,13 +371,22 @@ fn staging_name(table: &str, version: &str) -> String {
     format!("{table}{STAGING}{run}")
 }
 
-/// The run id and row count recorded in the comment of `schema.table`, if it
-/// exists and recpipe published it.
-async fn run_of(
+/// What the comment of a table recpipe published records.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Recorded {
+    run_id: String,
+    rows: u64,
+    /// Empty for tables published before the hash was recorded: never "the same".
+    sha256: String,
+}
+
+/// What the comment of `schema.table` records, if it exists and recpipe
+/// published it.
+async fn recorded(
     client: &impl GenericClient,
     schema: &str,
     table: &str,
-) -> Result<Option<(String, u64)>, PgError> {
+) -> Result<Option<Recorded>, PgError> {
     let row = client
         .query_opt(
             "SELECT obj_description(c.oid, 'pg_class') FROM pg_class c
@@ -245,10 +399,15 @@ async fn run_of(
     let comment: Option<String> = row.and_then(|r| r.get(0));
     Ok(comment.and_then(|c| {
         let value: serde_json::Value = serde_json::from_str(&c).ok()?;
-        Some((
-            value.get("recpipe_run_id")?.as_str()?.to_string(),
-            value.get("rows")?.as_u64()?,
-        ))
+        Some(Recorded {
+            run_id: value.get("recpipe_run_id")?.as_str()?.to_string(),
+            rows: value.get("rows")?.as_u64()?,
+            sha256: value
+                .get("sha256")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        })
     }))
 }
 
@@ -292,6 +451,7 @@ async fn stage(
     schema: &str,
     staging: &str,
     version: &str,
+    sha256: &str,
     input: &Path,
 ) -> Result<u64, PgError> {
     let read_err = |e: &dyn std::fmt::Display| {
@@ -375,7 +535,8 @@ async fn stage(
         .map_err(db("cannot index"))?;
     }
     // COMMENT takes no parameters: the server quotes the text with format().
-    let comment = serde_json::json!({ "recpipe_run_id": version, "rows": rows }).to_string();
+    let comment = serde_json::json!({ "recpipe_run_id": version, "rows": rows, "sha256": sha256 })
+        .to_string();
     let sql: String = tx
         .query_one(
             "SELECT format('COMMENT ON TABLE %I.%I IS %L', $1::text, $2::text, $3::text)",
@@ -398,26 +559,29 @@ async fn stage(
     Ok(rows)
 }
 
-/// In one transaction: `<table>__prev` dropped, `<table>` becomes `<table>__prev`,
-/// `staging` becomes `<table>`.
-async fn swap(
-    client: &mut Client,
-    schema: &str,
-    staging: &str,
-    table: &str,
-) -> Result<(), PgError> {
-    let db =
-        |e: tokio_postgres::Error| PgError::from_db(&format!("cannot swap `{schema}.{table}`"), &e);
-    let prev = format!("{table}{PREV}");
+/// In one transaction, for every `(staging, table)`: `<table>__prev` dropped,
+/// `<table>` becomes `<table>__prev`, `staging` becomes `<table>`. One commit
+/// switches every table, so no query sees some switched and others not.
+async fn swap(client: &mut Client, schema: &str, switch: &[(String, &str)]) -> Result<(), PgError> {
+    let names: Vec<String> = switch
+        .iter()
+        .map(|(_, t)| format!("{schema}.{t}"))
+        .collect();
+    let what = format!("cannot swap `{}`", names.join("`, `"));
+    let db = |e: tokio_postgres::Error| PgError::from_db(&what, &e);
+    let mut sql = String::new();
+    for (staging, table) in switch {
+        let prev = format!("{table}{PREV}");
+        sql.push_str(&format!(
+            "DROP TABLE IF EXISTS {prev_q};
+             ALTER TABLE IF EXISTS {table_q} RENAME TO \"{prev}\";
+             ALTER TABLE {staging_q} RENAME TO \"{table}\";",
+            prev_q = qualified(schema, &prev),
+            table_q = qualified(schema, table),
+            staging_q = qualified(schema, staging),
+        ));
+    }
     let tx = client.transaction().await.map_err(db)?;
-    let sql = format!(
-        "DROP TABLE IF EXISTS {prev_q};
-         ALTER TABLE IF EXISTS {table_q} RENAME TO \"{prev}\";
-         ALTER TABLE {staging_q} RENAME TO \"{table}\";",
-        prev_q = qualified(schema, &prev),
-        table_q = qualified(schema, table),
-        staging_q = qualified(schema, staging),
-    );
     tx.batch_execute(&sql).await.map_err(db)?;
     tx.commit().await.map_err(db)
 }

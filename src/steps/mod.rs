@@ -30,7 +30,7 @@ use crate::config::pipeline::{ArtifactKind, Role, StepSpec};
 use crate::config::{Settings, Step};
 use crate::models::{StopFlag, Stopped};
 use crate::pipeline::ErrorClass;
-use crate::sinks::{AnySink, SinkError};
+use crate::sinks::{AnySink, ListFile, SinkError};
 use crate::sources::{AnySource, SourceError};
 
 /// The file name of table artifacts (extracts and lists).
@@ -136,14 +136,35 @@ pub async fn run(
                 resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
                     StepError::Data(format!("sink `{}` is not configured", w.sink))
                 })?;
-            // Validation guarantees exactly one list among the inputs.
-            let list = inputs
+            // Validation guarantees a table for every list among the inputs.
+            let list_steps: Vec<&str> = inputs
                 .iter()
-                .find(|i| matches!(i.kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
-                .ok_or_else(|| StepError::Data("no list to write".into()))?;
-            let input = data(list);
-            let (table, version) = (w.table.clone(), cx.run_id.clone());
-            tokio::task::spawn_blocking(move || write::run(&sink, &table, &version, input))
+                .filter(|i| matches!(i.kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
+                .map(|i| i.step.as_str())
+                .collect();
+            let lists = w
+                .targets(&list_steps)
+                .into_iter()
+                .map(|(step, table)| {
+                    let input = inputs.iter().find(|i| i.step == step).ok_or_else(|| {
+                        StepError::Data(format!("`tables` names `{step}`, which is not an input"))
+                    })?;
+                    Ok(ListFile {
+                        table: table.to_string(),
+                        input: data(input),
+                    })
+                })
+                .collect::<Result<Vec<_>, StepError>>()?;
+            if lists.is_empty() {
+                return Err(StepError::Data("no list to write".into()));
+            }
+            let job = write::WriteJob {
+                sink,
+                lists,
+                version: cx.run_id.clone(),
+                allow_empty: w.allow_empty,
+            };
+            tokio::task::spawn_blocking(move || write::run(&job))
                 .await
                 .map_err(|e| StepError::Panic(e.to_string()))?
         }

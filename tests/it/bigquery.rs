@@ -434,3 +434,34 @@ async fn a_bigquery_reader_never_sees_a_partial_list_or_a_missing_table() {
     assert!(reads >= 20, "only {reads} reads during 20 publishes");
     assert_eq!(contents("reader.recs").await.1, "run-20");
 }
+
+#[tokio::test]
+async fn a_bigquery_rerun_with_a_changed_list_publishes_it() {
+    fresh_dataset("bq_sink_rerun").await;
+    let (long, short) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sink = recpipe::sinks::AnySink::from_config(
+        "warehouse",
+        &recpipe::config::settings::SinkConfig::Bigquery(sink_config("bq_sink_rerun")),
+    );
+    let publish = |path: std::path::PathBuf| {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || sink.get().publish("recs", "run-1", &path))
+    };
+    let first = publish(crate::postgres::list(long.path(), "run-1", 100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!first.unchanged);
+    // The same run id with another list: published, not skipped.
+    let short_list = crate::postgres::list(short.path(), "run-1", 30);
+    let second = publish(short_list.clone()).await.unwrap().unwrap();
+    assert_eq!((second.rows, second.unchanged), (30, false));
+    assert_eq!(
+        contents("rerun.recs").await,
+        (30, "run-1".into(), "run-1".into())
+    );
+    // The very same list again: nothing done, and said so.
+    let third = publish(short_list).await.unwrap().unwrap();
+    assert_eq!((third.rows, third.unchanged), (30, true));
+    assert_eq!(contents("rerun.recs__prev").await.0, 100);
+}

@@ -97,3 +97,69 @@ fn bad_sql_names_the_file() {
         text(&out)
     );
 }
+
+/// An extract of `SELECT * FROM t` where table `t` is the file `bytes`.
+fn extract_file(project: &std::path::Path, bytes: &[u8]) -> std::process::Output {
+    let file = project.join("t.parquet");
+    std::fs::write(&file, bytes).unwrap();
+    std::fs::write(project.join("q.sql"), "SELECT * FROM t").unwrap();
+    let (table, q, out) = (
+        format!("t={}", file.display()),
+        project.join("q.sql"),
+        project.join("out.parquet"),
+    );
+    let args = [
+        "step",
+        "extract",
+        "--table",
+        &table,
+        "--sql",
+        q.to_str().unwrap(),
+        "--role",
+        "filter",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    recpipe(project, &args, &[])
+}
+
+#[test]
+fn a_zero_byte_file_is_called_empty_not_columnless() {
+    let dir = project();
+    let out = extract_file(dir.path(), b"");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.contains("t.parquet is empty (0 bytes), so it has no columns: it was not written completely; write it again"),
+        "{err}"
+    );
+    assert!(!err.contains("returned no columns"), "{err}");
+}
+
+#[test]
+fn a_corrupt_file_says_parquet_error_once() {
+    let dir = project();
+    let out = extract_file(dir.path(), b"this is not a parquet file at all");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let err = text(&out);
+    assert!(!err.contains("Parquet error: Parquet error:"), "{err}");
+    assert!(err.contains("not a readable Parquet file"), "{err}");
+}
+
+#[test]
+fn a_text_parameter_compared_with_a_number_is_named() {
+    let dir = project();
+    let out = extract(
+        dir.path(),
+        "SELECT item_id FROM items WHERE item_id > $min_id",
+        "filter",
+        &["--param", "min_id=ten"],
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let err = text(&out);
+    assert!(!err.contains("Optimizer rule"), "{err}");
+    assert!(
+        err.contains("parameter `$min_id` is the text \"ten\" but is used as another type"),
+        "{err}"
+    );
+}

@@ -605,3 +605,230 @@ async fn tls_verify_full_checks_the_server_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rerun_with_a_changed_list_publishes_it() {
+    let db = Db::new();
+    let s = db.schema("rp_rerun");
+    let (long, short) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sink = sink(&admin_dsn(), &s);
+    let sink = sink.get();
+    let first = sink
+        .publish("recs", "run-1", &list(long.path(), "run-1", 100))
+        .unwrap();
+    assert!(!first.unchanged);
+    // The same run id with another list (an edited `top_n`): published, and the
+    // count is what the table holds.
+    let second = sink
+        .publish("recs", "run-1", &list(short.path(), "run-1", 30))
+        .unwrap();
+    assert_eq!((second.rows, second.unchanged), (30, false));
+    assert_eq!(db.contents("rp_rerun.recs"), (30, "run-1".into()));
+    assert_eq!(db.contents("rp_rerun.recs__prev"), (100, "run-1".into()));
+    // The very same list again: nothing done, and said so.
+    let third = sink
+        .publish("recs", "run-1", &short.path().join("run-1.parquet"))
+        .unwrap();
+    assert_eq!((third.rows, third.unchanged), (30, true));
+    assert_eq!(third.sha256, second.sha256);
+    assert_eq!(db.contents("rp_rerun.recs__prev"), (100, "run-1".into()));
+}
+
+#[test]
+fn a_grouped_publish_switches_its_tables_in_one_transaction() {
+    let db = Db::new();
+    let s = db.schema("rp_group");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(&admin_dsn(), &s);
+    // Two lists of different sizes per run, so a table of another run shows.
+    let group = |i: usize| {
+        let run = format!("run-{i}");
+        let sub = dir.path().join(&run);
+        std::fs::create_dir_all(&sub).unwrap();
+        let lists = vec![
+            recpipe::sinks::ListFile {
+                table: "recs_a".into(),
+                input: list(&sub, &run, 1_000 + 10 * i),
+            },
+            recpipe::sinks::ListFile {
+                table: "recs_b".into(),
+                input: {
+                    let b = sub.join("b");
+                    std::fs::create_dir_all(&b).unwrap();
+                    list(&b, &run, 500 + 10 * i)
+                },
+            },
+        ];
+        (run, lists)
+    };
+    let (run, lists) = group(0);
+    sink.get().publish_group(&lists, &run).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let db = Db::new();
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // One statement reads both tables: they must be of one run.
+                let row = &db
+                    .rows(
+                        "SELECT (SELECT min(run_id) FROM rp_group.recs_a),
+                                (SELECT min(run_id) FROM rp_group.recs_b)",
+                    )
+                    .expect("both tables exist")[0];
+                let (a, b): (String, String) = (row.get(0), row.get(1));
+                assert_eq!(a, b, "one table switched without the other");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 1..=15 {
+        let (run, lists) = group(i);
+        let published = sink.get().publish_group(&lists, &run).unwrap();
+        let rows: Vec<u64> = published.iter().map(|p| p.rows).collect();
+        assert_eq!(rows, vec![1_000 + 10 * i as u64, 500 + 10 * i as u64]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw tables of two runs");
+    assert!(reads >= 15, "only {reads} reads during 15 publishes");
+    assert_eq!(db.contents("rp_group.recs_a"), (1_150, "run-15".into()));
+    assert_eq!(db.contents("rp_group.recs_b"), (650, "run-15".into()));
+
+    // Rolled back together, in one transaction as well.
+    let back = sink
+        .get()
+        .rollback_group(&["recs_a".into(), "recs_b".into()])
+        .unwrap();
+    assert_eq!(
+        back.iter().map(|p| p.version.as_str()).collect::<Vec<_>>(),
+        vec!["run-14", "run-14"]
+    );
+    assert_eq!(db.contents("rp_group.recs_a").1, "run-14");
+    assert_eq!(db.contents("rp_group.recs_b").1, "run-14");
+}
+
+/// The example pipeline with a second, shorter list, both published by one write
+/// step with `tables`.
+const GROUPED: &str = r#"
+name = "grouped"
+
+[steps.interactions]
+kind = "extract"
+source = "local"
+sql = "sql/example_interactions.sql"
+role = "interactions"
+params = { min_value = 1 }
+
+[steps.popular]
+kind = "train"
+needs = ["interactions"]
+model = "popular"
+
+[steps.long]
+kind = "recommend"
+needs = ["popular"]
+top_n = 10
+
+[steps.short]
+kind = "recommend"
+needs = ["popular"]
+top_n = 3
+
+[steps.publish]
+kind = "write"
+needs = ["long", "short"]
+sink = "service_db"
+tables = { long = "recs_long", short = "recs_short" }
+"#;
+
+#[test]
+fn a_grouped_write_step_publishes_and_rolls_back_its_tables_together() {
+    let db = Db::new();
+    let s = db.schema("rp_grouped_run");
+    let dir = crate::common::project();
+    let p = dir.path();
+    std::fs::write(p.join("pipelines/grouped.toml"), GROUPED).unwrap();
+    let dsn = admin_dsn();
+    let env = |failpoint: &'static str| {
+        vec![
+            ("RECPIPE__SINKS__SERVICE_DB__DSN", dsn.clone()),
+            ("RECPIPE__SINKS__SERVICE_DB__SCHEMA", s.clone()),
+            ("RECPIPE_FAILPOINTS", failpoint.to_string()),
+        ]
+    };
+    let run = |id: &str, failpoint: &'static str| {
+        let env = env(failpoint);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        recpipe(p, &["run", "grouped", "--run-id", id], &env)
+    };
+    let out = run("g1", "");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (long, _) = db.contents("rp_grouped_run.recs_long");
+    let (short, _) = db.contents("rp_grouped_run.recs_short");
+    assert_eq!(long * 3, short * 10);
+    assert!(
+        stdout.contains(&format!(
+            "published `publish` ({long} rows): rp_grouped_run.recs_long"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "published `publish` ({short} rows): rp_grouped_run.recs_short"
+        )),
+        "{stdout}"
+    );
+
+    // A crash after staging both: neither table switched.
+    let out = run("g2", "postgres.before_swap");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(db.contents("rp_grouped_run.recs_long").1, "g1");
+    assert_eq!(db.contents("rp_grouped_run.recs_short").1, "g1");
+    let out = run("g2", "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(db.contents("rp_grouped_run.recs_long").1, "g2");
+    assert_eq!(db.contents("rp_grouped_run.recs_short").1, "g2");
+
+    let env = env("");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = recpipe(p, &["rollback", "grouped"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(db.contents("rp_grouped_run.recs_long").1, "g1");
+    assert_eq!(db.contents("rp_grouped_run.recs_short").1, "g1");
+    let out = recpipe(p, &["plan", "grouped"], &env);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("tables `recs_long` ← long, `recs_short` ← short (published together)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn rollback_with_nothing_published_says_so_in_postgres() {
+    let db = Db::new();
+    let s = db.schema("rp_nothing");
+    let sink = sink(&admin_dsn(), &s);
+    let err = sink.get().rollback("recs").expect_err("nothing published");
+    assert!(
+        err.to_string().contains(
+            "table `rp_nothing.recs` has never been published by recpipe: nothing to roll back; publish a list first"
+        ),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let dir = tempfile::tempdir().unwrap();
+    sink.get()
+        .publish("recs", "v1", &list(dir.path(), "v1", 10))
+        .unwrap();
+    let err = sink.get().rollback("recs").expect_err("one version");
+    assert!(
+        err.to_string()
+            .contains("has no previous version (`rp_nothing.recs__prev`) to roll back to"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use arrow::array::{Array, Float32Array, Int32Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use recpipe::artifact::read_parquet;
 use recpipe::pipeline::rundir::StepManifest;
-use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
+use recpipe::pipeline::{ErrorClass, RunRecord, RunStatus, StepStatus};
 
 use crate::common::{example_items, example_seen, i64s, project, recpipe, text};
 
@@ -403,4 +403,192 @@ fn step_commands_reproduce_the_pipeline() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let current = std::fs::read_to_string(p.join("state/published/by_hand/CURRENT")).unwrap();
     assert_eq!(current.trim(), "v1");
+}
+
+/// Rows of the list a reader of `current/data.parquet` gets.
+fn current_rows(project: &Path) -> usize {
+    let (_, batches) = read_parquet(&published(project).join("current/data.parquet")).unwrap();
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// `(rows, location)` of the `published `publish` (N rows): …` line.
+fn printed(out: &std::process::Output) -> (usize, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("published `publish` ("))
+        .unwrap_or_else(|| panic!("no published line\n{}", text(out)));
+    let (count, location) = line["published `publish` (".len()..]
+        .split_once(" rows): ")
+        .unwrap();
+    (count.parse().unwrap(), location.to_string())
+}
+
+fn edit_pipeline(project: &Path, from: &str, to: &str) {
+    let path = project.join("pipelines/example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in the example pipeline");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn a_rerun_after_an_edit_publishes_the_new_list() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = current_rows(p);
+    assert_eq!(printed(&out).0, first);
+
+    // The same run id after an edit: the new, shorter list is what readers get,
+    // kept under a new version name so the old folder never changes under them.
+    edit_pipeline(p, "top_n = 10", "top_n = 3");
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let now = current_rows(p);
+    assert_eq!(now * 10, first * 3, "the list of top_n = 3 is current");
+    assert_eq!(
+        printed(&out).0,
+        now,
+        "the printed count is what readers see"
+    );
+    assert_eq!(manifest(p, "r1", "publish").rows as usize, now);
+    assert_eq!(current(p), "r1-2");
+
+    // Back to 10: a new list again (its `generated_at` differs from the one
+    // kept as `r1`), so a third version.
+    edit_pipeline(p, "top_n = 3", "top_n = 10");
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!((current(p), current_rows(p)), ("r1-3".to_string(), first));
+    assert_eq!(printed(&out).0, first);
+
+    // Rolling back returns to the top-3 list.
+    let out = recpipe(p, &["rollback", "example"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(current_rows(p), now);
+}
+
+#[test]
+fn writing_the_same_list_again_does_nothing_and_says_so() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let list = p.join("state/runs/example/r1/user_recs/data.parquet");
+    let write = |version: &str| {
+        let args = [
+            "step",
+            "write",
+            "--input",
+            list.to_str().unwrap(),
+            "--sink",
+            "local_lists",
+            "--table",
+            "example_user_recs",
+            "--version",
+            version,
+        ];
+        let out = recpipe(p, &args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let again = write("r1");
+    assert_eq!(again["details"]["unchanged"], true, "{again}");
+    assert_eq!(again["rows"].as_u64().unwrap() as usize, current_rows(p));
+    assert_eq!(current(p), "r1");
+    // Another version of the same bytes is published (made current) as asked.
+    let other = write("r9");
+    assert_eq!(other["details"]["unchanged"], false, "{other}");
+    assert_eq!(current(p), "r9");
+}
+
+#[test]
+fn an_empty_list_is_refused_and_the_previous_stays_current() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = current_rows(p);
+
+    // No score reaches the minimum: the recommend step makes an empty list.
+    edit_pipeline(p, "top_n = 10", "top_n = 10\nmin_score = 1e30");
+    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.contains("the list for table `example_user_recs` is empty; nothing was published and the previous list stays current (set `allow_empty = true` on the write step"),
+        "{err}"
+    );
+    let publish = record(p, "r2")
+        .steps
+        .into_iter()
+        .find(|s| s.id == "publish")
+        .unwrap();
+    assert_eq!(publish.status, StepStatus::Failed);
+    assert_eq!(publish.error_class, Some(ErrorClass::InvalidInput));
+    assert_eq!(publish.attempts, 1, "a data error is not retried");
+    assert_eq!((current(p), current_rows(p)), ("r1".to_string(), before));
+
+    // Allowed on the step, the empty list is published.
+    edit_pipeline(p, "retries = 3", "retries = 3\nallow_empty = true");
+    let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!((current(p), current_rows(p)), ("r2".to_string(), 0));
+
+    // The command alone refuses it too (exit 2), unless `--allow-empty`.
+    let empty = p.join("state/runs/example/r2/user_recs/data.parquet");
+    let args = |allow: bool| {
+        let mut a = vec![
+            "step",
+            "write",
+            "--input",
+            empty.to_str().unwrap(),
+            "--sink",
+            "local_lists",
+            "--table",
+            "other",
+        ];
+        if allow {
+            a.push("--allow-empty");
+        }
+        recpipe(p, &a, &[])
+    };
+    let out = args(false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("pass `--allow-empty`"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::fs::metadata(p.join("state/published/other/CURRENT")).is_err());
+    let out = args(true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn rollback_with_nothing_published_says_so() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["rollback", "example"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("table `example_user_recs` has never been published here"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("publish a list first"),
+        "{}",
+        text(&out)
+    );
+    let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = recpipe(p, &["rollback", "example"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("table `example_user_recs` has no version before `r1` to roll back to"),
+        "{}",
+        text(&out)
+    );
 }

@@ -53,6 +53,7 @@ fixture_tests! {
     many_errors: "many_errors.toml",
     duplicate_table: "duplicate_table",
     out_of_bounds: "out_of_bounds.toml",
+    write_tables: "write_tables.toml",
 }
 
 #[test]
