@@ -7,6 +7,8 @@ mod extract;
 mod history;
 mod lists;
 mod postgres;
+mod retention;
 mod run;
 mod scheduler;
+mod settings;
 mod validate;
