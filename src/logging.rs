@@ -73,3 +73,30 @@ where
         writeln!(writer, "{}", Value::Object(out))
     }
 }
+
+/// The log destination (stderr) with secrets removed from every line: a step
+/// error logged as a field may quote a DSN, and no log line may hold one.
+/// `fmt` hands each formatted event over in one `write`, so a secret is never
+/// split across two calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedactedStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedStderr
+    }
+}
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(crate::config::redact::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}

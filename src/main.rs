@@ -1,8 +1,10 @@
 //! The `recpipe` command line: validate, plan and run pipelines, run any step
 //! alone on files, and generate example data.
 //!
-//! Exit codes: 0 success, 1 a run or step failed, 2 bad input (configuration,
-//! pipeline file, arguments).
+//! Exit codes, the same for `run`, `step` and `validate`: 0 success, 2 invalid
+//! input (settings, pipeline file, arguments, SQL result, data), 75 transient
+//! (connection, I/O, time-out: worth retrying), 1 anything else. No message
+//! printed here holds a secret: each goes through `redact` first.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -18,10 +20,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use recpipe::artifact;
 use recpipe::config::pipeline::{self, ArtifactKind, ParamValue, Role, StepSpec, TrainSpec};
+use recpipe::config::redact::redact;
 use recpipe::config::settings::{DataFusionSourceConfig, TableFileConfig};
 use recpipe::config::{Diagnostics, Pipeline, Settings};
 use recpipe::models::StopFlag;
-use recpipe::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
+use recpipe::pipeline::{ErrorClass, Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
 use recpipe::sources::AnySource;
 use recpipe::steps::{self, Resources, StepContext, StepOutput};
 use recpipe::synth;
@@ -48,7 +51,7 @@ enum Command {
     /// Check pipeline files (default: every file in the pipelines dir); exit 2 on errors.
     Validate {
         paths: Vec<PathBuf>,
-        /// Also reach every configured source and sink; exit 1 if one fails.
+        /// Also reach every configured source and sink; exit 75 if one fails.
         #[arg(long)]
         check_connections: bool,
     },
@@ -267,8 +270,28 @@ struct WriteArgs {
 
 /// Failures with their exit code.
 enum Failure {
+    /// Exit 2: the input cannot work as it is.
     BadInput(anyhow::Error),
+    /// Exit 75: a retry later may succeed.
+    Transient(anyhow::Error),
+    /// Exit 1.
     Failed(anyhow::Error),
+}
+
+impl Failure {
+    fn of_class(class: ErrorClass, e: anyhow::Error) -> Self {
+        match class {
+            ErrorClass::InvalidInput => Failure::BadInput(e),
+            ErrorClass::Transient => Failure::Transient(e),
+            ErrorClass::Failed => Failure::Failed(e),
+        }
+    }
+
+    /// A step command's error, classed by what went wrong.
+    fn step(what: &str, e: steps::StepError) -> Self {
+        let class = e.class();
+        Failure::of_class(class, anyhow!(e).context(what.to_string()))
+    }
 }
 
 impl From<anyhow::Error> for Failure {
@@ -301,17 +324,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::BadInput(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Failed(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    let outcome = runtime.block_on(dispatch(cli));
+    // A step blocked in I/O past the drain must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let (code, e) = match outcome {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => (ErrorClass::InvalidInput.exit_code(), e),
+        Err(Failure::Transient(e)) => (ErrorClass::Transient.exit_code(), e),
+        Err(Failure::Failed(e)) => (ErrorClass::Failed.exit_code(), e),
+    };
+    eprintln!("error: {}", redact(&format!("{e:#}")));
+    ExitCode::from(code)
 }
 
 /// Lines on a terminal (warnings only, as the CLI prints its own progress), JSON
@@ -323,7 +346,7 @@ fn init_logging(daemon: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(recpipe::logging::RedactedStderr)
         .with_ansi(terminal);
     if terminal {
         builder.init();
@@ -337,7 +360,7 @@ fn init_logging(daemon: bool) {
 /// exits at once.
 async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
     use recpipe::scheduler::CronSchedulerClock;
-    use recpipe::scheduler::daemon::Daemon;
+    use recpipe::scheduler::daemon::{Daemon, DaemonError};
     use tokio::signal::unix::{SignalKind, signal};
 
     let clock = CronSchedulerClock::start()
@@ -345,17 +368,26 @@ async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
         .map_err(|e| Failure::Failed(anyhow!("starting the scheduler: {e}")))?;
     let daemon = Daemon::start(settings.clone(), Arc::new(clock))
         .await
-        .map_err(|e| Failure::Failed(e.into()))?;
+        .map_err(|e| match e {
+            // The state folder or its database: a disk or mount problem.
+            DaemonError::History(_) => Failure::Transient(e.into()),
+            e => Failure::Failed(e.into()),
+        })?;
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
-        .map_err(|e| Failure::Failed(anyhow!("server.listen `{}`: {e}", settings.server.listen)))?;
+        .map_err(|e| {
+            let error = anyhow!("server.listen `{}`: {e}", settings.server.listen);
+            match e.kind() {
+                // Another process holds the port: it may be gone at the next try.
+                std::io::ErrorKind::AddrInUse => Failure::Transient(error),
+                _ => Failure::BadInput(error),
+            }
+        })?;
     tracing::info!(listen = %settings.server.listen, pipelines = daemon.pipelines().len(), "daemon started");
     let poll = {
         let d = daemon.clone();
-        let every = settings
-            .daemon
-            .reload_interval
-            .max(Duration::from_millis(100));
+        // Settings bound it to at least 100 ms.
+        let every = settings.daemon.reload_interval;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -402,7 +434,8 @@ async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
     poll.abort();
     hup.abort();
     let _ = stop_server.send(());
-    let _ = server.await;
+    // A browser keeping a connection open must not hold the exit either.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("daemon stopped");
     Ok(())
 }
@@ -577,7 +610,10 @@ async fn check_connections_of(settings: &Settings, pipelines: &[Pipeline]) -> Re
     }
     match failed {
         0 => Ok(()),
-        n => Err(Failure::Failed(anyhow!("{n} connection check(s) failed"))),
+        // Connections that fail are worth retrying (exit 75), as for a run.
+        n => Err(Failure::Transient(anyhow!(
+            "{n} connection check(s) failed"
+        ))),
     }
 }
 
@@ -735,6 +771,7 @@ async fn run(
     let pool = steps::compute_pool(settings.runtime.compute_threads)
         .map_err(|e| Failure::Failed(e.into()))?;
     let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
+    let pipeline_name = pipeline.name.clone();
     let stop = StopFlag::default();
     let ctrl_c_stop = stop.clone();
     tokio::spawn(async move {
@@ -751,12 +788,43 @@ async fn run(
         logical_date: logical_date.unwrap_or(now),
         stop,
     };
-    let record = executor
-        .run(request, Some(tx))
-        .await
-        .map_err(|e| Failure::BadInput(e.into()))?;
+    let record = executor.run(request, Some(tx)).await.map_err(|e| match e {
+        recpipe::pipeline::executor::ExecutorError::RunId(_) => Failure::BadInput(e.into()),
+        // The run directory could not be written: the disk, worth a retry.
+        e => Failure::Transient(e.into()),
+    })?;
     let _ = progress.await;
+    prune(&settings, &pipeline_name);
     report(&settings, &record)
+}
+
+/// Retention after a run, as the daemon does: old finished runs of this
+/// pipeline and stale temporary files go (a failure to prune fails nothing).
+fn prune(settings: &Settings, pipeline: &str) {
+    use recpipe::pipeline::retention;
+    let now = std::time::SystemTime::now();
+    let policy = retention::Policy::from(&settings.retention);
+    let mut roots = vec![settings.state_dir.clone()];
+    roots.extend(settings.sinks.values().filter_map(|s| match s {
+        recpipe::config::settings::SinkConfig::Parquet(p) => Some(p.path.clone()),
+        _ => None,
+    }));
+    let result = retention::prune_runs(&settings.state_dir, pipeline, &policy, now, &|_| false)
+        .and_then(|mut pruned| {
+            pruned.absorb(retention::prune_temp_files(&roots, now)?);
+            Ok(pruned)
+        });
+    match result {
+        Ok(p) if !p.is_empty() => tracing::info!(
+            pipeline,
+            runs = p.runs.len(),
+            temp_files = p.temp_files.len(),
+            bytes = p.bytes,
+            "pruned old runs"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(pipeline, error = %e, "cannot prune old runs"),
+    }
 }
 
 /// A progress bar on a terminal; elsewhere the executor's log lines say the same.
@@ -858,10 +926,15 @@ fn report(settings: &Settings, record: &RunRecord) -> Result<(), Failure> {
                 .iter()
                 .filter_map(|s| s.error.as_ref().map(|e| format!("step `{}`: {e}", s.id)))
                 .collect();
-            Err(Failure::Failed(anyhow!(
-                "run {status:?}\n{}",
-                failed.join("\n")
-            )))
+            let error = anyhow!("run {}\n{}", status.as_str(), failed.join("\n"));
+            // A cancelled run failed whatever its steps saw; otherwise the
+            // steps' classes decide (invalid input wins over a transient error).
+            let class = match status {
+                RunStatus::Cancelled => ErrorClass::Failed,
+                _ => ErrorClass::of_run(record.steps.iter().filter_map(|s| s.error_class.as_ref()))
+                    .unwrap_or(ErrorClass::Failed),
+            };
+            Err(Failure::of_class(class, error))
         }
     }
 }
@@ -922,7 +995,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             };
             steps::extract::run(job, a.output, &cx)
                 .await
-                .context("extract")?
+                .map_err(|e| Failure::step("extract", e))?
         }
         StepCommand::Train(a) => {
             let spec = train_spec(&a.model, &a.set)?;
@@ -933,7 +1006,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 steps::train::run(&spec, &input, &out, &StopFlag::default())
             })
             .await
-            .context("train")?
+            .map_err(|e| Failure::step("train", e))?
         }
         StepCommand::MergeFilters(a) => {
             let inputs: Vec<steps::filters::FilterInput> = a
@@ -961,7 +1034,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             })
             .await
             .map_err(|e| anyhow!(e))?
-            .context("merge-filters")?
+            .map_err(|e| Failure::step("merge-filters", e))?
         }
         StepCommand::Evaluate(a) => {
             let mut spec: recpipe::config::pipeline::EvaluateSpec = toml::from_str(&format!(
@@ -980,7 +1053,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 steps::evaluate::run(&spec, &input, &out, &StopFlag::default())
             })
             .await
-            .context("evaluate")?
+            .map_err(|e| Failure::step("evaluate", e))?
         }
         StepCommand::Recommend(a) => {
             let (job, out) = list_job(a);
@@ -988,7 +1061,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 steps::recommend::run(&job, &out, &StopFlag::default())
             })
             .await
-            .context("recommend")?
+            .map_err(|e| Failure::step("recommend", e))?
         }
         StepCommand::SimilarItems(a) => {
             let (job, out) = list_job(a);
@@ -996,7 +1069,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 steps::recommend::similar(&job, &out, &StopFlag::default())
             })
             .await
-            .context("similar-items")?
+            .map_err(|e| Failure::step("similar-items", e))?
         }
         StepCommand::Write(a) => {
             let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
@@ -1030,14 +1103,8 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             };
             let written = tokio::task::spawn_blocking(move || steps::write::run(&job))
                 .await
-                .map_err(|e| anyhow!(e))?;
-            match written {
-                // An empty or unreadable list is bad input (exit 2), as in a run.
-                Err(e @ steps::StepError::Data(_)) => {
-                    return Err(Failure::BadInput(anyhow!(e).context("write")));
-                }
-                other => other.context("write")?,
-            }
+                .map_err(|e| anyhow!(e))?
+                .map_err(|e| Failure::step("write", e))?
         }
     };
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;

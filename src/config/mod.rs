@@ -6,7 +6,9 @@
 
 pub mod diagnostic;
 mod introspect;
+mod layers;
 pub mod pipeline;
+pub mod redact;
 pub mod settings;
 
 pub use diagnostic::{Diagnostic, Diagnostics};

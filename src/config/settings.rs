@@ -4,12 +4,23 @@
 //! Relative paths in the settings resolve against the project directory (the folder
 //! holding `config/`, `pipelines/` and `sql/`), never against the process's current
 //! directory, so the daemon behaves the same wherever it is started.
+//!
+//! Invariant: [`Settings::load`] returns settings whose every value is within the
+//! bounds documented here, or every problem at once, each with the file and line
+//! (or environment variable) that set it, and never a secret's value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use super::diagnostic::{Diagnostics, one_of, suggest};
+use super::introspect::fields;
+use super::layers::Layers;
+use super::redact;
 
 /// Everything the daemon and the CLI read from `config/`.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +43,8 @@ pub struct Settings {
     pub api: ApiSettings,
     #[serde(default)]
     pub daemon: DaemonSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// Set by [`Settings::load`]: the folder every relative path resolves against.
     #[serde(skip)]
     pub project_dir: PathBuf,
@@ -58,7 +71,17 @@ pub struct RuntimeSettings {
     pub retry_base_delay: Duration,
     #[serde(deserialize_with = "duration")]
     pub retry_max_delay: Duration,
+    /// How long one attempt of a step may run when its pipeline gives it no
+    /// `timeout`: a hung query or a runaway training cannot hold a run forever.
+    #[serde(deserialize_with = "duration")]
+    pub step_timeout: Duration,
 }
+
+/// The most compute threads accepted: more than any machine we run on has cores,
+/// far fewer than would exhaust the process's memory for thread stacks.
+pub const MAX_COMPUTE_THREADS: usize = 256;
+/// The most steps of one run at the same time (each may hold a dataset in memory).
+pub const MAX_PARALLEL_STEPS: usize = 64;
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
@@ -67,6 +90,7 @@ impl Default for RuntimeSettings {
             compute_threads: 0,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+            step_timeout: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -94,6 +118,27 @@ pub struct ApiSettings {
     /// Bearer token for the POST endpoints (`RECPIPE__API__TOKEN`); without one
     /// they refuse every request.
     pub token: Option<Secret>,
+}
+
+/// How many finished run directories stay on disk (about 25 MB each at 1.2M
+/// interactions): a once-a-second schedule must not fill the disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Newest finished runs kept per pipeline (at least 1).
+    pub keep_runs: usize,
+    /// Finished runs older than this many days are removed even when fewer than
+    /// `keep_runs` are left; 0 keeps them whatever their age.
+    pub keep_days: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep_runs: 50,
+            keep_days: 30,
+        }
+    }
 }
 
 /// A value never printed: `Debug` and `Display` show `***`.
@@ -296,6 +341,8 @@ pub struct BigQuerySinkConfig {
 }
 
 impl SinkConfig {
+    pub const KINDS: &[&str] = &["parquet", "postgres", "bigquery"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Parquet(_) => "parquet",
@@ -320,37 +367,149 @@ fn default_keep_versions() -> usize {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("settings: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("settings: {key}: {message}")]
-    Invalid { key: String, message: String },
+    /// Every problem of every layer, sorted by file and line. Displayed once:
+    /// there is no `source`, so an error chain does not print it twice.
+    #[error("{}", invalid_message(.0))]
+    Invalid(Diagnostics),
+}
+
+fn invalid_message(diags: &Diagnostics) -> String {
+    let n = diags.len();
+    format!(
+        "{n} problem{} in the settings:\n{diags}",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 impl Settings {
     /// Loads the layered settings of the project in `project_dir`.
     pub fn load(project_dir: &Path) -> Result<Self, SettingsError> {
+        Self::load_with(project_dir, std::env::vars())
+    }
+
+    /// [`Settings::load`] with the environment given (tests set their own).
+    pub fn load_with(
+        project_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let config_dir = project_dir.join("config");
-        let env = std::env::var("RECPIPE_ENV").ok();
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from(config_dir.join("default.toml")).required(false));
-        if let Some(env) = env.filter(|e| !e.is_empty()) {
-            builder = builder.add_source(
-                config::File::from(config_dir.join(format!("{env}.toml"))).required(true),
-            );
+        let default_file = config_dir.join("default.toml");
+        let mut layers = Layers::new(&default_file);
+        layers.file(&default_file, false);
+        let profile = env
+            .iter()
+            .find(|(k, _)| k == "RECPIPE_ENV")
+            .map(|(_, v)| v.clone());
+        if let Some(profile) = profile.filter(|e| !e.is_empty()) {
+            layers.file(&config_dir.join(format!("{profile}.toml")), true);
         }
-        let raw = builder
-            .add_source(
-                config::Environment::with_prefix("RECPIPE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?;
-        let mut settings: Settings = raw.try_deserialize()?;
-        settings.project_dir = project_dir.to_path_buf();
+        layers.env(env);
+        let mut settings = Self::from_layers(&mut layers, project_dir);
+        settings.register_secrets();
         settings.resolve_paths();
-        settings.check()?;
-        Ok(settings)
+        settings.check(&mut layers);
+        match layers.diags.is_empty() {
+            true => Ok(settings),
+            false => Err(SettingsError::Invalid(
+                std::mem::take(&mut layers.diags).sorted(),
+            )),
+        }
+    }
+
+    /// Deserializes the merged layers section by section, so that a problem in
+    /// one section does not hide those of the others.
+    fn from_layers(layers: &mut Layers, project_dir: &Path) -> Self {
+        let mut root = layers.take();
+        let mut settings = Self::empty(project_dir);
+        settings.runtime = section(layers, &mut root, "runtime");
+        settings.server = section(layers, &mut root, "server");
+        settings.api = section(layers, &mut root, "api");
+        settings.daemon = section(layers, &mut root, "daemon");
+        settings.retention = section(layers, &mut root, "retention");
+        if let Some(t) = named_tables(layers, &mut root, "sources") {
+            settings.sources = t
+                .into_iter()
+                .filter_map(|(name, table)| {
+                    let kind = kind_of(
+                        layers,
+                        &format!("sources.{name}"),
+                        &table,
+                        SourceConfig::KINDS,
+                    )?;
+                    let mut allowed = match kind.as_str() {
+                        "datafusion" => fields::<DataFusionSourceConfig>(),
+                        "postgres" => fields::<PostgresConfig>(),
+                        _ => fields::<BigQueryConfig>(),
+                    }
+                    .to_vec();
+                    allowed.push("kind");
+                    let what = format!("a `{kind}` source");
+                    let path = format!("sources.{name}");
+                    let config = layers.deserialize(&path, table, &allowed, &what)?;
+                    Some((name, config))
+                })
+                .collect();
+        }
+        if let Some(t) = named_tables(layers, &mut root, "sinks") {
+            settings.sinks = t
+                .into_iter()
+                .filter_map(|(name, table)| {
+                    let kind =
+                        kind_of(layers, &format!("sinks.{name}"), &table, SinkConfig::KINDS)?;
+                    let mut allowed = match kind.as_str() {
+                        "parquet" => fields::<ParquetSinkConfig>(),
+                        "postgres" => fields::<PostgresConfig>(),
+                        _ => fields::<BigQuerySinkConfig>(),
+                    }
+                    .to_vec();
+                    allowed.push("kind");
+                    let what = format!("a `{kind}` sink");
+                    let path = format!("sinks.{name}");
+                    let config = layers.deserialize(&path, table, &allowed, &what)?;
+                    Some((name, config))
+                })
+                .collect();
+        }
+        // What is left are the top-level keys; unknown ones are told apart from
+        // the sections with the whole list of accepted keys.
+        if let Some(top) =
+            layers.deserialize::<TopLevel>("", root, fields::<Settings>(), "the settings")
+        {
+            settings.state_dir = top.state_dir;
+            settings.pipelines_dir = top.pipelines_dir;
+        }
+        // `RECPIPE__API__TOKEN=` is no token: it must not match a missing header.
+        if settings
+            .api
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
+            settings.api.token = None;
+        }
+        settings
+    }
+
+    /// Makes every secret of the settings known to [`redact::redact`].
+    fn register_secrets(&self) {
+        if let Some(token) = &self.api.token {
+            redact::register(token.expose());
+        }
+        let dsns = self
+            .sources
+            .values()
+            .filter_map(|s| match s {
+                SourceConfig::Postgres(pg) => Some(&pg.dsn),
+                _ => None,
+            })
+            .chain(self.sinks.values().filter_map(|s| match s {
+                SinkConfig::Postgres(pg) => Some(&pg.dsn),
+                _ => None,
+            }));
+        for dsn in dsns {
+            redact::register(dsn.expose());
+        }
     }
 
     /// Settings with no file at all: used by the standalone step commands and tests.
@@ -364,6 +523,7 @@ impl Settings {
             server: ServerSettings::default(),
             api: ApiSettings::default(),
             daemon: DaemonSettings::default(),
+            retention: RetentionSettings::default(),
             project_dir: project_dir.to_path_buf(),
         };
         settings.resolve_paths();
@@ -407,32 +567,124 @@ impl Settings {
         }
     }
 
-    fn check(&self) -> Result<(), SettingsError> {
-        let invalid = |key: String, message: &str| {
-            Err(SettingsError::Invalid {
-                key,
-                message: message.to_string(),
-            })
-        };
-        if self.runtime.max_parallel_steps == 0 {
-            return invalid("runtime.max_parallel_steps".into(), "must be at least 1");
+    /// Bounds the values serde accepted: each problem is reported where the
+    /// key was set, with what would be accepted.
+    fn check(&self, layers: &mut Layers) {
+        let r = &self.runtime;
+        if !(1..=MAX_PARALLEL_STEPS).contains(&r.max_parallel_steps) {
+            layers.error(
+                "runtime.max_parallel_steps",
+                format!(
+                    "{} is out of range; accepted: 1 to {MAX_PARALLEL_STEPS}",
+                    r.max_parallel_steps
+                ),
+            );
+        }
+        if r.compute_threads > MAX_COMPUTE_THREADS {
+            layers.error(
+                "runtime.compute_threads",
+                format!(
+                    "{} is out of range; accepted: 0 (one per core) to {MAX_COMPUTE_THREADS}",
+                    r.compute_threads
+                ),
+            );
+        }
+        let hour = Duration::from_secs(3600);
+        let day = 24 * hour;
+        within(
+            layers,
+            "runtime.retry_base_delay",
+            r.retry_base_delay,
+            Duration::from_millis(1),
+            hour,
+        );
+        within(
+            layers,
+            "runtime.retry_max_delay",
+            r.retry_max_delay,
+            Duration::from_millis(1),
+            day,
+        );
+        if r.retry_base_delay > r.retry_max_delay {
+            layers.error(
+                "runtime.retry_base_delay",
+                format!(
+                    "`{}` is longer than `runtime.retry_max_delay` (`{}`); the first delay must not exceed the longest",
+                    humantime::format_duration(r.retry_base_delay),
+                    humantime::format_duration(r.retry_max_delay)
+                ),
+            );
+        }
+        within(
+            layers,
+            "runtime.step_timeout",
+            r.step_timeout,
+            Duration::from_secs(1),
+            7 * day,
+        );
+        let d = &self.daemon;
+        within(
+            layers,
+            "daemon.shutdown_grace",
+            d.shutdown_grace,
+            Duration::ZERO,
+            hour,
+        );
+        within(
+            layers,
+            "daemon.reload_interval",
+            d.reload_interval,
+            Duration::from_millis(100),
+            hour,
+        );
+        if let Err(message) = check_listen(&self.server.listen) {
+            layers.error("server.listen", message);
+        }
+        if !(1..=100_000).contains(&self.retention.keep_runs) {
+            layers.error(
+                "retention.keep_runs",
+                format!(
+                    "{} is out of range; accepted: 1 to 100000",
+                    self.retention.keep_runs
+                ),
+            );
+        }
+        if self.retention.keep_days > 3650 {
+            layers.error(
+                "retention.keep_days",
+                format!(
+                    "{} is out of range; accepted: 0 (no age limit) to 3650",
+                    self.retention.keep_days
+                ),
+            );
+        }
+        for (name, source) in &self.sources {
+            match source {
+                SourceConfig::Postgres(pg) => {
+                    check_postgres(layers, &format!("sources.{name}"), pg)
+                }
+                SourceConfig::Bigquery(bq) if !(1..=100_000).contains(&bq.page_size) => {
+                    layers.error(
+                        &format!("sources.{name}.page_size"),
+                        format!("{} is out of range; accepted: 1 to 100000", bq.page_size),
+                    );
+                }
+                SourceConfig::Bigquery(_) | SourceConfig::Datafusion(_) => {}
+            }
         }
         for (name, sink) in &self.sinks {
             match sink {
-                SinkConfig::Parquet(p) if p.keep_versions == 0 => {
-                    return invalid(
-                        format!("sinks.{name}.keep_versions"),
-                        "must be at least 1 (the current version)",
+                SinkConfig::Parquet(p) if !(1..=1000).contains(&p.keep_versions) => {
+                    layers.error(
+                        &format!("sinks.{name}.keep_versions"),
+                        format!(
+                            "{} is out of range; accepted: 1 (the current version) to 1000",
+                            p.keep_versions
+                        ),
                     );
                 }
                 SinkConfig::Parquet(_) => {}
-                SinkConfig::Postgres(pg) if !is_pg_identifier(&pg.schema) => {
-                    return invalid(
-                        format!("sinks.{name}.schema"),
-                        "must be a lowercase identifier (letters, digits, `_`)",
-                    );
-                }
-                SinkConfig::Postgres(_) => {}
+                SinkConfig::Postgres(pg) => check_postgres(layers, &format!("sinks.{name}"), pg),
                 // Pasted into DDL, which takes no parameters: plain names only.
                 SinkConfig::Bigquery(bq)
                     if !bq
@@ -441,15 +693,159 @@ impl Settings {
                         .chain(&bq.cluster_by)
                         .all(|c| is_pg_identifier(c)) =>
                 {
-                    return invalid(
-                        format!("sinks.{name}.partition_by / cluster_by"),
-                        "must be lowercase column names (letters, digits, `_`)",
+                    layers.error(
+                        &format!("sinks.{name}.partition_by"),
+                        "`partition_by` and `cluster_by` must be lowercase column names (letters, digits, `_`)",
                     );
                 }
                 SinkConfig::Bigquery(_) => {}
             }
         }
-        Ok(())
+    }
+}
+
+/// The top-level keys that are not sections.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_pipelines_dir")]
+    pipelines_dir: PathBuf,
+}
+
+/// A section (`[runtime]` …) deserialized with every problem reported; its
+/// defaults stand in when it does not parse, so later checks still run.
+fn section<T: DeserializeOwned + Default>(layers: &mut Layers, root: &mut Table, name: &str) -> T {
+    match root.remove(name) {
+        None => T::default(),
+        Some(Value::Table(t)) => layers
+            .deserialize(name, t, fields::<T>(), &format!("`[{name}]`"))
+            .unwrap_or_default(),
+        Some(_) => {
+            layers.error(name, format!("must be a table: `[{name}]`"));
+            T::default()
+        }
+    }
+}
+
+/// `[sources.<name>]` or `[sinks.<name>]`: each entry a table.
+fn named_tables(
+    layers: &mut Layers,
+    root: &mut Table,
+    name: &str,
+) -> Option<BTreeMap<String, Table>> {
+    let table = match root.remove(name)? {
+        Value::Table(t) => t,
+        _ => {
+            layers.error(
+                name,
+                format!("must be a table of named entries: `[{name}.<name>]`"),
+            );
+            return None;
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (entry, value) in table {
+        match value {
+            Value::Table(t) => {
+                out.insert(entry, t);
+            }
+            _ => layers.error(
+                &format!("{name}.{entry}"),
+                format!("must be a table: `[{name}.{entry}]` with a `kind`"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// The `kind` of a source or sink table, reported when missing or unknown.
+fn kind_of(layers: &mut Layers, path: &str, table: &Table, kinds: &[&str]) -> Option<String> {
+    match table.get("kind") {
+        Some(Value::String(k)) if kinds.contains(&k.as_str()) => Some(k.clone()),
+        Some(Value::String(k)) => {
+            layers.error(
+                &format!("{path}.kind"),
+                format!(
+                    "unknown value `{k}`{}; accepted: {}",
+                    suggest(k, kinds.iter().copied()),
+                    one_of(kinds)
+                ),
+            );
+            None
+        }
+        Some(_) => {
+            layers.error(
+                &format!("{path}.kind"),
+                format!("expected text: {}", one_of(kinds)),
+            );
+            None
+        }
+        None => {
+            layers.error(
+                &format!("{path}.kind"),
+                format!("missing; accepted: {}", one_of(kinds)),
+            );
+            None
+        }
+    }
+}
+
+fn within(layers: &mut Layers, key: &str, value: Duration, min: Duration, max: Duration) {
+    if value < min || value > max {
+        layers.error(
+            key,
+            format!(
+                "`{}` is out of range; accepted: {} to {}",
+                humantime::format_duration(value),
+                match min.is_zero() {
+                    true => "0s".to_string(),
+                    false => humantime::format_duration(min).to_string(),
+                },
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+fn check_postgres(layers: &mut Layers, path: &str, pg: &PostgresConfig) {
+    if !is_pg_identifier(&pg.schema) {
+        layers.error(
+            &format!("{path}.schema"),
+            "must be a lowercase identifier (letters, digits, `_`)",
+        );
+    }
+    within(
+        layers,
+        &format!("{path}.connect_timeout"),
+        pg.connect_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    if pg.connect_retries > 20 {
+        layers.error(
+            &format!("{path}.connect_retries"),
+            format!("{} is out of range; accepted: 0 to 20", pg.connect_retries),
+        );
+    }
+}
+
+/// `host:port` with a port; the host an IP address or a name.
+fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad =
+        || format!("`{listen}` is not `host:port`; write e.g. `127.0.0.1:8080` or `0.0.0.0:8080`");
+    let (host, port) = listen.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    match (host_ok, port.parse::<u16>()) {
+        (true, Ok(_)) => Ok(()),
+        _ => Err(bad()),
     }
 }
 

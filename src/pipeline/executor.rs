@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::rundir::{
-    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus, is_valid_run_id,
+    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus,
+    is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
 use crate::config::{Pipeline, Step};
@@ -128,6 +129,8 @@ impl Executor {
             started_at: Utc::now(),
             finished_at: None,
             steps: Vec::new(),
+            reason: None,
+            crashes: 0,
         };
         rundir.write_record(&record)?;
         info!(pipeline = %req.pipeline.name, run_id = %req.run_id, "run started");

@@ -139,6 +139,26 @@ impl History {
         Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
     }
 
+    /// Every run recorded under `run_id` (one per pipeline that used the id), in
+    /// `pipeline` only when given; whether or not the pipeline still exists.
+    pub fn find(
+        &self,
+        run_id: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<RunRecord>, HistoryError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut q = c.prepare(
+                "SELECT record FROM runs WHERE run_id = ?1 AND (?2 IS NULL OR pipeline = ?2)
+                 ORDER BY pipeline",
+            )?;
+            q.query_map(params![run_id, pipeline], |row| row.get(0))?
+                .collect()
+        })?;
+        rows.iter()
+            .map(|j| serde_json::from_str(j).map_err(HistoryError::from))
+            .collect()
+    }
+
     /// Runs matching `filter`, newest first.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, HistoryError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
@@ -168,7 +188,8 @@ impl History {
     }
 
     /// Marks every run still recorded as running (the process died under it) as
-    /// interrupted, and returns them so the daemon can resume or report them.
+    /// interrupted, counting the crash in its record, and returns them so the
+    /// daemon can resume, report or give up on them.
     pub fn interrupt_running(&self) -> Result<Vec<RunRecord>, HistoryError> {
         let mut running = self.runs(&RunFilter {
             status: Some(RunStatus::Running),
@@ -177,6 +198,12 @@ impl History {
         })?;
         for r in &mut running {
             r.status = RunStatus::Interrupted;
+            r.crashes += 1;
+            r.reason = Some(format!(
+                "the process stopped while the run was in progress ({} time{})",
+                r.crashes,
+                if r.crashes == 1 { "" } else { "s" }
+            ));
             self.update(r)?;
         }
         Ok(running)

@@ -154,6 +154,18 @@ pub struct RunRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: Vec<StepRecord>,
+    /// Why the run ended as it did when its steps do not say it: interrupted by
+    /// a shutdown, given up after crashes, waiting for its pipeline to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many times the process died while this run was in progress; the
+    /// daemon stops resuming a run that has taken it down twice.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crashes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The advisory lock of a run directory: one process at a time runs a run.

@@ -7,6 +7,11 @@
 //! `begin`); a reload that does not validate changes nothing (the previous
 //! pipelines keep their schedules, the diagnostics are kept for the API); runs in
 //! progress are never touched by a reload.
+//!
+//! A run is never left `running` in the history by this process: a drain records
+//! the runs it cancelled as `interrupted` (resumed at the next start), and a run
+//! found `running` at startup counts a crash; after [`MAX_CRASHES`] it is failed
+//! with the reason instead of resumed, so one run cannot crash-loop the daemon.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +27,11 @@ use super::cron::Schedule;
 use super::metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
 use super::{Clock, Fire};
 use crate::config::pipeline::{self, load_all};
+use crate::config::redact::redact;
 use crate::config::{CatchUp, Concurrency, Pipeline, Settings};
 use crate::models::StopFlag;
-use crate::pipeline::history::{History, HistoryError};
+use crate::pipeline::history::{History, HistoryError, RunFilter};
+use crate::pipeline::retention;
 use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
 use crate::steps::{self, Resources};
 
@@ -39,6 +46,15 @@ pub enum DaemonError {
     #[error("compute pool: {0}")]
     Pool(String),
 }
+
+/// Crashes of the process during one run after which the run is no longer
+/// resumed automatically (a run that exhausts memory would otherwise take the
+/// daemon, and every other pipeline, down at each restart).
+pub const MAX_CRASHES: u32 = 2;
+
+/// After the grace period and the cancel, how long runs get to notice the flag
+/// and record themselves before the process exits anyway.
+pub const WIND_DOWN: Duration = Duration::from_secs(5);
 
 /// What became of a request to start a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +105,12 @@ pub struct Daemon {
     live: Mutex<HashMap<(String, String), StepStates>>,
     fires: mpsc::Sender<Fire>,
     shutting_down: AtomicBool,
+    /// Set when the grace period is over and the drain cancels runs: a run
+    /// cancelled from then on was interrupted, not cancelled by a person.
+    draining: AtomicBool,
+    /// Interrupted runs whose pipeline is not loaded (its file is missing or
+    /// invalid): resumed by the reload that brings the pipeline back.
+    pending: Mutex<Vec<RunRecord>>,
     /// Counts runs in progress; shutdown waits for zero.
     running: watch::Sender<usize>,
 }
@@ -101,7 +123,13 @@ impl Daemon {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, DaemonError> {
         let history = Arc::new(History::open(&settings.state_dir)?);
-        let interrupted = history.interrupt_running()?;
+        history.interrupt_running()?;
+        // Runs this process found running and those a drain interrupted alike.
+        let interrupted = history.runs(&RunFilter {
+            status: Some(RunStatus::Interrupted),
+            limit: usize::MAX >> 1,
+            ..RunFilter::default()
+        })?;
         let pool = steps::compute_pool(settings.runtime.compute_threads)
             .map_err(|e| DaemonError::Pool(e.to_string()))?;
         let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
@@ -119,6 +147,8 @@ impl Daemon {
             live: Mutex::new(HashMap::new()),
             fires,
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
             running: watch::channel(0).0,
         });
         daemon.reload(true);
@@ -129,17 +159,77 @@ impl Daemon {
                 d.on_fire(fire);
             }
         });
-        for run in interrupted {
-            if daemon.settings.daemon.resume_interrupted {
+        // Oldest first: they were started first.
+        for mut run in interrupted.into_iter().rev() {
+            if run.crashes >= MAX_CRASHES {
+                run.status = RunStatus::Failed;
+                run.finished_at = Some(Utc::now());
+                run.reason = Some(format!(
+                    "the process died {} times while this run was in progress (out of memory or a crash); \
+                     it is not resumed again automatically: fix the cause, then rerun it with \
+                     `recpipe run {} --run-id {}`",
+                    run.crashes, run.pipeline, run.run_id
+                ));
+                error!(pipeline = %run.pipeline, run_id = %run.run_id, crashes = run.crashes, "run took the process down repeatedly: not resumed, left for an operator");
+                daemon.history.update(&run)?;
+                daemon.count_run(&run.pipeline, RunStatus::Failed);
+            } else if daemon.settings.daemon.resume_interrupted {
                 info!(pipeline = %run.pipeline, run_id = %run.run_id, "resuming an interrupted run");
-                if let Err(e) = daemon.resume(&run) {
-                    warn!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot resume");
-                }
+                daemon.resume_or_wait(run);
             } else {
                 warn!(pipeline = %run.pipeline, run_id = %run.run_id, "run was interrupted by a restart");
             }
         }
         Ok(daemon)
+    }
+
+    /// Resumes `run`, or keeps it for the reload that loads its pipeline.
+    fn resume_or_wait(self: &Arc<Self>, mut run: RunRecord) {
+        match self.resume(&run) {
+            Ok(()) => {}
+            Err(DaemonError::UnknownPipeline(name)) => {
+                warn!(pipeline = %run.pipeline, run_id = %run.run_id, "pipeline not loaded: the run resumes once its file loads");
+                run.reason = Some(format!(
+                    "waiting for pipeline `{name}` to load (its file is missing or invalid); it resumes after a reload that loads it"
+                ));
+                if let Err(e) = self.history.update(&run) {
+                    warn!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot record the run");
+                }
+                self.pending.locked().push(run);
+            }
+            Err(e) => {
+                warn!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot resume");
+            }
+        }
+    }
+
+    /// Resumes the waiting runs whose pipeline is now loaded.
+    fn resume_pending(self: &Arc<Self>) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let loaded = self.pipelines();
+        let ready: Vec<RunRecord> = {
+            let mut pending = self.pending.locked();
+            let (ready, waiting) = pending
+                .drain(..)
+                .partition(|r| loaded.contains_key(&r.pipeline));
+            *pending = waiting;
+            ready
+        };
+        for run in ready {
+            info!(pipeline = %run.pipeline, run_id = %run.run_id, "pipeline loaded: resuming the interrupted run");
+            self.resume_or_wait(run);
+        }
+    }
+
+    /// Interrupted runs waiting for their pipeline to load.
+    pub fn pending_resumes(&self) -> Vec<(String, String)> {
+        self.pending
+            .locked()
+            .iter()
+            .map(|r| (r.pipeline.clone(), r.run_id.clone()))
+            .collect()
     }
 
     pub fn pipelines(&self) -> Arc<BTreeMap<String, Arc<Pipeline>>> {
@@ -206,6 +296,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(map.clone());
         self.arm_triggers(&map, first_load);
+        self.resume_pending();
     }
 
     /// Replaces the trigger of each pipeline whose schedule changed; stops the
@@ -304,6 +395,8 @@ impl Daemon {
             started_at: now,
             finished_at: None,
             steps: Vec::new(),
+            reason: None,
+            crashes: 0,
         };
         if let Some(current) = running.first()
             && p.concurrency == Concurrency::Forbid
@@ -348,6 +441,7 @@ impl Daemon {
         let mut record = run.clone();
         record.status = RunStatus::Running;
         record.finished_at = None;
+        record.reason = None;
         self.history.update(&record)?;
         let stop = StopFlag::default();
         self.active
@@ -418,14 +512,40 @@ impl Daemon {
                             started_at: Utc::now(),
                             finished_at: None,
                             steps: Vec::new(),
+                            reason: None,
+                            crashes: 0,
                         });
                     r.status = RunStatus::Failed;
                     r.finished_at = Some(Utc::now());
                     r
                 }
             };
+            let mut record = record;
+            // The history keeps the crash count; the executor's record starts at 0.
+            if let Ok(Some(before)) = daemon.history.run(&p.name, &run_id) {
+                record.crashes = before.crashes;
+            }
+            if record.status == RunStatus::Cancelled && daemon.draining.load(Ordering::Relaxed) {
+                record.status = RunStatus::Interrupted;
+                record.reason = Some(
+                    "the daemon shut down before the run finished (cancelled after \
+                     `daemon.shutdown_grace`); the next start resumes it"
+                        .into(),
+                );
+            }
+            // Step errors come from drivers and parsers that may quote a DSN.
+            for step in &mut record.steps {
+                if let Some(e) = &mut step.error {
+                    *e = redact(e).into_owned();
+                }
+            }
             if let Err(e) = daemon.history.update(&record) {
                 error!(pipeline = %p.name, run_id = %run_id, error = %e, "cannot record the run");
+            }
+            {
+                // Removing run directories is file I/O: off the async threads.
+                let (d, name) = (daemon.clone(), p.name.clone());
+                let _ = tokio::task::spawn_blocking(move || d.prune(&name)).await;
             }
             daemon.count_run(&p.name, record.status);
             if record.status == RunStatus::Succeeded {
@@ -474,8 +594,9 @@ impl Daemon {
             Event::Skipped { step, reason } => format!("{step}: skipped, {reason}"),
         };
         RunDir::new(&self.settings.state_dir, &p.name, run_id).append_log(&format!(
-            "{} {line}",
-            Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            "{} {}",
+            Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            redact(&line)
         ));
         let (step, state) = match &event {
             Event::Started { step, .. } => (step, "running"),
@@ -557,8 +678,41 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// Removes the finished run directories of `pipeline` beyond the retention
+    /// settings and stale temporary files (never a run in progress).
+    fn prune(&self, pipeline: &str) {
+        let in_progress = self.running(pipeline);
+        let mut roots = vec![self.settings.state_dir.clone()];
+        roots.extend(self.settings.sinks.values().filter_map(|s| match s {
+            crate::config::settings::SinkConfig::Parquet(p) => Some(p.path.clone()),
+            _ => None,
+        }));
+        let policy = retention::Policy::from(&self.settings.retention);
+        let result = retention::prune_runs(
+            &self.settings.state_dir,
+            pipeline,
+            &policy,
+            std::time::SystemTime::now(),
+            &|run_id| in_progress.iter().any(|r| r == run_id),
+        )
+        .and_then(|mut pruned| {
+            let temp = retention::prune_temp_files(&roots, std::time::SystemTime::now())?;
+            pruned.absorb(temp);
+            Ok(pruned)
+        });
+        match result {
+            Ok(p) if p.is_empty() => {}
+            Ok(p) => {
+                info!(pipeline = %pipeline, runs = p.runs.len(), temp_files = p.temp_files.len(), bytes = p.bytes, "pruned old runs")
+            }
+            Err(e) => warn!(pipeline = %pipeline, error = %e, "cannot prune old runs"),
+        }
+    }
+
     /// Stops firing, lets running runs go on for `grace`, then cancels them and
-    /// waits for them to record their state (their run dirs stay resumable).
+    /// gives them [`WIND_DOWN`] to record themselves as interrupted (their run
+    /// dirs stay resumable); a run that does not stop by then is recorded as
+    /// interrupted here, so the history never shows it running.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::Relaxed);
         for (_, (_, handle)) in self.triggers.locked().drain() {
@@ -572,11 +726,38 @@ impl Daemon {
             return;
         }
         warn!("grace period over: cancelling the runs in progress");
+        self.draining.store(true, Ordering::Relaxed);
         for a in self.active.locked().values().flatten() {
             a.stop.stop();
         }
         // Steps see the flag between blocks and iterations.
-        let _ = tokio::time::timeout(Duration::from_secs(30), running.wait_for(|n| *n == 0)).await;
+        if tokio::time::timeout(WIND_DOWN, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let stuck: Vec<(String, String)> = self
+            .active
+            .locked()
+            .iter()
+            .flat_map(|(p, runs)| runs.iter().map(|a| (p.clone(), a.run_id.clone())))
+            .collect();
+        for (pipeline, run_id) in stuck {
+            warn!(pipeline = %pipeline, run_id = %run_id, "run did not stop in time: recorded as interrupted");
+            if let Ok(Some(mut record)) = self.history.run(&pipeline, &run_id) {
+                record.status = RunStatus::Interrupted;
+                record.finished_at = Some(Utc::now());
+                record.reason = Some(format!(
+                    "the daemon shut down and the run did not stop within {} of the cancel; \
+                     the next start resumes it",
+                    humantime::format_duration(WIND_DOWN)
+                ));
+                if let Err(e) = self.history.update(&record) {
+                    error!(pipeline = %pipeline, run_id = %run_id, error = %e, "cannot record the run");
+                }
+            }
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! Invariant: the two endpoints that act (run now, cancel) require the bearer
 //! token from `api.token`, compared in constant time; without a configured token
 //! they refuse every request. Reads are open, as the probes and the UI need them.
+//! Every answer passes through [`redact`] on its way out: no page or JSON holds a
+//! secret, even one stored by an older version in the run history.
 
 mod ui;
 
@@ -20,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::Pipeline;
+use crate::config::redact::redact;
 use crate::pipeline::RunStatus;
 use crate::pipeline::history::RunFilter;
 use crate::scheduler::daemon::{Daemon, Started};
@@ -39,7 +42,28 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
+        .layer(axum::middleware::map_response(redact_body))
         .with_state(daemon)
+}
+
+/// The answer with every secret masked (bodies here are pages and JSON of a few
+/// kB, so buffering one costs nothing that matters).
+async fn redact_body(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let body = match std::str::from_utf8(&bytes) {
+        Ok(text) => match redact(text) {
+            std::borrow::Cow::Borrowed(_) => axum::body::Body::from(bytes),
+            std::borrow::Cow::Owned(masked) => axum::body::Body::from(masked),
+        },
+        Err(_) => axum::body::Body::from(bytes),
+    };
+    let mut response = Response::from_parts(parts, body);
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    response
 }
 
 /// An API error as `{"error": "…"}` with its status.
@@ -47,8 +71,12 @@ pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
+/// Ready when the pipelines loaded, every file among them is valid and the run
+/// history answers. A file that does not load is a pipeline not running on its
+/// schedule: an operator must see it, so the probe says which and why.
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
-    let loaded = d.reload_status().loaded_at.is_some();
+    let reload = d.reload_status();
+    let loaded = reload.loaded_at.is_some();
     let store = d
         .history
         .runs(&RunFilter {
@@ -63,6 +91,24 @@ async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "pipelines not loaded or run history unavailable",
         )
+    } else if !reload.diagnostics.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": format!(
+                    "{} problem{} in the pipeline files: the pipelines concerned do not run on their schedule",
+                    reload.diagnostics.len(),
+                    if reload.diagnostics.len() == 1 { "" } else { "s" }
+                ),
+                "diagnostics": reload.diagnostics,
+                "waiting_to_resume": d
+                    .pending_resumes()
+                    .into_iter()
+                    .map(|(pipeline, run_id)| json!({ "pipeline": pipeline, "run_id": run_id }))
+                    .collect::<Vec<_>>(),
+            })),
+        )
+            .into_response()
     } else {
         "ready".into_response()
     }
@@ -159,12 +205,11 @@ async fn show_run(
     Path(id): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Response {
-    let found: Vec<_> = d
-        .pipelines()
-        .keys()
-        .filter(|p| q.pipeline.as_ref().is_none_or(|want| want == *p))
-        .filter_map(|p| d.history.run(p, &id).ok().flatten())
-        .collect();
+    // From the history, not the loaded pipelines: a run outlives its file.
+    let found = match d.history.find(&id, q.pipeline.as_deref()) {
+        Ok(found) => found,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     match found.as_slice() {
         [] => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
         [run] => {
@@ -184,22 +229,40 @@ async fn show_run(
     }
 }
 
-/// Whether the request carries the configured bearer token.
+/// Whether the request carries the configured bearer token. An empty token is no
+/// token: `RECPIPE__API__TOKEN=` would otherwise match a request without a header.
 fn authorized(d: &Daemon, headers: &HeaderMap) -> bool {
-    let Some(token) = &d.settings.api.token else {
+    let Some(token) = d
+        .settings
+        .api
+        .token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+    else {
         return false;
     };
-    let given = headers
+    let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    else {
+        return false;
+    };
     constant_time_eq(given.as_bytes(), token.expose().as_bytes())
 }
 
-/// Equality whose time does not depend on where the inputs differ.
+/// Equality whose time depends neither on where the inputs differ nor on how
+/// long the common prefix is: both sides are hashed first, so the comparison
+/// always runs over 32 bytes and a length mismatch is not an early exit either.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    let diff = x
+        .iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q));
+    // black_box: the optimiser may not turn the fold back into an early exit.
+    std::hint::black_box(diff) == 0
 }
 
 fn unauthorized() -> Response {

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::config::Pipeline;
+use crate::config::redact::redact;
 use crate::pipeline::history::RunFilter;
 use crate::pipeline::{RunDir, RunRecord, RunStatus};
 use crate::scheduler::cron::Schedule;
@@ -287,6 +288,9 @@ pub async fn run(
         esc(&r.run_id),
         r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
+    if let Some(reason) = &r.reason {
+        let _ = write!(body, "<p id=\"run-reason\">{}</p>", esc(&redact(reason)));
+    }
     body.push_str(&dag_svg(&p, &status));
     body.push_str("<table id=\"steps\"><tr><th>step</th><th>status</th><th>duration</th><th>attempts</th><th>rows</th><th>error</th></tr>");
     for s in &r.steps {
@@ -298,7 +302,8 @@ pub async fn run(
             s.duration_ms as f64 / 1000.0,
             s.attempts,
             s.rows,
-            esc(s.error.as_deref().unwrap_or(""))
+            // Before escaping: `&#39;` would split a quoted password's mask.
+            esc(&redact(s.error.as_deref().unwrap_or("")))
         );
     }
     body.push_str("</table><h2>Log</h2><pre>");
@@ -308,6 +313,9 @@ pub async fn run(
         &r.run_id,
     )
     .log_tail(50)
+    .iter()
+    .map(|l| redact(l).into_owned())
+    .collect::<Vec<_>>()
     .join("\n")));
     body.push_str("</pre>");
     page(&r.run_id, &body).into_response()

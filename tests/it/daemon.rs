@@ -608,6 +608,8 @@ async fn a_run_left_running_is_resumed_or_reported_at_startup() {
                     started_at: now,
                     finished_at: None,
                     steps: Vec::new(),
+                    reason: None,
+                    crashes: 0,
                 })
                 .unwrap();
         }
@@ -742,4 +744,344 @@ async fn catch_up_runs_the_latest_missed_time_at_startup_but_not_after_an_edit()
                 .is_none()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_refuses_a_post_without_a_header() {
+    let project = common::project();
+    let d = daemon(project.path(), Some("")).await;
+    for token in [None, Some("")] {
+        let (status, _) = call(&d, "POST", "/api/v1/pipelines/example/runs", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+    }
+    let (_, runs) = call(&d, "GET", "/api/v1/runs", None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "{runs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_found_by_id_after_its_pipeline_file_is_removed() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let Started::Started { run_id } = d.start_run("example", None, Utc::now()).unwrap() else {
+        panic!("not started");
+    };
+    wait_finished(&d, &run_id).await;
+    std::fs::remove_file(project.path().join("pipelines/example.toml")).unwrap();
+    d.reload(true);
+    assert!(!d.pipelines().contains_key("example"));
+    let (status, body) = call(&d, "GET", &format!("/api/v1/runs/{run_id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["run"]["status"], "succeeded", "{body}");
+}
+
+/// A daemon whose `example-als` trains long enough to be caught running.
+async fn slow_als(project: &Path) -> Arc<Daemon> {
+    let file = project.join("pipelines/example_als.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("iterations = 10", "iterations = 100000", 1),
+    )
+    .unwrap();
+    daemon(project, None).await
+}
+
+async fn wait_step_running(d: &Arc<Daemon>, run_id: &str, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d
+        .live_steps("example-als", run_id)
+        .and_then(|l| l.get(step).copied())
+        != Some("running")
+    {
+        assert!(Instant::now() < deadline, "`{step}` never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_records_the_runs_it_cancelled_as_interrupted_and_they_resume() {
+    use recpipe::pipeline::RunStatus;
+    use recpipe::scheduler::daemon::WIND_DOWN;
+    let project = common::project();
+    let d = slow_als(project.path()).await;
+    let Started::Started { run_id } = d.start_run("example-als", None, Utc::now()).unwrap() else {
+        panic!("not started");
+    };
+    wait_step_running(&d, &run_id, "als").await;
+    let grace = Duration::from_millis(300);
+    let began = Instant::now();
+    d.shutdown(grace).await;
+    let took = began.elapsed();
+    assert!(took < grace + WIND_DOWN, "the drain took {took:?}");
+    let run = d.history.run("example-als", &run_id).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted, "{run:?}");
+    assert!(
+        run.reason.as_deref().unwrap().contains("shut down"),
+        "{run:?}"
+    );
+    drop(d);
+
+    // The next start resumes it (with a training that ends this time).
+    let file = project.path().join("pipelines/example_als.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("iterations = 100000", "iterations = 10", 1),
+    )
+    .unwrap();
+    let d = daemon(project.path(), None).await;
+    let body = wait_finished(&d, &run_id).await;
+    assert_eq!(body["run"]["status"], "succeeded", "{body}");
+    assert_eq!(body["run"]["steps"][0]["status"], "reused", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_took_the_process_down_twice_is_not_resumed() {
+    use recpipe::pipeline::history::History;
+    use recpipe::pipeline::{RunRecord, RunStatus};
+    let project = common::project();
+    let settings = Settings::load(project.path()).unwrap();
+    {
+        let history = History::open(&settings.state_dir).unwrap();
+        let now = Utc::now();
+        let mut run = RunRecord {
+            pipeline: "example".into(),
+            run_id: "oom".into(),
+            logical_date: now,
+            status: RunStatus::Running,
+            started_at: now,
+            finished_at: None,
+            steps: Vec::new(),
+            reason: None,
+            crashes: 0,
+        };
+        history.begin(&run).unwrap();
+        // The first start after the crash found it running and resumed it...
+        run = history.interrupt_running().unwrap().remove(0);
+        run.status = RunStatus::Running;
+        history.update(&run).unwrap();
+        // ...and the process died under it again.
+    }
+    let d = Daemon::start(
+        Arc::new(settings),
+        Arc::new(TokioClock::starting_at(Utc::now())),
+    )
+    .await
+    .unwrap();
+    assert!(d.running("example").is_empty(), "resumed again");
+    let run = d.history.run("example", "oom").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let reason = run.reason.unwrap();
+    assert!(
+        reason.contains("died 2 times") && reason.contains("not resumed again automatically"),
+        "{reason}"
+    );
+    let (_, body) = call(&d, "GET", "/api/v1/runs/oom", None).await;
+    assert!(
+        body["run"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("recpipe run example --run-id oom"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_makes_readyz_503_and_its_interrupted_run_resumes_once_fixed() {
+    use recpipe::pipeline::history::History;
+    use recpipe::pipeline::{RunRecord, RunStatus};
+    let project = common::project();
+    let file = project.path().join("pipelines/example.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, good.replace("kind = \"train\"", "kind = \"trian\"")).unwrap();
+    let settings = Settings::load(project.path()).unwrap();
+    {
+        let history = History::open(&settings.state_dir).unwrap();
+        let now = Utc::now();
+        history
+            .begin(&RunRecord {
+                pipeline: "example".into(),
+                run_id: "left".into(),
+                logical_date: now,
+                status: RunStatus::Running,
+                started_at: now,
+                finished_at: None,
+                steps: Vec::new(),
+                reason: None,
+                crashes: 0,
+            })
+            .unwrap();
+    }
+    let d = Daemon::start(
+        Arc::new(settings),
+        Arc::new(TokioClock::starting_at(Utc::now())),
+    )
+    .await
+    .unwrap();
+    let (status, body) = call(&d, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["diagnostics"][0].as_str().unwrap().contains("trian"),
+        "{body}"
+    );
+    assert_eq!(body["waiting_to_resume"][0]["run_id"], "left", "{body}");
+    let run = d.history.run("example", "left").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert!(
+        run.reason
+            .unwrap()
+            .contains("waiting for pipeline `example`")
+    );
+
+    std::fs::write(&file, &good).unwrap();
+    d.reload(true);
+    let body = wait_finished(&d, "left").await;
+    assert_eq!(body["run"]["status"], "succeeded", "{body}");
+    let (status, body) = call(&d, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_answer_or_page_shows_a_secret_stored_in_a_step_error() {
+    use recpipe::pipeline::history::History;
+    use recpipe::pipeline::rundir::StepRecord;
+    use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
+    let project = common::project();
+    let settings = Settings::load(project.path()).unwrap();
+    {
+        // As an older version stored it: a driver's error quoting the DSN.
+        let history = History::open(&settings.state_dir).unwrap();
+        let now = Utc::now();
+        history
+            .begin(&RunRecord {
+                pipeline: "example".into(),
+                run_id: "leaky".into(),
+                logical_date: now,
+                status: RunStatus::Failed,
+                started_at: now,
+                finished_at: Some(now),
+                steps: vec![StepRecord {
+                    id: "interactions".into(),
+                    kind: "extract".into(),
+                    status: StepStatus::Failed,
+                    attempts: 1,
+                    duration_ms: 1,
+                    rows: 0,
+                    error: Some(
+                        "cannot connect to `host=db user=app password=Pa55-leak` or postgresql://app:Url-leak@db/x"
+                            .into(),
+                    ),
+                    error_class: None,
+                }],
+                reason: None,
+                crashes: 0,
+            })
+            .unwrap();
+    }
+    let d = Daemon::start(
+        Arc::new(settings),
+        Arc::new(TokioClock::starting_at(Utc::now())),
+    )
+    .await
+    .unwrap();
+    for uri in [
+        "/api/v1/runs/leaky",
+        "/api/v1/runs",
+        "/api/v1/pipelines",
+        "/api/v1/pipelines/example",
+        "/ui/runs/example/leaky",
+        "/ui/pipelines/example",
+        "/",
+    ] {
+        let resp = recpipe::server::app(d.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("Pa55-leak") && !text.contains("Url-leak"),
+            "{uri}: {text}"
+        );
+    }
+    let (_, body) = call(&d, "GET", "/api/v1/runs/leaky", None).await;
+    assert!(
+        body["run"]["steps"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("password=***"),
+        "{body}"
+    );
+}
+
+#[test]
+fn sigterm_with_a_short_grace_exits_promptly_and_leaves_the_run_interrupted() {
+    use recpipe::pipeline::RunStatus;
+    use recpipe::pipeline::history::History;
+    let project = common::project();
+    let file = project.path().join("pipelines/example_als.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("iterations = 10", "iterations = 100000", 1),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
+        .arg("--project-dir")
+        .arg(project.path())
+        .arg("daemon")
+        .env("RECPIPE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RECPIPE__DAEMON__SHUTDOWN_GRACE", "2s")
+        .env("RECPIPE__API__TOKEN", "t0ken-for-test")
+        .env_remove("RECPIPE_ENV")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    wait_for("readiness", Duration::from_secs(30), || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /api/v1/pipelines/example-als/runs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t0ken-for-test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    wait_for("training", Duration::from_secs(60), || {
+        json_at(port, "/api/v1/runs?pipeline=example-als")
+            .and_then(|v| v["runs"][0]["run_id"].as_str().map(str::to_string))
+            .and_then(|id| json_at(port, &format!("/api/v1/runs/{id}")))
+            .is_some_and(|v| v["live_steps"]["als"] == "running")
+    });
+    let pid = child.0.id().to_string();
+    let began = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    wait_for("the exit after SIGTERM", Duration::from_secs(60), || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let took = began.elapsed();
+    assert_eq!(status.unwrap().code(), Some(0));
+    // 2 s of grace, then the wind-down: not the 32 s it took.
+    assert!(took < Duration::from_secs(9), "exited after {took:?}");
+    let settings = Settings::load(project.path()).unwrap();
+    let history = History::open(&settings.state_dir).unwrap();
+    let runs = history
+        .runs(&recpipe::pipeline::history::RunFilter::default())
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Interrupted, "{:?}", runs[0]);
 }

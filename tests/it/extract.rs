@@ -60,7 +60,8 @@ fn empty_interactions_are_an_error() {
         "interactions",
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Bad SQL or data is invalid input: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("the query returned no rows"),
         "{}",
@@ -77,7 +78,8 @@ fn nan_values_are_rejected_with_their_row() {
         "interactions",
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Bad SQL or data is invalid input: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("column `value` is NaN at row 3"),
@@ -90,7 +92,8 @@ fn nan_values_are_rejected_with_their_row() {
 fn bad_sql_names_the_file() {
     let dir = project();
     let out = extract(dir.path(), "SELEC item_id FROM items", "filter", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Bad SQL or data is invalid input: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("q.sql"),
         "{}",

@@ -14,6 +14,8 @@ fn record(pipeline: &str, run_id: &str, started: DateTime<Utc>, status: RunStatu
         started_at: started,
         finished_at: None,
         steps: Vec::new(),
+        reason: None,
+        crashes: 0,
     }
 }
 
@@ -100,4 +102,40 @@ fn last_scheduled_only_moves_forward() {
     assert_eq!(h.last_scheduled("a").unwrap(), Some(at(5)));
     h.set_last_scheduled("a", at(6)).unwrap();
     assert_eq!(h.last_scheduled("a").unwrap(), Some(at(6)));
+}
+
+#[test]
+fn a_run_is_found_by_id_in_any_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path()).unwrap();
+    h.begin(&record("gone", "r1", at(1), RunStatus::Succeeded))
+        .unwrap();
+    h.begin(&record("other", "r1", at(2), RunStatus::Failed))
+        .unwrap();
+    h.begin(&record("other", "r2", at(3), RunStatus::Failed))
+        .unwrap();
+    let found = h.find("r1", None).unwrap();
+    let pipelines: Vec<&str> = found.iter().map(|r| r.pipeline.as_str()).collect();
+    assert_eq!(pipelines, ["gone", "other"]);
+    assert_eq!(h.find("r1", Some("gone")).unwrap().len(), 1);
+    assert!(h.find("nope", None).unwrap().is_empty());
+}
+
+#[test]
+fn each_startup_that_finds_a_run_running_counts_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path()).unwrap();
+    h.begin(&record("a", "r1", at(1), RunStatus::Running))
+        .unwrap();
+    let first = h.interrupt_running().unwrap();
+    assert_eq!(first[0].crashes, 1);
+    // Resumed, and the process died again.
+    let mut resumed = first[0].clone();
+    resumed.status = RunStatus::Running;
+    h.update(&resumed).unwrap();
+    let second = h.interrupt_running().unwrap();
+    assert_eq!(second[0].crashes, 2);
+    let stored = h.run("a", "r1").unwrap().unwrap();
+    assert_eq!((stored.status, stored.crashes), (RunStatus::Interrupted, 2));
+    assert!(stored.reason.unwrap().contains("2 times"));
 }

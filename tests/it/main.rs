@@ -8,6 +8,8 @@ mod history;
 mod hostile;
 mod lists;
 mod postgres;
+mod retention;
 mod run;
 mod scheduler;
+mod settings;
 mod validate;

@@ -229,7 +229,8 @@ fn a_failed_step_skips_its_dependents() {
     )
     .unwrap();
     let out = recpipe(p, &["run", "example", "--run-id", "bad"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // A query result that breaks its contract is invalid input.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("missing column `user_id`"),
@@ -257,7 +258,8 @@ fn retryable_errors_are_retried_then_fail_the_run() {
         ("RECPIPE__RUNTIME__RETRY_BASE_DELAY", "10ms"),
     ];
     let out = recpipe(p, &["run", "example", "--run-id", "flaky"], &env);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Retries exhausted on an I/O error: transient, worth a later retry.
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     let r = record(p, "flaky");
     let publish = r.steps.iter().find(|s| s.id == "publish").unwrap();
     // `retries = 3` in the example: one attempt and three retries.
@@ -511,8 +513,13 @@ fn an_empty_list_is_refused_and_the_previous_stays_current() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let before = current_rows(p);
 
-    // No score reaches the minimum: the recommend step makes an empty list.
-    edit_pipeline(p, "top_n = 10", "top_n = 10\nmin_score = 1e30");
+    // No score reaches the minimum: the recommend step, told to accept it,
+    // makes an empty list, which the write step refuses on its own.
+    edit_pipeline(
+        p,
+        "top_n = 10",
+        "top_n = 10\nmin_score = 1e30\nallow_empty = true",
+    );
     let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     let err = text(&out);
@@ -591,4 +598,65 @@ fn rollback_with_nothing_published_says_so() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn an_unreachable_source_exits_75_without_printing_its_password() {
+    let dir = project();
+    let p = dir.path();
+    let file = p.join("pipelines/example.toml");
+    let text_ = std::fs::read_to_string(&file).unwrap();
+    // The closed-items list now comes from a database nobody listens for.
+    std::fs::write(
+        &file,
+        text_.replacen(
+            "source = \"local\"\nsql = \"sql/example_closed_items.sql\"",
+            "source = \"down\"\nsql = \"sql/example_closed_items.sql\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("RECPIPE__SOURCES__DOWN__KIND", "postgres"),
+        (
+            "RECPIPE__SOURCES__DOWN__DSN",
+            "host=127.0.0.1 port=1 user=app password=Zz-unreachable-pw dbname=x",
+        ),
+        ("RECPIPE__SOURCES__DOWN__CONNECT_RETRIES", "0"),
+        ("RECPIPE__RUNTIME__RETRY_BASE_DELAY", "1ms"),
+        ("RECPIPE__RUNTIME__RETRY_MAX_DELAY", "2ms"),
+    ];
+    let out = recpipe(p, &["run", "example", "--run-id", "down"], &env);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{all}");
+    assert!(!all.contains("Zz-unreachable-pw"), "{all}");
+    let r = record(p, "down");
+    let closed = r.steps.iter().find(|s| s.id == "closed_items").unwrap();
+    assert_eq!(closed.status, StepStatus::Failed);
+}
+
+#[test]
+fn a_step_command_exits_with_the_class_of_its_error() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join("bad.sql"), "SELECT item_id FROM items").unwrap();
+    let table = format!("items={}", p.join("data/example/items.parquet").display());
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "extract",
+            "--table",
+            &table,
+            "--sql",
+            "bad.sql",
+            "--role",
+            "interactions",
+            "--output",
+            "out",
+        ],
+        &[],
+    );
+    // `user_id` is missing: the data is invalid input, as in a pipeline run.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -1,0 +1,164 @@
+//! Daemon settings: every problem of every layer reported once, all at once, with
+//! the file and line (or environment variable) that set it; bounds on values
+//! that would hang or exhaust the machine; and no secret in any message.
+
+use std::path::Path;
+
+use recpipe::config::Settings;
+
+use crate::common::{project, recpipe, text};
+
+/// `recpipe validate` on a project whose `config/default.toml` gets `extra`
+/// appended and whose environment is `env`.
+fn validate(project: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    recpipe(project, &["validate"], env)
+}
+
+fn append(project: &Path, extra: &str) {
+    let file = project.join("config/default.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(extra);
+    std::fs::write(file, text).unwrap();
+}
+
+/// The stderr of `out` with the project's path removed.
+fn stderr_of(project: &Path, out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", project.display()), "")
+}
+
+#[test]
+fn every_settings_error_is_reported_once_with_its_line_and_a_suggestion() {
+    let dir = project();
+    let p = dir.path();
+    // Sections the default file does not have yet, each with a mistake.
+    append(
+        p,
+        "\n[retention]\nkeep_run = 5\n\n[sinks.extra]\nkind = \"parqet\"\npath = \"x\"\n",
+    );
+    let file = p.join("config/default.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("compute_threads = 0", "compute_thread = 0")
+        .replace("retry_base_delay = \"1s\"", "retry_base_delay = \"2m\"")
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"forever\"");
+    std::fs::write(&file, text).unwrap();
+    let out = validate(p, &[("RECPIPE__RUNTIME__MAX_PARALLEL_STEPS", "100000")]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::common::text(&out));
+    let stderr = stderr_of(p, &out);
+    insta::assert_snapshot!(stderr);
+    assert_eq!(
+        stderr.matches("compute_thread`").count() + stderr.matches("compute_thread:").count(),
+        1,
+        "reported once: {stderr}"
+    );
+}
+
+#[test]
+fn thread_counts_and_delays_out_of_range_are_refused() {
+    let dir = project();
+    let out = validate(
+        dir.path(),
+        &[("RECPIPE__RUNTIME__COMPUTE_THREADS", "100000")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = stderr_of(dir.path(), &out);
+    assert!(
+        stderr.contains(
+            "$RECPIPE__RUNTIME__COMPUTE_THREADS: runtime.compute_threads: 100000 is out of range; accepted: 0 (one per core) to 256"
+        ),
+        "{stderr}"
+    );
+    let out = validate(
+        dir.path(),
+        &[
+            ("RECPIPE__RUNTIME__RETRY_BASE_DELAY", "5m"),
+            ("RECPIPE__RUNTIME__RETRY_MAX_DELAY", "1m"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr_of(dir.path(), &out).contains("is longer than `runtime.retry_max_delay`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_bad_listen_address_is_invalid_input() {
+    let dir = project();
+    let out = validate(dir.path(), &[("RECPIPE__SERVER__LISTEN", "localhost")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr_of(dir.path(), &out).contains("server.listen: `localhost` is not `host:port`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_syntax_error_on_a_dsn_line_does_not_print_the_password() {
+    let dir = project();
+    let p = dir.path();
+    let file = p.join("config/default.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=postgres\"",
+        "dsn = \"host=127.0.0.1 user=postgres password=Hunter2-very-secret dbname=postgres",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = validate(p, &[]);
+    let all = crate::common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("Hunter2-very-secret"), "{all}");
+    let line = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("Hunter2"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr_of(p, &out).contains(&format!("config/default.toml:{line}:")),
+        "{all}"
+    );
+    assert!(all.contains("invalid TOML"), "{all}");
+}
+
+#[test]
+fn step_timeout_defaults_to_six_hours_and_must_be_positive() {
+    let dir = project();
+    let env = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let s = Settings::load_with(dir.path(), env(&[])).unwrap();
+    assert_eq!(
+        s.runtime.step_timeout,
+        std::time::Duration::from_secs(6 * 3600)
+    );
+    let e = Settings::load_with(dir.path(), env(&[("RECPIPE__RUNTIME__STEP_TIMEOUT", "0s")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("runtime.step_timeout: `0s` is out of range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_empty_token_is_no_token() {
+    let dir = project();
+    let s = Settings::load_with(
+        dir.path(),
+        [("RECPIPE__API__TOKEN".to_string(), String::new())],
+    )
+    .unwrap();
+    assert!(s.api.token.is_none());
+    // A token of digits stays text.
+    let s = Settings::load_with(
+        dir.path(),
+        [("RECPIPE__API__TOKEN".to_string(), "12345678".to_string())],
+    )
+    .unwrap();
+    assert_eq!(s.api.token.unwrap().expose(), "12345678");
+}
