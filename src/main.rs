@@ -1101,7 +1101,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
                 version,
                 allow_empty: a.allow_empty,
             };
-            let written = tokio::task::spawn_blocking(move || steps::write::run(&job))
+            tokio::task::spawn_blocking(move || steps::write::run(&job))
                 .await
                 .map_err(|e| anyhow!(e))?
                 .map_err(|e| Failure::step("write", e))?

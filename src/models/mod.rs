@@ -33,8 +33,7 @@ impl StopFlag {
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.own.load(Ordering::Relaxed)
-            || self.ancestors.iter().any(|a| a.load(Ordering::Relaxed))
+        self.own.load(Ordering::Relaxed) || self.ancestors.iter().any(|a| a.load(Ordering::Relaxed))
     }
 
     /// `Err(Stopped)` once the flag is raised: `stop.check()?` in a loop.

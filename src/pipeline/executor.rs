@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::rundir::{
-    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus,
-    is_valid_run_id,
+    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord,
+    StepStatus, is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
 use crate::config::{Pipeline, Step};

@@ -9,10 +9,10 @@ use super::{StepError, StepOutput, interactions, memory};
 use crate::config::pipeline::{
     AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec,
 };
-use crate::models::{Csr, StopFlag};
 use crate::models::als::{self, AlsParams, Solver};
 use crate::models::item_item::{self, ItemItemModel, Similarity};
 use crate::models::popular::Popular;
+use crate::models::{Csr, StopFlag};
 
 pub fn als_params(spec: &AlsSpec) -> AlsParams {
     AlsParams {
@@ -54,8 +54,12 @@ pub fn fit_als(
     let (n, k) = (matrix.n_rows + matrix.n_cols, spec.factors);
     // Factors of both sides, the transposed matrix and k×k Gram plus per-thread
     // scratch: what `als::fit` allocates beyond its input.
-    let bytes = (n * k * 4) as u64 + (matrix.nnz() * 8 + matrix.n_cols * 8) as u64 + (k * k * 8) as u64;
-    memory::check(bytes, &format!("ALS with {k} factors for {n} users and items"))?;
+    let bytes =
+        (n * k * 4) as u64 + (matrix.nnz() * 8 + matrix.n_cols * 8) as u64 + (k * k * 8) as u64;
+    memory::check(
+        bytes,
+        &format!("ALS with {k} factors for {n} users and items"),
+    )?;
     let (model, report) = als::fit(matrix, &als_params(spec), stop)?;
     if !model.is_finite() {
         return Err(StepError::Data(format!(
@@ -99,7 +103,10 @@ pub fn run(
             let bytes = items * i.neighbors.min(data.matrix.n_cols) as u64 * 8
                 + data.matrix.nnz() as u64 * 16
                 + rayon::current_num_threads() as u64 * items * 4;
-            memory::check(bytes, &format!("item-item with {} neighbors for {items} items", i.neighbors))?;
+            memory::check(
+                bytes,
+                &format!("item-item with {} neighbors for {items} items", i.neighbors),
+            )?;
             let neighbors = item_item::neighbors(&data.matrix, similarity(i), i.neighbors, stop)?;
             let report = json!({ "neighbor_pairs": neighbors.nnz() });
             (

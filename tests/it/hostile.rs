@@ -71,7 +71,12 @@ fn step_commands_refuse_the_same_values() {
     let dir = project();
     let p = dir.path();
     let input = p.join("data/example/interactions.parquet");
-    for set in ["factors=0", "factors=1000000000", "alpha=inf", "iterations=0"] {
+    for set in [
+        "factors=0",
+        "factors=1000000000",
+        "alpha=inf",
+        "iterations=0",
+    ] {
         let out = recpipe(
             p,
             &[
@@ -151,7 +156,12 @@ fn an_empty_list_is_not_published() {
     let p = dir.path();
     let out = recpipe(p, &["run", "example", "--run-id", "good"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    edit(p, "example.toml", "top_n = 10", "top_n = 10\nmin_score = 1e30");
+    edit(
+        p,
+        "example.toml",
+        "top_n = 10",
+        "top_n = 10\nmin_score = 1e30",
+    );
     let out = recpipe(p, &["run", "example", "--run-id", "empty"], &[]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     no_panic(&out);
@@ -178,7 +188,11 @@ fn a_corrupt_input_file_is_a_data_error() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("interactions.parquet"), "{}", text(&out));
-    assert!(!stdout.contains("step `interactions`: panicked"), "{}", text(&out));
+    assert!(
+        !stdout.contains("step `interactions`: panicked"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(current(p, "example_user_recs"), None);
 }
 
@@ -236,7 +250,12 @@ fn an_interrupt_reaches_a_long_fit() {
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    edit(p, "example_als.toml", "factors = 32\niterations = 10", "factors = 256\niterations = 1000");
+    edit(
+        p,
+        "example_als.toml",
+        "factors = 32\niterations = 10",
+        "factors = 256\niterations = 1000",
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
         .arg("--project-dir")
         .arg(p)
@@ -249,7 +268,10 @@ fn an_interrupt_reaches_a_long_fit() {
     let started = Instant::now();
     let als = p.join("state/runs/example-als/long/interactions/manifest.json");
     while std::fs::metadata(&als).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the run never got going");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never got going"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -264,5 +286,8 @@ fn an_interrupt_reaches_a_long_fit() {
         text(&out)
     );
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(record(p, "example-als", "long").status, RunStatus::Cancelled);
+    assert_eq!(
+        record(p, "example-als", "long").status,
+        RunStatus::Cancelled
+    );
 }
