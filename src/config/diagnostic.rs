@@ -141,6 +141,34 @@ pub fn one_of(options: &[&str]) -> String {
     }
 }
 
+/// serde's wording made readable: accepted values listed, Rust types named.
+pub fn polish(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((value, expected)) = rest.split_once('`')
+    {
+        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        return format!(
+            "unknown value `{value}`{}; accepted: {}",
+            suggest(value, accepted.iter().copied()),
+            one_of(&accepted)
+        );
+    }
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number ≥ 0"),
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a string", "expected text in quotes"),
+    ] {
+        if let Some(stripped) = out.strip_suffix(rust) {
+            out = format!("{stripped}{plain}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

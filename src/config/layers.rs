@@ -1,7 +1,8 @@
 //! The settings layers (`config/default.toml`, `config/$RECPIPE_ENV.toml`,
-//! `RECPIPE__SECTION__KEY` variables) merged into one TOML table that remembers
-//! where each key was set, so every settings error names its file and line (or
-//! its environment variable).
+//! `RECPIPE__SECTION__KEY` variables), merged by the `config` crate into one
+//! TOML table. Each layer is parsed here first, to remember where each key was
+//! set, so every settings error names its file and line (or its environment
+//! variable).
 //!
 //! Invariant: no message built here quotes a source line. A TOML syntax error is
 //! reported as `file:line:col: invalid TOML: <what>`, never with the snippet the
@@ -10,11 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use config::ConfigBuilder;
+use config::builder::DefaultState;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 use toml::{Table, Value};
 
-use super::diagnostic::{Diagnostic, Diagnostics, line_col, one_of, suggest};
+use super::diagnostic::{Diagnostic, Diagnostics, line_col, one_of, polish, suggest};
 use super::redact::redact;
 
 /// Where a key was set: a file position, or an environment variable (line 0).
@@ -43,9 +46,12 @@ const TEXT_KEYS: &[&str] = &[
     "ca_file",
 ];
 
-/// The merged layers and the problems found so far.
+/// The layers and the problems found so far. The `config` crate merges the
+/// layers; this type checks each one first and remembers where keys were set.
 pub struct Layers {
-    merged: Table,
+    builder: ConfigBuilder<DefaultState>,
+    /// Environment values that stay text (see [`TEXT_KEYS`]) by settings key.
+    env_text: BTreeMap<String, String>,
     origins: BTreeMap<String, Origin>,
     /// Where keys set nowhere default from, for messages about defaults.
     default_file: PathBuf,
@@ -55,7 +61,8 @@ pub struct Layers {
 impl Layers {
     pub fn new(default_file: &Path) -> Self {
         Self {
-            merged: Table::new(),
+            builder: config::Config::builder(),
+            env_text: BTreeMap::new(),
             origins: BTreeMap::new(),
             default_file: default_file.to_path_buf(),
             diags: Diagnostics::default(),
@@ -77,92 +84,105 @@ impl Layers {
                 return;
             }
         };
-        let (root, errors) = DeTable::parse_recoverable(&src);
+        self.layer(path, &src);
+    }
+
+    /// Merges the TOML text `src` of the file at `path` over what is there.
+    fn layer(&mut self, path: &Path, src: &str) {
+        let (root, mut errors) = DeTable::parse_recoverable(src);
+        if errors.is_empty() {
+            // Values are checked here (a number too large, say), where the error
+            // has a position; the `config` crate's own parse would lose it.
+            errors.extend(src.parse::<Table>().err());
+        }
         if !errors.is_empty() {
             for e in errors {
                 let span = e.span().unwrap_or(0..0);
                 // The message only: the parser's rendering quotes the line.
                 let message = format!("invalid TOML: {}", redact(e.message().trim()));
                 self.diags
-                    .push(Diagnostic::at(path, &src, span, "", message));
+                    .push(Diagnostic::at(path, src, span, "", message));
             }
             return;
         }
         let mut origins = BTreeMap::new();
-        record_origins(path, &src, "", root.get_ref(), &mut origins);
-        let table: Table = match src.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                let message = format!("invalid TOML: {}", redact(e.message().trim()));
-                let span = e.span().unwrap_or(0..0);
-                self.diags
-                    .push(Diagnostic::at(path, &src, span, "", message));
-                return;
-            }
-        };
+        record_origins(path, src, "", root.get_ref(), &mut origins);
         for key in origins.keys() {
             self.forget_below(key);
         }
         self.origins.extend(origins);
-        merge(&mut self.merged, table);
+        let layer = config::File::from_str(src, config::FileFormat::Toml);
+        self.builder = std::mem::take(&mut self.builder).add_source(layer);
     }
 
     /// Merges `RECPIPE__SECTION__KEY=value` variables over the files.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        let mut vars: Vec<_> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("RECPIPE__"))
-            .collect();
-        vars.sort();
+        let files = self.merged();
+        let mut accepted = config::Map::new();
         for (name, raw) in vars {
-            let path: Vec<String> = name["RECPIPE__".len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect();
+            let Some(rest) = name.strip_prefix("RECPIPE__") else {
+                continue;
+            };
+            let origin = PathBuf::from(format!("${name}"));
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
                 self.diags.push(Diagnostic::file(
-                    Path::new(&format!("${name}")),
+                    &origin,
                     "",
                     "not a settings key: write `RECPIPE__SECTION__KEY`",
                 ));
                 continue;
             }
             let key = path.join(".");
-            let value = self.typed(&key, &raw);
-            if let Err(message) = set(&mut self.merged, &path, value) {
-                let origin = Path::new(&format!("${name}")).to_path_buf();
+            if let Some(parent) = (1..path.len())
+                .map(|n| path[..n].join("."))
+                .find(|p| get(&files, p).is_some_and(|v| !v.is_table()))
+            {
+                let message = format!("`{parent}` is a value in the files, not a table");
                 self.diags.push(Diagnostic::file(&origin, key, message));
                 continue;
+            }
+            // `config` parses numbers and booleans; a value that is text
+            // whatever it looks like (`RECPIPE__API__TOKEN=1234`) is put back.
+            let last = path.last().map(String::as_str).unwrap_or_default();
+            if TEXT_KEYS.contains(&last) || get(&files, &key).is_some_and(Value::is_str) {
+                self.env_text.insert(key.clone(), raw.clone());
             }
             self.forget_below(&key);
             self.origins.insert(
                 key,
                 Origin {
-                    file: format!("${name}").into(),
+                    file: origin,
                     line: 0,
                     col: 0,
                 },
             );
+            accepted.insert(name, raw);
         }
+        let env = config::Environment::with_prefix("RECPIPE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(accepted));
+        self.builder = std::mem::take(&mut self.builder).add_source(env);
     }
 
-    /// An environment value typed as the value it replaces, else as it reads.
-    fn typed(&self, key: &str, raw: &str) -> Value {
-        let last = key.rsplit('.').next().unwrap_or(key);
-        let existing = get(&self.merged, key);
-        match existing {
-            Some(Value::Integer(_)) => raw.parse().map(Value::Integer).ok(),
-            Some(Value::Boolean(_)) => raw.parse().map(Value::Boolean).ok(),
-            Some(Value::Float(_)) => raw.parse().map(Value::Float).ok(),
-            Some(_) => None,
-            None if TEXT_KEYS.contains(&last) => None,
-            None => raw
-                .parse()
-                .map(Value::Integer)
-                .or_else(|_| raw.parse().map(Value::Boolean))
-                .ok(),
+    /// The layers merged so far, as one table.
+    fn merged(&mut self) -> Table {
+        let merged = self
+            .builder
+            .build_cloned()
+            .and_then(|c| c.try_deserialize::<Table>());
+        match merged {
+            Ok(table) => table,
+            Err(e) => {
+                let message = format!("cannot merge the settings: {}", redact(&e.to_string()));
+                let default_file = self.default_file.clone();
+                self.diags
+                    .push(Diagnostic::file(&default_file, "", message));
+                Table::new()
+            }
         }
-        .unwrap_or_else(|| Value::String(raw.to_string()))
     }
 
     /// Drops the origins of keys below `key`: a later layer replaced them.
@@ -171,9 +191,15 @@ impl Layers {
         self.origins.retain(|k, _| !k.starts_with(&prefix));
     }
 
-    /// Takes the merged table (the caller deserializes it section by section).
+    /// The merged table (the caller deserializes it section by section).
     pub fn take(&mut self) -> Table {
-        std::mem::take(&mut self.merged)
+        let mut merged = self.merged();
+        for (key, raw) in std::mem::take(&mut self.env_text) {
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            // The path was checked against the files in `env`.
+            let _ = set(&mut merged, &path, Value::String(raw));
+        }
+        merged
     }
 
     /// A diagnostic about `key`, placed where it (or the nearest table above it)
@@ -285,32 +311,6 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// serde's wording made readable: accepted values listed, Rust types named.
-fn polish(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown variant `")
-        && let Some((value, expected)) = rest.split_once('`')
-    {
-        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        return format!(
-            "unknown value `{value}`{}; accepted: {}",
-            suggest(value, accepted.iter().copied()),
-            one_of(&accepted)
-        );
-    }
-    let mut out = message.to_string();
-    for (rust, plain) in [
-        ("expected u32", "expected a whole number ≥ 0"),
-        ("expected usize", "expected a whole number ≥ 0"),
-        ("expected u64", "expected a whole number ≥ 0"),
-        ("expected a string", "expected text in quotes"),
-    ] {
-        if let Some(stripped) = out.strip_suffix(rust) {
-            out = format!("{stripped}{plain}");
-        }
-    }
-    out
-}
-
 /// The position of every key (and table header) in a parsed file.
 fn record_origins(
     file: &Path,
@@ -332,18 +332,6 @@ fn record_origins(
         );
         if let DeValue::Table(inner) = value.get_ref() {
             record_origins(file, src, &full, inner, out);
-        }
-    }
-}
-
-/// Deep merge: tables merge key by key, anything else is replaced.
-fn merge(into: &mut Table, from: Table) {
-    for (k, v) in from {
-        match (into.get_mut(&k), v) {
-            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
-            (_, v) => {
-                into.insert(k, v);
-            }
         }
     }
 }
@@ -376,24 +364,37 @@ fn set(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn merged(files: &[&str], env: &[(&str, &str)]) -> Table {
+        let mut layers = Layers::new(Path::new("default.toml"));
+        for (n, src) in files.iter().enumerate() {
+            layers.layer(Path::new(&format!("{n}.toml")), src);
+        }
+        layers.env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let table = layers.take();
+        assert!(layers.diags.is_empty(), "{:?}", layers.diags);
+        table
+    }
+
     #[test]
     fn environment_values_take_the_type_they_replace() {
-        let mut layers = Layers::new(Path::new("default.toml"));
-        let mut t = Table::new();
-        t.insert("n".into(), Value::Integer(1));
-        layers.merged.insert("s".into(), Value::Table(t));
-        assert_eq!(layers.typed("s.n", "7"), Value::Integer(7));
-        assert_eq!(
-            layers.typed("api.token", "1234"),
-            Value::String("1234".into())
+        let t = merged(
+            &["[s]\nn = 1\nname = \"x\"\n"],
+            &[
+                ("RECPIPE__S__N", "7"),
+                ("RECPIPE__S__NAME", "2024"),
+                ("RECPIPE__API__TOKEN", "1234"),
+                ("RECPIPE__DAEMON__FLAG", "true"),
+            ],
         );
-        assert_eq!(layers.typed("daemon.flag", "true"), Value::Boolean(true));
+        assert_eq!(t["s"]["n"], Value::Integer(7));
+        assert_eq!(t["s"]["name"], Value::String("2024".into()));
+        assert_eq!(t["api"]["token"], Value::String("1234".into()));
+        assert_eq!(t["daemon"]["flag"], Value::Boolean(true));
     }
 
     #[test]
     fn deep_merge_keeps_sibling_keys() {
-        let mut a: Table = "[s]\nx = 1\ny = 2\n".parse().unwrap();
-        merge(&mut a, "[s]\ny = 3\n".parse().unwrap());
-        assert_eq!(a.to_string(), "[s]\nx = 1\ny = 3\n");
+        let t = merged(&["[s]\nx = 1\ny = 2\n", "[s]\ny = 3\n"], &[]);
+        assert_eq!(t.to_string(), "[s]\nx = 1\ny = 3\n");
     }
 }

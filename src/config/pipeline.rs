@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diagnostic::{Diagnostic, Diagnostics, one_of, suggest};
+use super::diagnostic::{Diagnostic, Diagnostics, one_of, polish, suggest};
 use super::introspect::fields;
 use super::settings::{Settings, duration};
 
@@ -1266,17 +1266,7 @@ impl<'a> Checker<'a> {
                 min_score,
                 min_coverage,
                 ..
-            }) => {
-                if let Some(m) = min_score.filter(|m| !m.is_finite()) {
-                    bounds.push(("min_score", format!("must be a finite number, not {m}")));
-                }
-                if !(0.0..=1.0).contains(min_coverage) {
-                    bounds.push((
-                        "min_coverage",
-                        format!("must be between 0 and 1, not {min_coverage}"),
-                    ));
-                }
-            }
+            }) => bounds.extend(list_problems(*min_score, *min_coverage)),
             _ => {}
         }
         for (key, message) in bounds {
@@ -1505,6 +1495,22 @@ fn common_problems(common: &CommonSpec) -> Vec<(&'static str, String)> {
     problems
 }
 
+/// Bounds of a list step's `min_score` and `min_coverage` (pipeline files and
+/// `recpipe step recommend|similar-items` check the same).
+pub fn list_problems(min_score: Option<f32>, min_coverage: f64) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if let Some(m) = min_score.filter(|m| !m.is_finite()) {
+        problems.push(("min_score", format!("must be a finite number, not {m}")));
+    }
+    if !(0.0..=1.0).contains(&min_coverage) {
+        problems.push((
+            "min_coverage",
+            format!("must be between 0 and 1, not {min_coverage}"),
+        ));
+    }
+    problems
+}
+
 /// `(key, message)` for every model parameter outside the range the model can
 /// run with: each would panic, exhaust memory, run for days or give NaN factors.
 pub fn model_problems(spec: &TrainSpec) -> Vec<(&'static str, String)> {
@@ -1664,34 +1670,6 @@ fn input_problems(
         }
     }
     problems
-}
-
-/// serde's messages in our style: Rust type names become plain words, and an
-/// unknown enum value gets a suggestion and the accepted values.
-fn polish(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown variant `")
-        && let Some((value, expected)) = rest.split_once('`')
-    {
-        let accepted: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        return format!(
-            "unknown value `{value}`{}; accepted: {}",
-            suggest(value, accepted.iter().copied()),
-            one_of(&accepted)
-        );
-    }
-    let mut out = message.to_string();
-    for (rust, plain) in [
-        ("expected u32", "expected a whole number ≥ 0"),
-        ("expected usize", "expected a whole number ≥ 0"),
-        ("expected u64", "expected a whole number ≥ 0"),
-        ("expected i64", "expected a whole number"),
-        ("expected f64", "expected a number"),
-    ] {
-        if let Some(stripped) = out.strip_suffix(rust) {
-            out = format!("{stripped}{plain}");
-        }
-    }
-    out
 }
 
 fn unknown_name<'k>(what: &str, name: &str, known: impl Iterator<Item = &'k String>) -> String {

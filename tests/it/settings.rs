@@ -30,15 +30,13 @@ fn stderr_of(project: &Path, out: &std::process::Output) -> String {
 fn every_settings_error_is_reported_once_with_its_line_and_a_suggestion() {
     let dir = project();
     let p = dir.path();
-    // Sections the default file does not have yet, each with a mistake.
-    append(
-        p,
-        "\n[retention]\nkeep_run = 5\n\n[sinks.extra]\nkind = \"parqet\"\npath = \"x\"\n",
-    );
+    // A section the default file does not have yet, with a mistake.
+    append(p, "\n[sinks.extra]\nkind = \"parqet\"\npath = \"x\"\n");
     let file = p.join("config/default.toml");
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("compute_threads = 0", "compute_thread = 0")
+        .replace("keep_runs = 50", "keep_run = 5")
         .replace("retry_base_delay = \"1s\"", "retry_base_delay = \"2m\"")
         .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"forever\"");
     std::fs::write(&file, text).unwrap();
