@@ -2,10 +2,12 @@
 //! has succeeded, at most `runtime.max_parallel_steps` at a time.
 //!
 //! Per step: retries with exponential backoff and full jitter for retryable errors
-//! only, an optional timeout, and cancellation through a [`StopFlag`]. A failed
-//! step fails the run; the steps that need it are reported as skipped. A step whose
-//! manifest exists with the same fingerprint is reused, so rerunning a run id
-//! resumes after its last completed step and is idempotent.
+//! only, a time limit (the step's `timeout`, else `runtime.step_timeout`), and
+//! cancellation through a [`StopFlag`]. A failed step fails the run; the steps
+//! that need it are reported as skipped. A step whose manifest exists with the
+//! same fingerprint is reused, so rerunning a run id resumes after its last
+//! completed step and is idempotent. One process at a
+//! time runs a given run: the run directory's lock makes a second runner wait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use super::rundir::{
     StepStatus, is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
+use crate::config::redact::redact;
 use crate::config::{Pipeline, Step};
 use crate::models::StopFlag;
 use crate::steps::{self, Input, Resources, StepContext, StepError};
@@ -363,7 +366,9 @@ fn step_record(
         attempts,
         duration_ms,
         rows,
-        error: error.map(|e| e.message.clone()),
+        // Step errors come from drivers and parsers that may quote a DSN, and
+        // `run.json` is as readable as the history.
+        error: error.map(|e| redact(&e.message).into_owned()),
         error_class: error.map(|e| e.class),
     }
 }
@@ -455,7 +460,7 @@ impl StepTask {
                         step: self.step.id.clone(),
                         attempt,
                         delay,
-                        error: e.to_string(),
+                        error: redact(&e.to_string()).into_owned(),
                     });
                     if !sleep_unless_stopped(delay, &self.cx.stop).await {
                         return self.finished(attempt, started, Err(e));
@@ -465,7 +470,7 @@ impl StepTask {
                     warn!(pipeline = %self.cx.pipeline, run_id = %self.cx.run_id, step = %self.step.id, attempt, error = %e, "step failed");
                     self.emit(Event::Failed {
                         step: self.step.id.clone(),
-                        error: e.to_string(),
+                        error: redact(&e.to_string()).into_owned(),
                     });
                     return self.finished(attempt, started, Err(e));
                 }
@@ -488,8 +493,8 @@ impl StepTask {
     }
 
     /// One attempt in a clean folder. On timeout or cancellation the step's flag is
-    /// raised and the attempt is awaited until it winds down, so a late write can
-    /// never land in the next attempt's folder.
+    /// raised and the attempt is given [`WIND_DOWN`] to end before it is dropped;
+    /// the next attempt resets the folder, so a late write does not survive.
     async fn attempt(&self) -> Result<steps::StepOutput, StepError> {
         let dir = self.rundir.reset_step(&self.step.id)?;
         let cx = StepContext {
@@ -504,18 +509,26 @@ impl StepTask {
             &self.executor.resources,
         );
         tokio::pin!(work);
-        let deadline = self.step.timeout;
+        // A step without its own timeout gets the settings' bound, so no step
+        // can run unbounded.
+        let (deadline, limit) = match self.step.timeout {
+            Some(t) => (t, "the step's `timeout`"),
+            None => (
+                self.executor.resources.settings.runtime.step_timeout,
+                "`runtime.step_timeout`",
+            ),
+        };
+        // Compute checks the flag between rows and blocks and ends within
+        // moments; a query waiting on a server is dropped (aborted) after a short
+        // wind-down instead of holding the stop until it answers.
         tokio::select! {
             r = &mut work => r,
-            () = wait_timeout(deadline) => {
+            () = tokio::time::sleep(deadline) => {
                 cx.stop.stop();
-                let _ = work.await;
-                Err(StepError::Timeout(deadline.unwrap_or_default()))
+                let _ = tokio::time::timeout(WIND_DOWN, &mut work).await;
+                Err(StepError::Timeout(deadline, limit))
             }
             () = wait_stopped(&cx.stop) => {
-                // Compute checks the flag between rows and blocks and ends within
-                // moments; a query waiting on a server is dropped (aborted) after
-                // a short wind-down instead of holding the cancel until it answers.
                 match tokio::time::timeout(WIND_DOWN, &mut work).await {
                     Ok(Err(e)) => Err(e),
                     _ => Err(StepError::Stopped(crate::models::Stopped)),
@@ -549,19 +562,12 @@ async fn lock(rundir: &RunDir, req: &RunRequest) -> Result<RunLock, ExecutorErro
 }
 
 /// How long a cancelled step may take to notice its flag before it is dropped.
-const WIND_DOWN: Duration = Duration::from_secs(5);
+pub const WIND_DOWN: Duration = Duration::from_secs(5);
 
 /// Returns once `stop` is raised.
 async fn wait_stopped(stop: &StopFlag) {
     while !stop.is_stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_timeout(timeout: Option<Duration>) {
-    match timeout {
-        Some(t) => tokio::time::sleep(t).await,
-        None => std::future::pending().await,
     }
 }
 

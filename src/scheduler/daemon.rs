@@ -53,8 +53,11 @@ pub enum DaemonError {
 pub const MAX_CRASHES: u32 = 2;
 
 /// After the grace period and the cancel, how long runs get to notice the flag
-/// and record themselves before the process exits anyway.
-pub const WIND_DOWN: Duration = Duration::from_secs(5);
+/// and record themselves before the process exits anyway: the executor's own
+/// wind-down (after which it drops a step that does not stop) and a margin to
+/// write the record.
+pub const WIND_DOWN: Duration =
+    crate::pipeline::executor::WIND_DOWN.saturating_add(Duration::from_secs(2));
 
 /// What became of a request to start a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +174,7 @@ impl Daemon {
                     run.crashes, run.pipeline, run.run_id
                 ));
                 error!(pipeline = %run.pipeline, run_id = %run.run_id, crashes = run.crashes, "run took the process down repeatedly: not resumed, left for an operator");
-                daemon.history.update(&run)?;
+                daemon.record(&run);
                 daemon.count_run(&run.pipeline, RunStatus::Failed);
             } else if daemon.settings.daemon.resume_interrupted {
                 info!(pipeline = %run.pipeline, run_id = %run.run_id, "resuming an interrupted run");
@@ -533,20 +536,7 @@ impl Daemon {
                         .into(),
                 );
             }
-            // Step errors come from drivers and parsers that may quote a DSN.
-            for step in &mut record.steps {
-                if let Some(e) = &mut step.error {
-                    *e = redact(e).into_owned();
-                }
-            }
-            if let Err(e) = daemon.history.update(&record) {
-                error!(pipeline = %p.name, run_id = %run_id, error = %e, "cannot record the run");
-            }
-            {
-                // Removing run directories is file I/O: off the async threads.
-                let (d, name) = (daemon.clone(), p.name.clone());
-                let _ = tokio::task::spawn_blocking(move || d.prune(&name)).await;
-            }
+            // Metrics first: whoever sees the run finished in the history sees it counted.
             daemon.count_run(&p.name, record.status);
             if record.status == RunStatus::Succeeded {
                 daemon
@@ -564,6 +554,12 @@ impl Daemon {
                     pipeline: p.name.clone(),
                 })
                 .dec();
+            daemon.record(&record);
+            {
+                // Removing run directories is file I/O: off the async threads.
+                let (d, name) = (daemon.clone(), p.name.clone());
+                let _ = tokio::task::spawn_blocking(move || d.prune(&name)).await;
+            }
             if let Some(list) = daemon.active.locked().get_mut(&p.name) {
                 list.retain(|a| a.run_id != run_id);
             }
@@ -682,31 +678,9 @@ impl Daemon {
     /// settings and stale temporary files (never a run in progress).
     fn prune(&self, pipeline: &str) {
         let in_progress = self.running(pipeline);
-        let mut roots = vec![self.settings.state_dir.clone()];
-        roots.extend(self.settings.sinks.values().filter_map(|s| match s {
-            crate::config::settings::SinkConfig::Parquet(p) => Some(p.path.clone()),
-            _ => None,
-        }));
-        let policy = retention::Policy::from(&self.settings.retention);
-        let result = retention::prune_runs(
-            &self.settings.state_dir,
-            pipeline,
-            &policy,
-            std::time::SystemTime::now(),
-            &|run_id| in_progress.iter().any(|r| r == run_id),
-        )
-        .and_then(|mut pruned| {
-            let temp = retention::prune_temp_files(&roots, std::time::SystemTime::now())?;
-            pruned.absorb(temp);
-            Ok(pruned)
+        retention::after_run(&self.settings, pipeline, &|run_id| {
+            in_progress.iter().any(|r| r == run_id)
         });
-        match result {
-            Ok(p) if p.is_empty() => {}
-            Ok(p) => {
-                info!(pipeline = %pipeline, runs = p.runs.len(), temp_files = p.temp_files.len(), bytes = p.bytes, "pruned old runs")
-            }
-            Err(e) => warn!(pipeline = %pipeline, error = %e, "cannot prune old runs"),
-        }
     }
 
     /// Stops firing, lets running runs go on for `grace`, then cancels them and
@@ -753,10 +727,20 @@ impl Daemon {
                      the next start resumes it",
                     humantime::format_duration(WIND_DOWN)
                 ));
-                if let Err(e) = self.history.update(&record) {
-                    error!(pipeline = %pipeline, run_id = %run_id, error = %e, "cannot record the run");
-                }
+                self.record(&record);
             }
+        }
+    }
+
+    /// Records `run` in the history and in its `run.json`, which retention
+    /// reads: both must say the same (an interrupted run is never pruned).
+    fn record(&self, run: &RunRecord) {
+        if let Err(e) = self.history.update(run) {
+            error!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot record the run");
+        }
+        let rundir = RunDir::new(&self.settings.state_dir, &run.pipeline, &run.run_id);
+        if let Err(e) = rundir.write_record(run) {
+            error!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot write run.json");
         }
     }
 }

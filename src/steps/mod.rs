@@ -248,12 +248,17 @@ pub enum StepError {
     /// The data does not meet its contract (missing column, null id, NaN …).
     #[error("{0}")]
     Data(String),
+    /// The step would need more memory than the process can get now; another
+    /// attempt may find it once other work has finished.
+    #[error("{0}")]
+    Memory(String),
     #[error("{0}")]
     Stopped(#[from] Stopped),
     #[error("panicked: {0}")]
     Panic(String),
-    #[error("timed out after {}", humantime::format_duration(*.0))]
-    Timeout(std::time::Duration),
+    /// The limit and which setting set it.
+    #[error("timed out after {} ({})", humantime::format_duration(*.0), .1)]
+    Timeout(std::time::Duration, &'static str),
 }
 
 impl StepError {
@@ -262,7 +267,9 @@ impl StepError {
         match self {
             StepError::Source(e) => e.is_retryable(),
             StepError::Sink(e) => e.is_retryable(),
-            StepError::Artifact(ArtifactError::Io { .. }) | StepError::Timeout(_) => true,
+            StepError::Artifact(ArtifactError::Io { .. })
+            | StepError::Memory(_)
+            | StepError::Timeout(..) => true,
             StepError::Artifact(_)
             | StepError::Data(_)
             | StepError::Stopped(_)

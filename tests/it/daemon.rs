@@ -780,7 +780,11 @@ async fn slow_als(project: &Path) -> Arc<Daemon> {
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
         &file,
-        text.replacen("iterations = 10", "iterations = 100000", 1),
+        text.replacen(
+            "factors = 32\niterations = 10",
+            "factors = 512\niterations = 1000",
+            1,
+        ),
     )
     .unwrap();
     daemon(project, None).await
@@ -819,6 +823,9 @@ async fn a_drain_records_the_runs_it_cancelled_as_interrupted_and_they_resume() 
         run.reason.as_deref().unwrap().contains("shut down"),
         "{run:?}"
     );
+    // `run.json` says the same, so retention keeps the run to resume.
+    let file = run_json(project.path(), "example-als", &run_id);
+    assert_eq!((file.status, &file.reason), (run.status, &run.reason));
     drop(d);
 
     // The next start resumes it (with a training that ends this time).
@@ -826,7 +833,11 @@ async fn a_drain_records_the_runs_it_cancelled_as_interrupted_and_they_resume() 
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
         &file,
-        text.replacen("iterations = 100000", "iterations = 10", 1),
+        text.replacen(
+            "factors = 512\niterations = 1000",
+            "factors = 32\niterations = 10",
+            1,
+        ),
     )
     .unwrap();
     let d = daemon(project.path(), None).await;
@@ -871,6 +882,8 @@ async fn a_run_that_took_the_process_down_twice_is_not_resumed() {
     assert!(d.running("example").is_empty(), "resumed again");
     let run = d.history.run("example", "oom").unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
+    let file = run_json(project.path(), "example", "oom");
+    assert_eq!((file.status, &file.reason), (run.status, &run.reason));
     let reason = run.reason.unwrap();
     assert!(
         reason.contains("died 2 times") && reason.contains("not resumed again automatically"),
@@ -1024,7 +1037,11 @@ fn sigterm_with_a_short_grace_exits_promptly_and_leaves_the_run_interrupted() {
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
         &file,
-        text.replacen("iterations = 10", "iterations = 100000", 1),
+        text.replacen(
+            "factors = 32\niterations = 10",
+            "factors = 512\niterations = 1000",
+            1,
+        ),
     )
     .unwrap();
     let port = free_port();
@@ -1084,4 +1101,10 @@ fn sigterm_with_a_short_grace_exits_promptly_and_leaves_the_run_interrupted() {
         .unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Interrupted, "{:?}", runs[0]);
+}
+
+/// The `run.json` of a run, as retention reads it.
+fn run_json(project: &Path, pipeline: &str, run_id: &str) -> recpipe::pipeline::RunRecord {
+    let path = project.join(format!("state/runs/{pipeline}/{run_id}/run.json"));
+    recpipe::artifact::read_json(&path).unwrap()
 }
