@@ -794,37 +794,8 @@ async fn run(
         e => Failure::Transient(e.into()),
     })?;
     let _ = progress.await;
-    prune(&settings, &pipeline_name);
+    recpipe::pipeline::retention::after_run(&settings, &pipeline_name, &|_| false);
     report(&settings, &record)
-}
-
-/// Retention after a run, as the daemon does: old finished runs of this
-/// pipeline and stale temporary files go (a failure to prune fails nothing).
-fn prune(settings: &Settings, pipeline: &str) {
-    use recpipe::pipeline::retention;
-    let now = std::time::SystemTime::now();
-    let policy = retention::Policy::from(&settings.retention);
-    let mut roots = vec![settings.state_dir.clone()];
-    roots.extend(settings.sinks.values().filter_map(|s| match s {
-        recpipe::config::settings::SinkConfig::Parquet(p) => Some(p.path.clone()),
-        _ => None,
-    }));
-    let result = retention::prune_runs(&settings.state_dir, pipeline, &policy, now, &|_| false)
-        .and_then(|mut pruned| {
-            pruned.absorb(retention::prune_temp_files(&roots, now)?);
-            Ok(pruned)
-        });
-    match result {
-        Ok(p) if !p.is_empty() => tracing::info!(
-            pipeline,
-            runs = p.runs.len(),
-            temp_files = p.temp_files.len(),
-            bytes = p.bytes,
-            "pruned old runs"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(pipeline, error = %e, "cannot prune old runs"),
-    }
 }
 
 /// A progress bar on a terminal; elsewhere the executor's log lines say the same.
@@ -1056,7 +1027,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             .map_err(|e| Failure::step("evaluate", e))?
         }
         StepCommand::Recommend(a) => {
-            let (job, out) = list_job(a);
+            let (job, out) = list_job(a)?;
             steps::compute(&pool, move || {
                 steps::recommend::run(&job, &out, &StopFlag::default())
             })
@@ -1064,7 +1035,7 @@ async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failur
             .map_err(|e| Failure::step("recommend", e))?
         }
         StepCommand::SimilarItems(a) => {
-            let (job, out) = list_job(a);
+            let (job, out) = list_job(a)?;
             steps::compute(&pool, move || {
                 steps::recommend::similar(&job, &out, &StopFlag::default())
             })
@@ -1121,13 +1092,27 @@ fn train_spec(model: &str, set: &[(String, String)]) -> Result<TrainSpec, Failur
     }
     let spec: TrainSpec = toml::from_str(&text)
         .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
-    match pipeline::model_problems(&spec).first() {
-        Some((key, message)) => Err(Failure::BadInput(anyhow!("--set {key}: {message}"))),
-        None => Ok(spec),
+    let problems = pipeline::model_problems(&spec);
+    refuse(problems.into_iter().map(|(k, m)| format!("--set {k}: {m}")))?;
+    Ok(spec)
+}
+
+/// Every out-of-bounds argument at once, as bad input.
+fn refuse(problems: impl Iterator<Item = String>) -> Result<(), Failure> {
+    let lines: Vec<String> = problems.collect();
+    match lines.is_empty() {
+        true => Ok(()),
+        false => Err(Failure::BadInput(anyhow!(lines.join("\n")))),
     }
 }
 
-fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {
+fn list_job(a: RecommendArgs) -> Result<(steps::recommend::RecommendJob, PathBuf), Failure> {
+    let problems = pipeline::list_problems(a.min_score, a.min_coverage);
+    refuse(
+        problems
+            .into_iter()
+            .map(|(k, m)| format!("--{}: {m}", k.replace('_', "-"))),
+    )?;
     let job = steps::recommend::RecommendJob {
         model_dir: a.model,
         interactions: a.interactions,
@@ -1140,7 +1125,7 @@ fn list_job(a: RecommendArgs) -> (steps::recommend::RecommendJob, PathBuf) {
         run_id: a.run_id,
         generated_at: Utc::now(),
     };
-    (job, a.output)
+    Ok((job, a.output))
 }
 
 fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {

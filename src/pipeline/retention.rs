@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::rundir::{RUN_RECORD, RunRecord, RunStatus};
-use crate::config::settings::RetentionSettings;
+use crate::config::Settings;
+use crate::config::settings::{RetentionSettings, SinkConfig};
 
 /// Age after which a leftover is certainly not being written any more: longer
 /// than any single file write or health check takes.
@@ -85,6 +86,36 @@ struct RunEntry {
     /// When the run started (from `run.json`), else the folder's modification time.
     when: SystemTime,
     status: Option<RunStatus>,
+}
+
+/// After a run of `pipeline`: prunes its runs by the settings' policy and the
+/// stale temporary files of the state dir and the Parquet sinks, and logs what
+/// went (a failure to prune is logged, never an error of the run).
+pub fn after_run(settings: &Settings, pipeline: &str, in_progress: &dyn Fn(&str) -> bool) {
+    let now = SystemTime::now();
+    let policy = Policy::from(&settings.retention);
+    let mut roots = vec![settings.state_dir.clone()];
+    roots.extend(settings.sinks.values().filter_map(|s| match s {
+        SinkConfig::Parquet(p) => Some(p.path.clone()),
+        _ => None,
+    }));
+    let result = prune_runs(&settings.state_dir, pipeline, &policy, now, in_progress).and_then(
+        |mut pruned| {
+            pruned.absorb(prune_temp_files(&roots, now)?);
+            Ok(pruned)
+        },
+    );
+    match result {
+        Ok(p) if p.is_empty() => {}
+        Ok(p) => tracing::info!(
+            pipeline,
+            runs = p.runs.len(),
+            temp_files = p.temp_files.len(),
+            bytes = p.bytes,
+            "pruned old runs"
+        ),
+        Err(e) => tracing::warn!(pipeline, error = %e, "cannot prune old runs"),
+    }
 }
 
 /// Removes the finished runs of `pipeline` that `policy` does not keep.

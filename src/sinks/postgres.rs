@@ -114,19 +114,9 @@ impl PostgresSink {
         let mut switch = Vec::new();
         for (list, sha256) in lists {
             let table = list.table.as_str();
-            if let Some(current) = recorded(&client, schema, table).await?
-                && current.run_id == version
-                && current.sha256 == *sha256
-            {
-                // Published by an earlier attempt of this run whose result was lost.
-                published.push(self.published(
-                    table,
-                    version,
-                    current.rows,
-                    sha256,
-                    Vec::new(),
-                    true,
-                ));
+            // Published by an earlier attempt of this run whose result was lost.
+            if let Some(rows) = holds(&client, schema, table, version, sha256).await? {
+                published.push(self.published(table, version, rows, sha256, Vec::new(), true));
                 continue;
             }
             let pruned = drop_leftovers(&client, schema, table).await?;
@@ -262,11 +252,8 @@ impl Sink for PostgresSink {
                 unchanged,
                 pruned,
             };
-            if let Some(current) = recorded(&client, schema, table).await?
-                && current.run_id == version
-                && current.sha256 == sha256
-            {
-                return Ok(staged(current.rows, true, Vec::new()));
+            if let Some(rows) = holds(&client, schema, table, version, &sha256).await? {
+                return Ok(staged(rows, true, Vec::new()));
             }
             let pruned = drop_leftovers(&client, schema, table).await?;
             let staging = staging_name(table, version);
@@ -378,6 +365,20 @@ struct Recorded {
     rows: u64,
     /// Empty for tables published before the hash was recorded: never "the same".
     sha256: String,
+}
+
+/// The row count of `table` when it already holds list `sha256` of `version`.
+async fn holds(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    version: &str,
+    sha256: &str,
+) -> Result<Option<u64>, PgError> {
+    Ok(recorded(client, schema, table)
+        .await?
+        .filter(|current| current.run_id == version && current.sha256 == sha256)
+        .map(|current| current.rows))
 }
 
 /// What the comment of `schema.table` records, if it exists and recpipe

@@ -16,7 +16,6 @@ use crate::artifact::{self, read_parquet};
 use crate::config::pipeline::{EvaluateSpec, PopularBy, SplitKind, TrainSpec};
 use crate::models::eval::{self, Metrics};
 use crate::models::ids::Ids;
-use crate::models::item_item::{self, ItemItemModel};
 use crate::models::popular::Popular;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
 
@@ -90,10 +89,7 @@ pub fn run(
     let model: Box<dyn Recommender> = match &spec.model {
         TrainSpec::Popular(p) => Box::new(Popular::fit(&train_m, p.by == PopularBy::Value)),
         TrainSpec::Als(a) => Box::new(train::fit_als(&train_m, a, stop)?.0),
-        TrainSpec::ItemItem(i) => Box::new(ItemItemModel {
-            neighbors: item_item::neighbors(&train_m, train::similarity(i), i.neighbors, stop)?,
-            user_items: train_m.clone(),
-        }),
+        TrainSpec::ItemItem(i) => Box::new(train::fit_item_item(&train_m, i, stop)?),
     };
     let metrics = eval::evaluate(model.as_ref(), &train_m, &test_m, spec.k, stop)?;
     let lift = |m: &Metrics, b: &Metrics| if b.ndcg > 0.0 { m.ndcg / b.ndcg } else { 0.0 };

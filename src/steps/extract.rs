@@ -90,15 +90,19 @@ pub async fn run(
         Err(e) => match e.try_into_panic() {
             // A panic inside DataFusion or the parquet crate comes from a file it
             // could not read (a corrupt footer, say): a data error naming the file.
-            Ok(panic) => Err(StepError::Data(format!(
-                "{}: reading the query's input failed ({}){}",
-                sql_path.display(),
-                super::panic_message(&panic),
-                match source.unreadable_file() {
-                    Some(file) => format!("; {file}"),
-                    None => "; a table file may be corrupt".to_string(),
-                }
-            ))),
+            Ok(panic) => {
+                // Reading footers is file I/O: off the async threads.
+                let unreadable = tokio::task::spawn_blocking(move || source.unreadable_file());
+                Err(StepError::Data(format!(
+                    "{}: reading the query's input failed ({}){}",
+                    sql_path.display(),
+                    super::panic_message(&panic),
+                    match unreadable.await.ok().flatten() {
+                        Some(file) => format!("; {file}"),
+                        None => "; a table file may be corrupt".to_string(),
+                    }
+                )))
+            }
             Err(e) => Err(StepError::Panic(e.to_string())),
         },
     }

@@ -5,7 +5,9 @@
 //!
 //! The limit is the smallest of the memory the kernel reports available, the
 //! cgroup's (a pod's) limit less its usage, and `RECPIPE_MEMORY_LIMIT` (bytes)
-//! when set.
+//! when set. The cgroup's usage counts page cache the kernel reclaims on demand
+//! (inactive file pages, e.g. the Parquet an extract just wrote): that part is
+//! not counted as used.
 
 use super::StepError;
 
@@ -13,7 +15,7 @@ use super::StepError;
 /// available now.
 pub fn check(bytes: u64, what: &str) -> Result<(), StepError> {
     match available() {
-        Some(free) if bytes > free => Err(StepError::Data(format!(
+        Some(free) if bytes > free => Err(StepError::Memory(format!(
             "{what} needs about {} but only {} is available: lower `factors` or the data \
              (or give the process more memory)",
             gib(bytes),
@@ -38,11 +40,28 @@ pub fn available() -> Option<u64> {
             .map(|kb| kb * 1024)
     });
     // cgroup v2, then v1; "max" (no limit) does not parse and is skipped.
+    let stat = |path: &str, key: &str| {
+        read(path).and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse::<u64>().ok())
+        })
+    };
+    let free = |max: u64, used: u64, reclaimable: Option<u64>| {
+        max.saturating_sub(used.saturating_sub(reclaimable.unwrap_or(0)))
+    };
     let cgroup = match number(read("/sys/fs/cgroup/memory.max")) {
-        Some(max) => number(read("/sys/fs/cgroup/memory.current")).map(|u| max.saturating_sub(u)),
+        Some(max) => number(read("/sys/fs/cgroup/memory.current")).map(|used| {
+            free(
+                max,
+                used,
+                stat("/sys/fs/cgroup/memory.stat", "inactive_file"),
+            )
+        }),
         None => number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes")).and_then(|max| {
-            number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
-                .map(|u| max.saturating_sub(u))
+            number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes")).map(|used| {
+                let stat_file = "/sys/fs/cgroup/memory/memory.stat";
+                free(max, used, stat(stat_file, "total_inactive_file"))
+            })
         }),
     };
     let configured = number(std::env::var("RECPIPE_MEMORY_LIMIT").ok());

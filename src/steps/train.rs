@@ -44,6 +44,30 @@ pub fn similarity(spec: &ItemItemSpec) -> Similarity {
     }
 }
 
+/// Fits item-item neighbours after checking they fit in memory.
+pub fn fit_item_item(
+    matrix: &Csr,
+    spec: &ItemItemSpec,
+    stop: &StopFlag,
+) -> Result<ItemItemModel, StepError> {
+    // Kept lists, the transposed matrix and a dense accumulator per thread.
+    let items = matrix.n_cols as u64;
+    let bytes = items * spec.neighbors.min(matrix.n_cols) as u64 * 8
+        + matrix.nnz() as u64 * 16
+        + rayon::current_num_threads() as u64 * items * 4;
+    memory::check(
+        bytes,
+        &format!(
+            "item-item with {} neighbors for {items} items",
+            spec.neighbors
+        ),
+    )?;
+    Ok(ItemItemModel {
+        neighbors: item_item::neighbors(matrix, similarity(spec), spec.neighbors, stop)?,
+        user_items: matrix.clone(),
+    })
+}
+
 /// Fits ALS after checking it fits in memory, and refuses factors that came out
 /// non-finite.
 pub fn fit_als(
@@ -98,24 +122,9 @@ pub fn run(
             (Fitted::Als(model), json!({ "loss": report.losses }))
         }
         TrainSpec::ItemItem(i) => {
-            // Kept lists, the transposed matrix and a dense accumulator per thread.
-            let items = data.matrix.n_cols as u64;
-            let bytes = items * i.neighbors.min(data.matrix.n_cols) as u64 * 8
-                + data.matrix.nnz() as u64 * 16
-                + rayon::current_num_threads() as u64 * items * 4;
-            memory::check(
-                bytes,
-                &format!("item-item with {} neighbors for {items} items", i.neighbors),
-            )?;
-            let neighbors = item_item::neighbors(&data.matrix, similarity(i), i.neighbors, stop)?;
-            let report = json!({ "neighbor_pairs": neighbors.nnz() });
-            (
-                Fitted::ItemItem(ItemItemModel {
-                    neighbors,
-                    user_items: data.matrix.clone(),
-                }),
-                report,
-            )
+            let model = fit_item_item(&data.matrix, i, stop)?;
+            let report = json!({ "neighbor_pairs": model.neighbors.nnz() });
+            (Fitted::ItemItem(model), report)
         }
     };
     let meta = ModelMeta {

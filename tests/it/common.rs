@@ -106,3 +106,11 @@ pub fn example_seen(project: &Path) -> HashSet<(i64, i64)> {
         .flat_map(|b| i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")))
         .collect()
 }
+
+/// Replaces `from` with `to` in a pipeline file of the project.
+pub fn edit(project: &Path, file: &str, from: &str, to: &str) {
+    let path = project.join("pipelines").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in {file}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}

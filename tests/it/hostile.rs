@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use recpipe::pipeline::{RunRecord, RunStatus};
+use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
 
-use crate::common::{project, recpipe, repo, text};
+use crate::common::{edit, project, recpipe, repo, text};
 
 fn current(project: &Path, table: &str) -> Option<String> {
     std::fs::read_to_string(project.join("state/published").join(table).join("CURRENT"))
@@ -34,14 +34,6 @@ fn no_panic(out: &std::process::Output) {
         matches!(out.status.code(), Some(0..=2) | Some(75)),
         "ended by a signal or an abort: {all}"
     );
-}
-
-/// Replaces `from` with `to` in a pipeline file of the project.
-fn edit(project: &Path, file: &str, from: &str, to: &str) {
-    let path = project.join("pipelines").join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from} not in {file}");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
 }
 
 #[test]
@@ -176,6 +168,8 @@ fn an_empty_list_is_not_published() {
 fn a_corrupt_input_file_is_a_data_error() {
     let dir = project();
     let p = dir.path();
+    let out = recpipe(p, &["run", "example", "--run-id", "good"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let file = p.join("data/example/interactions.parquet");
     let mut bytes = std::fs::read(&file).unwrap();
     let n = bytes.len();
@@ -185,15 +179,15 @@ fn a_corrupt_input_file_is_a_data_error() {
     }
     std::fs::write(&file, bytes).unwrap();
     let out = recpipe(p, &["run", "example", "--run-id", "corrupt"], &[]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("interactions.parquet"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interactions.parquet"), "{}", text(&out));
     assert!(
-        !stdout.contains("step `interactions`: panicked"),
+        !stderr.contains("step `interactions`: panicked"),
         "{}",
         text(&out)
     );
-    assert_eq!(current(p, "example_user_recs"), None);
+    assert_eq!(current(p, "example_user_recs").as_deref(), Some("good"));
 }
 
 /// Two processes on one run id: the second waits for the first, then resumes
@@ -227,10 +221,9 @@ fn two_runners_on_one_run_agree() {
     );
 }
 
-/// Ctrl-C (SIGINT) during a long ALS fit: the stop reaches the solver, the
-/// process exits within seconds and the run is recorded as cancelled.
-#[test]
-fn an_interrupt_reaches_a_long_fit() {
+/// A project whose `example-als` fit runs for minutes: enough data, many
+/// factors and iterations.
+fn long_fit_project() -> tempfile::TempDir {
     let dir = project();
     let p = dir.path();
     let data = p.join("data/example");
@@ -256,6 +249,16 @@ fn an_interrupt_reaches_a_long_fit() {
         "factors = 32\niterations = 10",
         "factors = 256\niterations = 1000",
     );
+    dir
+}
+
+/// Ctrl-C (SIGINT) during a long ALS fit: the stop reaches the solver, the
+/// process exits within seconds and the run is recorded as cancelled.
+#[test]
+#[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
+fn an_interrupt_reaches_a_long_fit() {
+    let dir = long_fit_project();
+    let p = dir.path();
     let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
         .arg("--project-dir")
         .arg(p)
@@ -290,4 +293,62 @@ fn an_interrupt_reaches_a_long_fit() {
         record(p, "example-als", "long").status,
         RunStatus::Cancelled
     );
+}
+
+/// A step with no `timeout` of its own is bounded by `runtime.step_timeout`:
+/// the long fit is stopped, the run fails as retryable and names the setting.
+#[test]
+fn a_step_without_a_timeout_is_bounded_by_the_settings() {
+    let dir = long_fit_project();
+    let p = dir.path();
+    let started = Instant::now();
+    let out = recpipe(
+        p,
+        &["run", "example-als", "--run-id", "bounded"],
+        &[("RECPIPE__RUNTIME__STEP_TIMEOUT", "10s")],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}: {}",
+        started.elapsed(),
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let run = record(p, "example-als", "bounded");
+    assert_eq!(run.status, RunStatus::Failed);
+    let step = |id: &str| run.steps.iter().find(|s| s.id == id).unwrap();
+    let als = step("als");
+    assert_eq!(als.status, StepStatus::Failed);
+    let error = als.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("timed out after 10s (`runtime.step_timeout`)"),
+        "{error}"
+    );
+    assert_eq!(step("publish_user_recs").status, StepStatus::Skipped);
+}
+
+/// A fit that needs more memory than the process may use fails before it
+/// allocates, as retryable (memory may free up), naming what to lower; the
+/// previous list stays current.
+#[test]
+fn a_fit_beyond_the_memory_limit_fails_before_it_allocates() {
+    let dir = project();
+    let p = dir.path();
+    let out = recpipe(p, &["run", "example-als", "--run-id", "good"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = recpipe(
+        p,
+        &["run", "example-als", "--run-id", "small"],
+        &[("RECPIPE_MEMORY_LIMIT", "100000")],
+    );
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let run = record(p, "example-als", "small");
+    let als = run.steps.iter().find(|s| s.id == "als").unwrap();
+    let error = als.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("needs about") && error.contains("lower `factors`"),
+        "{error}"
+    );
+    assert_eq!(current(p, "example_als_user_recs").as_deref(), Some("good"));
 }

@@ -11,7 +11,7 @@ use recpipe::artifact::read_parquet;
 use recpipe::pipeline::rundir::StepManifest;
 use recpipe::pipeline::{ErrorClass, RunRecord, RunStatus, StepStatus};
 
-use crate::common::{example_items, example_seen, i64s, project, recpipe, text};
+use crate::common::{edit, example_items, example_seen, i64s, project, recpipe, text};
 
 fn published(project: &Path) -> std::path::PathBuf {
     project.join("state/published/example_user_recs")
@@ -426,13 +426,6 @@ fn printed(out: &std::process::Output) -> (usize, String) {
     (count.parse().unwrap(), location.to_string())
 }
 
-fn edit_pipeline(project: &Path, from: &str, to: &str) {
-    let path = project.join("pipelines/example.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from} not in the example pipeline");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
-}
-
 #[test]
 fn a_rerun_after_an_edit_publishes_the_new_list() {
     let dir = project();
@@ -444,7 +437,7 @@ fn a_rerun_after_an_edit_publishes_the_new_list() {
 
     // The same run id after an edit: the new, shorter list is what readers get,
     // kept under a new version name so the old folder never changes under them.
-    edit_pipeline(p, "top_n = 10", "top_n = 3");
+    edit(p, "example.toml", "top_n = 10", "top_n = 3");
     let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let now = current_rows(p);
@@ -459,7 +452,7 @@ fn a_rerun_after_an_edit_publishes_the_new_list() {
 
     // Back to 10: a new list again (its `generated_at` differs from the one
     // kept as `r1`), so a third version.
-    edit_pipeline(p, "top_n = 3", "top_n = 10");
+    edit(p, "example.toml", "top_n = 3", "top_n = 10");
     let out = recpipe(p, &["run", "example", "--run-id", "r1"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!((current(p), current_rows(p)), ("r1-3".to_string(), first));
@@ -515,8 +508,9 @@ fn an_empty_list_is_refused_and_the_previous_stays_current() {
 
     // No score reaches the minimum: the recommend step, told to accept it,
     // makes an empty list, which the write step refuses on its own.
-    edit_pipeline(
+    edit(
         p,
+        "example.toml",
         "top_n = 10",
         "top_n = 10\nmin_score = 1e30\nallow_empty = true",
     );
@@ -538,7 +532,12 @@ fn an_empty_list_is_refused_and_the_previous_stays_current() {
     assert_eq!((current(p), current_rows(p)), ("r1".to_string(), before));
 
     // Allowed on the step, the empty list is published.
-    edit_pipeline(p, "retries = 3", "retries = 3\nallow_empty = true");
+    edit(
+        p,
+        "example.toml",
+        "retries = 3",
+        "retries = 3\nallow_empty = true",
+    );
     let out = recpipe(p, &["run", "example", "--run-id", "r2"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!((current(p), current_rows(p)), ("r2".to_string(), 0));
@@ -630,6 +629,8 @@ fn an_unreachable_source_exits_75_without_printing_its_password() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(75), "{all}");
     assert!(!all.contains("Zz-unreachable-pw"), "{all}");
+    let run_json = std::fs::read_to_string(p.join("state/runs/example/down/run.json")).unwrap();
+    assert!(!run_json.contains("Zz-unreachable-pw"), "{run_json}");
     let r = record(p, "down");
     let closed = r.steps.iter().find(|s| s.id == "closed_items").unwrap();
     assert_eq!(closed.status, StepStatus::Failed);
