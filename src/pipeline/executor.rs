@@ -124,17 +124,12 @@ impl Executor {
         let settings = &self.resources.settings;
         let rundir = RunDir::new(&settings.state_dir, &req.pipeline.name, &req.run_id);
         let _lock = lock(&rundir, &req).await?;
-        let mut record = RunRecord {
-            pipeline: req.pipeline.name.clone(),
-            run_id: req.run_id.clone(),
-            logical_date: req.logical_date,
-            status: RunStatus::Running,
-            started_at: Utc::now(),
-            finished_at: None,
-            steps: Vec::new(),
-            reason: None,
-            crashes: 0,
-        };
+        let mut record = RunRecord::started(
+            &req.pipeline.name,
+            &req.run_id,
+            req.logical_date,
+            Utc::now(),
+        );
         rundir.write_record(&record)?;
         info!(pipeline = %req.pipeline.name, run_id = %req.run_id, "run started");
         let emit = |e: Event| {

@@ -164,6 +164,28 @@ pub struct RunRecord {
     pub crashes: u32,
 }
 
+impl RunRecord {
+    /// A run of `pipeline` that started at `started_at` and is running.
+    pub fn started(
+        pipeline: &str,
+        run_id: &str,
+        logical_date: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            logical_date,
+            status: RunStatus::Running,
+            started_at,
+            finished_at: None,
+            steps: Vec::new(),
+            reason: None,
+            crashes: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

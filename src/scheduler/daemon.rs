@@ -390,17 +390,7 @@ impl Daemon {
             run_id.unwrap_or_else(|| format!("manual-{}", now.format("%Y%m%dT%H%M%S%3fZ")));
         let mut active = self.active.locked();
         let running = active.entry(p.name.clone()).or_default();
-        let mut record = RunRecord {
-            pipeline: p.name.clone(),
-            run_id: run_id.clone(),
-            logical_date,
-            status: RunStatus::Running,
-            started_at: now,
-            finished_at: None,
-            steps: Vec::new(),
-            reason: None,
-            crashes: 0,
-        };
+        let mut record = RunRecord::started(&p.name, &run_id, logical_date, now);
         if let Some(current) = running.first()
             && p.concurrency == Concurrency::Forbid
         {
@@ -507,16 +497,8 @@ impl Daemon {
                         .run(&p.name, &run_id)
                         .ok()
                         .flatten()
-                        .unwrap_or_else(|| RunRecord {
-                            pipeline: p.name.clone(),
-                            run_id: run_id.clone(),
-                            logical_date,
-                            status: RunStatus::Failed,
-                            started_at: Utc::now(),
-                            finished_at: None,
-                            steps: Vec::new(),
-                            reason: None,
-                            crashes: 0,
+                        .unwrap_or_else(|| {
+                            RunRecord::started(&p.name, &run_id, logical_date, Utc::now())
                         });
                     r.status = RunStatus::Failed;
                     r.finished_at = Some(Utc::now());

@@ -600,17 +600,7 @@ async fn a_run_left_running_is_resumed_or_reported_at_startup() {
             let history = History::open(&settings.state_dir).unwrap();
             let now = Utc::now();
             history
-                .begin(&RunRecord {
-                    pipeline: "example".into(),
-                    run_id: "killed".into(),
-                    logical_date: now,
-                    status: RunStatus::Running,
-                    started_at: now,
-                    finished_at: None,
-                    steps: Vec::new(),
-                    reason: None,
-                    crashes: 0,
-                })
+                .begin(&RunRecord::started("example", "killed", now, now))
                 .unwrap();
         }
         let d = Daemon::start(
@@ -855,17 +845,7 @@ async fn a_run_that_took_the_process_down_twice_is_not_resumed() {
     {
         let history = History::open(&settings.state_dir).unwrap();
         let now = Utc::now();
-        let mut run = RunRecord {
-            pipeline: "example".into(),
-            run_id: "oom".into(),
-            logical_date: now,
-            status: RunStatus::Running,
-            started_at: now,
-            finished_at: None,
-            steps: Vec::new(),
-            reason: None,
-            crashes: 0,
-        };
+        let mut run = RunRecord::started("example", "oom", now, now);
         history.begin(&run).unwrap();
         // The first start after the crash found it running and resumed it...
         run = history.interrupt_running().unwrap().remove(0);
@@ -912,17 +892,7 @@ async fn a_broken_file_makes_readyz_503_and_its_interrupted_run_resumes_once_fix
         let history = History::open(&settings.state_dir).unwrap();
         let now = Utc::now();
         history
-            .begin(&RunRecord {
-                pipeline: "example".into(),
-                run_id: "left".into(),
-                logical_date: now,
-                status: RunStatus::Running,
-                started_at: now,
-                finished_at: None,
-                steps: Vec::new(),
-                reason: None,
-                crashes: 0,
-            })
+            .begin(&RunRecord::started("example", "left", now, now))
             .unwrap();
     }
     let d = Daemon::start(

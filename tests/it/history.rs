@@ -7,15 +7,8 @@ use recpipe::pipeline::{RunRecord, RunStatus};
 
 fn record(pipeline: &str, run_id: &str, started: DateTime<Utc>, status: RunStatus) -> RunRecord {
     RunRecord {
-        pipeline: pipeline.into(),
-        run_id: run_id.into(),
-        logical_date: started,
         status,
-        started_at: started,
-        finished_at: None,
-        steps: Vec::new(),
-        reason: None,
-        crashes: 0,
+        ..RunRecord::started(pipeline, run_id, started, started)
     }
 }
 

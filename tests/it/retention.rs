@@ -16,15 +16,8 @@ fn run_dir(state: &Path, run_id: &str, hours_ago: i64, status: RunStatus) {
         Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap() - chrono::Duration::hours(hours_ago);
     let dir = RunDir::new(state, "p", run_id);
     dir.write_record(&RunRecord {
-        pipeline: "p".into(),
-        run_id: run_id.into(),
-        logical_date: started,
         status,
-        started_at: started,
-        finished_at: None,
-        steps: Vec::new(),
-        reason: None,
-        crashes: 0,
+        ..RunRecord::started("p", run_id, started, started)
     })
     .unwrap();
     std::fs::write(dir.root.join("big.bin"), vec![0u8; 1000]).unwrap();
