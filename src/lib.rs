@@ -23,7 +23,6 @@
 //! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
 
 pub mod artifact;
-pub mod bench;
 pub mod bqconn;
 pub mod config;
 pub mod failpoint;

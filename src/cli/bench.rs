@@ -9,15 +9,66 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::anyhow;
 use arrow::array::{Array, BooleanArray, Float32Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::models::als::{self, AlsParams};
-use crate::models::eval::{self, Metrics};
-use crate::models::similarity::CosineSimilarity;
-use crate::models::{Csr, StopFlag};
-use crate::topn::{self, Selection};
+use recpipe::models::als::{self, AlsParams};
+use recpipe::models::eval::{self, Metrics};
+use recpipe::models::similarity::CosineSimilarity;
+use recpipe::models::{Csr, StopFlag};
+use recpipe::topn::{self, Selection};
+
+use super::Failure;
+
+/// The split and ALS settings of one benchmark run.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub split: PathBuf,
+    /// Positives are rows with rating ≥ this; omit to use every row.
+    #[arg(long)]
+    pub positive_min: Option<f32>,
+    #[arg(long, default_value_t = 64)]
+    pub factors: usize,
+    #[arg(long, default_value_t = 15)]
+    pub iterations: usize,
+    #[arg(long, default_value_t = 0.05)]
+    pub regularization: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f32,
+    /// ALS-WR: scale each row's regularization by its interaction count.
+    #[arg(long)]
+    pub scale_regularization: bool,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+/// Reads the split, times the fit and the lists on their own pool, prints one
+/// JSON line.
+pub fn run(a: BenchArgs) -> Result<(), Failure> {
+    let split = read_split(&a.split, a.positive_min).map_err(|e| Failure::BadInput(anyhow!(e)))?;
+    let params = AlsParams {
+        factors: a.factors,
+        iterations: a.iterations,
+        regularization: a.regularization,
+        alpha: a.alpha,
+        scale_regularization: a.scale_regularization,
+        ..Default::default()
+    };
+    let pool = recpipe::steps::compute_pool(a.threads).map_err(|e| Failure::Failed(e.into()))?;
+    let result = pool
+        .install(|| measure(&split, &params, a.repeats))
+        .map_err(|e| Failure::BadInput(anyhow!(e)))?;
+    println!(
+        "{}",
+        serde_json::to_string(&result).map_err(|e| Failure::Failed(e.into()))?
+    );
+    Ok(())
+}
 
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
@@ -154,7 +205,7 @@ pub fn gemm_peak() -> f64 {
         (0..threads).into_par_iter().for_each(|_| {
             let mut c = vec![0f32; n * n];
             for _ in 0..4 {
-                crate::models::dense::gemm_nt(&a, &a, n, &mut c);
+                recpipe::models::dense::gemm_nt(&a, &a, n, &mut c);
             }
             std::hint::black_box(&c);
         });
@@ -181,7 +232,7 @@ fn reset_peak_rss() -> bool {
 }
 
 /// Fits, times rec-all and sim-all (minimum over `repeats`), and evaluates.
-pub fn run(split: &Split, params: &AlsParams, repeats: usize) -> Result<BenchResult, String> {
+pub fn measure(split: &Split, params: &AlsParams, repeats: usize) -> Result<BenchResult, String> {
     let stop = StopFlag::default();
     let load_peak = peak_rss_mb();
     let reset = reset_peak_rss();

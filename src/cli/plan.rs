@@ -1,0 +1,78 @@
+//! `recpipe plan`: a pipeline's steps in run order, what each reads and writes.
+
+use recpipe::config::pipeline::{ArtifactKind, StepSpec};
+use recpipe::config::{Pipeline, Settings};
+use recpipe::pipeline::RunDir;
+
+pub fn plan(settings: &Settings, p: &Pipeline) {
+    println!("pipeline {} ({})", p.name, p.file.display());
+    match &p.schedule {
+        Some(s) => println!(
+            "schedule {s} ({}), concurrency {:?}",
+            p.timezone, p.concurrency
+        ),
+        None => println!("schedule none (manual runs only)"),
+    }
+    let run_dir = RunDir::new(&settings.state_dir, &p.name, "<run_id>");
+    for (i, step) in p.steps.iter().enumerate() {
+        let reads: Vec<String> = step
+            .needs
+            .iter()
+            .filter_map(|n| {
+                p.step(n)
+                    .map(|s| format!("{n} ({})", s.spec.output().as_str()))
+            })
+            .collect();
+        let detail = match &step.spec {
+            StepSpec::Extract(e) => format!(
+                "{} on source `{}`, role {}",
+                e.sql.display(),
+                e.source,
+                e.role.as_str()
+            ),
+            StepSpec::Train(t) => format!("model {}", t.model()),
+            StepSpec::SimilarItems(r) => format!("top {} similar items per item", r.top_n),
+            StepSpec::Evaluate(e) => format!(
+                "model {} against popularity, {:?} hold-out {}",
+                e.model.model(),
+                e.split,
+                e.test_fraction
+            ),
+            StepSpec::MergeFilters(m) => match &m.groups {
+                Some(g) => format!("at most {} items per `{}` of `{}`", g.cap, g.column, g.from),
+                None => "deny and allow lists".to_string(),
+            },
+            StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
+            StepSpec::Write(w) => match &w.table {
+                Some(table) => format!("to sink `{}` table `{table}`", w.sink),
+                None => format!(
+                    "to sink `{}` tables {} (published together)",
+                    w.sink,
+                    w.tables
+                        .iter()
+                        .map(|(step, table)| format!("`{table}` ← {step}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        };
+        println!("{:>2}. {} [{}] {detail}", i + 1, step.id, step.spec.kind());
+        println!(
+            "      reads:  {}",
+            if reads.is_empty() {
+                "-".to_string()
+            } else {
+                reads.join(", ")
+            }
+        );
+        let writes = match step.spec.output() {
+            ArtifactKind::Published => "the sink's table (staged, then swapped in)".to_string(),
+            kind => format!(
+                "{} ({})",
+                run_dir.step_dir(&step.id).display(),
+                kind.as_str()
+            ),
+        };
+        println!("      writes: {writes}");
+    }
+}

@@ -1,0 +1,67 @@
+//! `recpipe rollback`: makes the previous published version current again.
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use recpipe::config::{Pipeline, Settings};
+
+use super::Failure;
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    pub pipeline: String,
+    /// Only the tables written to this sink.
+    #[arg(long)]
+    pub sink: Option<String>,
+}
+
+/// Rolls back every table the pipeline writes (to `only` sink, if given).
+pub async fn rollback(
+    settings: &Settings,
+    p: &Pipeline,
+    only: Option<String>,
+) -> Result<(), Failure> {
+    let targets: Vec<_> = p
+        .writes
+        .iter()
+        .filter(|w| only.as_ref().is_none_or(|s| *s == w.sink))
+        .collect();
+    if targets.is_empty() {
+        return Err(Failure::BadInput(anyhow!(
+            "pipeline `{}` writes no table{}",
+            p.name,
+            only.map(|s| format!(" to sink `{s}`")).unwrap_or_default()
+        )));
+    }
+    // The tables one step publishes together are rolled back together (in one
+    // transaction where the sink can), in the order the step publishes them.
+    let mut groups: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    for w in targets {
+        match groups.iter_mut().find(|(step, _, _)| *step == w.step) {
+            Some((_, _, tables)) => tables.push(w.table.clone()),
+            None => groups.push((w.step.as_str(), w.sink.as_str(), vec![w.table.clone()])),
+        }
+    }
+    for (_, sink_name, tables) in groups {
+        let config = settings
+            .sinks
+            .get(sink_name)
+            .ok_or_else(|| Failure::BadInput(anyhow!("sink `{sink_name}` is not configured")))?;
+        let sink = recpipe::sinks::AnySink::from_config(sink_name, config);
+        let names = tables
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let back = tokio::task::spawn_blocking(move || sink.get().rollback_group(&tables))
+            .await
+            .map_err(|e| anyhow!(e))?
+            .with_context(|| format!("rollback of {names} in sink `{sink_name}`"))?;
+        for published in back {
+            println!(
+                "rolled back  sink `{sink_name}` table `{}`: now version {} ({} rows) at {}",
+                published.table, published.version, published.rows, published.location
+            );
+        }
+    }
+    Ok(())
+}
