@@ -244,3 +244,54 @@ fn temp_path(path: &Path) -> PathBuf {
         .map_or(0, |d| d.subsec_nanos());
     path.with_file_name(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
 }
+
+/// The kind of artifact a step leaves in its run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    Interactions,
+    Items,
+    Filter,
+    Model,
+    UserRecs,
+    ItemRecs,
+    Metrics,
+    Published,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Interactions => "interactions",
+            ArtifactKind::Items => "items",
+            ArtifactKind::Filter => "filter",
+            ArtifactKind::Model => "model",
+            ArtifactKind::UserRecs => "user_recs",
+            ArtifactKind::ItemRecs => "item_recs",
+            ArtifactKind::Metrics => "metrics",
+            ArtifactKind::Published => "published",
+        }
+    }
+}
+
+/// What an extracted table is, which fixes the columns it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// `user_id`, `item_id`, optional `value` and `ts`.
+    Interactions,
+    /// `item_id` plus feature columns.
+    Items,
+    /// `item_id`, optional `user_id`: items (or user–item pairs) never to recommend.
+    Filter,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Interactions => "interactions",
+            Role::Items => "items",
+            Role::Filter => "filter",
+        }
+    }
+}

@@ -10,13 +10,15 @@
 //! ```
 //!
 //! Modules, from the bottom up:
-//! - [`config`]: daemon settings and pipeline files, validated with file:line errors
+//! - [`config`]: daemon settings, validated with file:line errors, and the
+//!   diagnostics and TOML span mechanics pipeline loading uses too
 //! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O)
 //! - [`artifact`]: Parquet and JSON files written atomically
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
 //!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use
-//! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`
-//! - [`pipeline`]: the DAG executor and run directories
+//! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`;
+//!   `steps::spec` holds what a pipeline file says each kind and model does
+//! - [`pipeline`]: pipeline files loaded into a DAG, the executor, run directories
 //! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up, the
 //!   daemon's runs and reloads
 //! - [`server`]: the daemon's HTTP probes, metrics, JSON API and web UI

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use recpipe::config::pipeline;
-use recpipe::config::{Diagnostics, Pipeline, Settings};
+use recpipe::config::{Diagnostics, Settings};
 use recpipe::pipeline::ErrorClass;
+use recpipe::pipeline::load;
+use recpipe::pipeline::load::Pipeline;
 use recpipe::steps;
 
 pub mod bench;
@@ -88,12 +89,12 @@ pub fn init_logging(daemon: bool) {
 pub fn find_pipeline(settings: &Settings, arg: &str) -> Result<Arc<Pipeline>, Failure> {
     let bad = |d: Diagnostics| Failure::BadInput(anyhow!("invalid pipeline:\n{d}"));
     if arg.ends_with(".toml") || arg.contains('/') {
-        return pipeline::load_file(settings, Path::new(arg))
+        return load::load_file(settings, Path::new(arg))
             .map(Arc::new)
             .map_err(bad);
     }
     let (pipelines, diags) =
-        pipeline::load_all(settings, std::slice::from_ref(&settings.pipelines_dir));
+        load::load_all(settings, std::slice::from_ref(&settings.pipelines_dir));
     if let Some(p) = pipelines.into_iter().find(|p| p.name == arg) {
         return Ok(Arc::new(p));
     }

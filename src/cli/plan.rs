@@ -1,8 +1,10 @@
 //! `recpipe plan`: a pipeline's steps in run order, what each reads and writes.
 
-use recpipe::config::pipeline::{ArtifactKind, StepSpec};
-use recpipe::config::{Pipeline, Settings};
+use recpipe::artifact::ArtifactKind;
+use recpipe::config::Settings;
 use recpipe::pipeline::RunDir;
+use recpipe::pipeline::load::Pipeline;
+use recpipe::steps::spec::StepSpec;
 
 pub fn plan(settings: &Settings, p: &Pipeline) {
     println!("pipeline {} ({})", p.name, p.file.display());

@@ -2,7 +2,8 @@
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use recpipe::config::{Pipeline, Settings};
+use recpipe::config::Settings;
+use recpipe::pipeline::load::Pipeline;
 
 use super::Failure;
 

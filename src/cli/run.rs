@@ -11,9 +11,10 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use recpipe::artifact;
-use recpipe::config::pipeline::ArtifactKind;
-use recpipe::config::{Pipeline, Settings};
+use recpipe::artifact::ArtifactKind;
+use recpipe::config::Settings;
 use recpipe::models::StopFlag;
+use recpipe::pipeline::load::Pipeline;
 use recpipe::pipeline::{ErrorClass, Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
 use recpipe::steps::{self, Resources};
 

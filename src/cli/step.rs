@@ -8,11 +8,13 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use chrono::Utc;
 use clap::{Args, Subcommand};
+use recpipe::artifact::Role;
 use recpipe::config::Settings;
-use recpipe::config::pipeline::{self, ParamValue, Role, TrainSpec};
 use recpipe::config::settings::{DataFusionSourceConfig, TableFileConfig};
 use recpipe::models::StopFlag;
 use recpipe::sources::AnySource;
+use recpipe::sources::ParamValue;
+use recpipe::steps::spec::TrainSpec;
 use recpipe::steps::{self, StepContext, StepOutput};
 
 use super::Failure;
@@ -248,7 +250,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
                 .collect();
             let groups = match (a.groups_from, a.group_column, a.group_cap) {
                 (Some(from), Some(column), Some(cap)) if cap > 0 => {
-                    Some(recpipe::config::pipeline::GroupsSpec { from, column, cap })
+                    Some(recpipe::steps::spec::GroupsSpec { from, column, cap })
                 }
                 (Some(_), _, _) => {
                     return Err(Failure::BadInput(anyhow!("--group-cap must be at least 1")));
@@ -266,7 +268,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             .map_err(|e| Failure::step("merge-filters", e))?
         }
         StepCommand::Evaluate(a) => {
-            let mut spec: recpipe::config::pipeline::EvaluateSpec = toml::from_str(&format!(
+            let mut spec: recpipe::steps::spec::EvaluateSpec = toml::from_str(&format!(
                 "split = {}\ntest_fraction = {}\nk = {}\nseed = {}\n",
                 toml_string(&a.split),
                 a.test_fraction,
@@ -306,7 +308,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
                 .sinks
                 .get(&a.sink)
                 .ok_or_else(|| Failure::BadInput(anyhow!("unknown sink `{}`", a.sink)))?;
-            if !pipeline::is_table_name(&a.table) {
+            if !recpipe::pipeline::load::is_table_name(&a.table) {
                 return Err(Failure::BadInput(anyhow!(
                     "`{}` is not a valid table name",
                     a.table
@@ -350,7 +352,7 @@ fn train_spec(model: &str, set: &[(String, String)]) -> Result<TrainSpec, Failur
     }
     let spec: TrainSpec = toml::from_str(&text)
         .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
-    let problems = pipeline::model_problems(&spec);
+    let problems = recpipe::steps::spec::model_problems(&spec);
     refuse(problems.into_iter().map(|(k, m)| format!("--set {k}: {m}")))?;
     Ok(spec)
 }
@@ -365,7 +367,7 @@ fn refuse(problems: impl Iterator<Item = String>) -> Result<(), Failure> {
 }
 
 fn list_job(a: RecommendArgs) -> Result<(steps::recommend::RecommendJob, PathBuf), Failure> {
-    let problems = pipeline::list_problems(a.min_score, a.min_coverage);
+    let problems = recpipe::steps::spec::list_problems(a.min_score, a.min_coverage);
     refuse(
         problems
             .into_iter()

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 use chrono::Utc;
 use clap::Args;
-use recpipe::config::pipeline::{self, ParamValue, StepSpec};
-use recpipe::config::{Pipeline, Settings};
+use recpipe::config::Settings;
+use recpipe::pipeline::load::Pipeline;
 use recpipe::sources::AnySource;
+use recpipe::sources::ParamValue;
+use recpipe::steps::spec::StepSpec;
 
 use super::Failure;
 
@@ -36,7 +38,7 @@ fn validate(settings: &Settings, paths: Vec<PathBuf>) -> Result<Vec<Pipeline>, F
     } else {
         paths
     };
-    let (pipelines, diags) = pipeline::load_all(settings, &paths);
+    let (pipelines, diags) = recpipe::pipeline::load::load_all(settings, &paths);
     if !diags.is_empty() {
         return Err(Failure::BadInput(anyhow!(
             "{} problem{} found:\n{diags}",

@@ -202,4 +202,16 @@ mod tests {
         let d = Diagnostic::file(Path::new("p.toml"), "", "cannot read file");
         assert_eq!(d.to_string(), "p.toml: cannot read file");
     }
+
+    #[test]
+    fn serde_messages_are_polished() {
+        assert_eq!(
+            polish("unknown variant `forbidd`, expected one of `forbid`, `replace`, `allow`"),
+            "unknown value `forbidd` (did you mean `forbid`?); accepted: `forbid`, `replace` or `allow`"
+        );
+        assert_eq!(
+            polish("invalid type: string \"ten\", expected usize"),
+            "invalid type: string \"ten\", expected a whole number ≥ 0"
+        );
+    }
 }

@@ -1,16 +1,15 @@
 //! Configuration: the daemon settings (`config/*.toml` + `RECPIPE__*` environment
-//! variables) and the pipeline files, both validated before anything runs.
+//! variables), diagnostics with file:line:col, and the TOML span mechanics that
+//! pipeline loading (`crate::pipeline::load`) uses too.
 //!
 //! Invariant: a value that leaves this module has been checked; bad input becomes
 //! [`Diagnostics`] naming the file, line and key, never a panic or a half-run.
 
 pub mod diagnostic;
-mod introspect;
+pub mod introspect;
 mod layers;
-pub mod pipeline;
 pub mod redact;
 pub mod settings;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use pipeline::{CatchUp, Concurrency, Pipeline, Step, StepSpec};
 pub use settings::Settings;

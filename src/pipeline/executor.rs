@@ -25,8 +25,8 @@ use super::rundir::{
 };
 use crate::artifact::ArtifactError;
 use crate::config::redact::redact;
-use crate::config::{Pipeline, Step};
 use crate::models::StopFlag;
+use crate::pipeline::load::{Pipeline, Step};
 use crate::steps::{self, Input, Resources, StepContext, StepError};
 
 #[derive(Debug, thiserror::Error)]

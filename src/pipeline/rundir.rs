@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::ArtifactKind;
 use crate::artifact::{self, ArtifactError, FileEntry};
-use crate::config::pipeline::ArtifactKind;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const RUN_RECORD: &str = "run.json";

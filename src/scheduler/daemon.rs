@@ -26,11 +26,12 @@ use tracing::{error, info, warn};
 use super::cron::Schedule;
 use super::metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
 use super::{Clock, Fire};
-use crate::config::pipeline::{self, load_all};
+use crate::config::Settings;
 use crate::config::redact::redact;
-use crate::config::{CatchUp, Concurrency, Pipeline, Settings};
 use crate::models::StopFlag;
 use crate::pipeline::history::{History, HistoryError, RunFilter};
+use crate::pipeline::load::load_all;
+use crate::pipeline::load::{CatchUp, Concurrency, Pipeline};
 use crate::pipeline::retention;
 use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
 use crate::steps::{self, Resources};
@@ -750,7 +751,7 @@ fn trigger_key(p: &Pipeline) -> String {
 fn fingerprint(dir: &std::path::Path) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut h = DefaultHasher::new();
-    if let Ok(files) = pipeline::toml_files_in(dir) {
+    if let Ok(files) = crate::pipeline::load::toml_files_in(dir) {
         for f in files {
             f.hash(&mut h);
             std::fs::read(&f).unwrap_or_default().hash(&mut h);

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 pub use timer::CronSchedulerClock;
 
-use crate::config::CatchUp;
+use crate::pipeline::CatchUp;
 use cron::Schedule;
 
 /// Wall-clock time and waiting for it. The daemon uses [`CronSchedulerClock`];

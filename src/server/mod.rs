@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Pipeline;
 use crate::config::redact::redact;
+use crate::pipeline::Pipeline;
 use crate::pipeline::RunStatus;
 use crate::pipeline::history::RunFilter;
 use crate::scheduler::daemon::{Daemon, Started};

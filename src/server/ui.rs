@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::config::Pipeline;
 use crate::config::redact::redact;
+use crate::pipeline::Pipeline;
 use crate::pipeline::history::RunFilter;
 use crate::pipeline::{RunDir, RunRecord, RunStatus};
 use crate::scheduler::cron::Schedule;

@@ -33,8 +33,8 @@ use gcp_bigquery_client::model::table_schema::TableSchema;
 
 use super::{QueryResult, Source, SourceError};
 use crate::bqconn::Access;
-use crate::config::pipeline::ParamValue;
 use crate::config::settings::BigQueryConfig;
+use crate::sources::ParamValue;
 
 #[derive(Debug, Clone)]
 pub struct BigQuerySource {

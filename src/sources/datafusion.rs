@@ -19,8 +19,8 @@ use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, Ses
 use futures::StreamExt;
 
 use super::{QueryResult, Source, SourceError};
-use crate::config::pipeline::ParamValue;
 use crate::config::settings::{DataFusionSourceConfig, FileFormat, TableFileConfig};
+use crate::sources::ParamValue;
 
 #[derive(Debug, Clone)]
 pub struct DataFusionSource {

@@ -13,9 +13,19 @@ use std::pin::Pin;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::Stream;
+use serde::{Deserialize, Serialize};
 
-use crate::config::pipeline::ParamValue;
 use crate::config::settings::SourceConfig;
+
+/// A bound SQL parameter value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
 
 /// Batches of a query result, in order.
 pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, SourceError>> + Send>>;

@@ -21,9 +21,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{QueryResult, Source, SourceError};
-use crate::config::pipeline::ParamValue;
 use crate::config::settings::PostgresConfig;
 use crate::pgconn::{PgError, Target};
+use crate::sources::ParamValue;
 
 const BATCH_ROWS: usize = 8192;
 

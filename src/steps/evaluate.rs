@@ -13,11 +13,11 @@ use serde_json::json;
 use super::interactions::IdColumn;
 use super::{StepError, StepOutput, interactions, train};
 use crate::artifact::{self, read_parquet};
-use crate::config::pipeline::{EvaluateSpec, PopularBy, SplitKind, TrainSpec};
 use crate::models::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
+use crate::steps::spec::{EvaluateSpec, PopularBy, SplitKind, TrainSpec};
 
 pub const METRICS_FILE: &str = "metrics.json";
 

@@ -10,7 +10,8 @@ use serde_json::json;
 
 use super::{StepContext, StepError, StepOutput, contract};
 use crate::artifact::ParquetSink;
-use crate::config::pipeline::{ParamValue, Role};
+use crate::artifact::Role;
+use crate::sources::ParamValue;
 use crate::sources::{AnySource, SourceError};
 
 /// Everything one extract needs, resolved from the pipeline or the command line.

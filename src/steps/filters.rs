@@ -22,8 +22,8 @@ use serde_json::json;
 use super::interactions::{self, IdColumn};
 use super::{DATA_FILE, StepError, StepOutput};
 use crate::artifact::{self, read_parquet};
-use crate::config::pipeline::GroupsSpec;
 use crate::models::{Csr, IdMap};
+use crate::steps::spec::GroupsSpec;
 use crate::topn::GroupCaps;
 
 pub const MERGED_FILE: &str = "filters.json";

@@ -13,6 +13,7 @@ pub mod interactions;
 pub mod memory;
 pub mod model_io;
 pub mod recommend;
+pub mod spec;
 pub mod train;
 pub mod write;
 
@@ -26,12 +27,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{ArtifactError, FileEntry};
-use crate::config::pipeline::{ArtifactKind, Role, StepSpec};
-use crate::config::{Settings, Step};
+use crate::artifact::{ArtifactKind, Role};
+use crate::config::Settings;
 use crate::models::{StopFlag, Stopped};
 use crate::pipeline::ErrorClass;
+use crate::pipeline::load::Step;
 use crate::sinks::{AnySink, ListFile, SinkError};
 use crate::sources::{AnySource, SourceError};
+use crate::steps::spec::StepSpec;
 
 /// The file name of table artifacts (extracts and lists).
 pub const DATA_FILE: &str = "data.parquet";
@@ -78,7 +81,7 @@ pub async fn run(
             let source = resources.sources.get(&e.source).cloned().ok_or_else(|| {
                 StepError::Data(format!("source `{}` is not configured", e.source))
             })?;
-            let sql_path = crate::config::pipeline::sql_path(&resources.settings, &e.sql)
+            let sql_path = crate::steps::spec::sql_path(&resources.settings, &e.sql)
                 .map_err(StepError::Data)?;
             let job = extract::ExtractJob {
                 source,

@@ -6,13 +6,11 @@ use serde_json::json;
 
 use super::model_io::{self, Fitted, ModelMeta};
 use super::{StepError, StepOutput, interactions, memory};
-use crate::config::pipeline::{
-    AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec,
-};
 use crate::models::als::{self, AlsParams, Solver};
 use crate::models::item_item::{self, ItemItemModel, Similarity};
 use crate::models::popular::Popular;
 use crate::models::{Csr, StopFlag};
+use crate::steps::spec::{AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec};
 
 pub fn als_params(spec: &AlsSpec) -> AlsParams {
     AlsParams {

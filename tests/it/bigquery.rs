@@ -14,9 +14,9 @@ use gcp_bigquery_client::client_builder::ClientBuilder;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::model::dataset::Dataset;
 use gcp_bigquery_client::model::query_request::QueryRequest;
-use recpipe::config::pipeline::ParamValue;
 use recpipe::config::settings::{BigQueryConfig, SourceConfig};
 use recpipe::sources::AnySource;
+use recpipe::sources::ParamValue;
 
 use crate::common::{recpipe, text};
 

@@ -13,10 +13,10 @@ use arrow::array::{Float32Array, Int32Array, Int64Array, StringArray, TimestampM
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-use recpipe::config::pipeline::ParamValue;
 use recpipe::config::settings::{PostgresConfig, Secret, SinkConfig, SourceConfig, TlsMode};
 use recpipe::sinks::{AnySink, SinkError};
 use recpipe::sources::AnySource;
+use recpipe::sources::ParamValue;
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::common::{recpipe, text};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use recpipe::config::Settings;
-use recpipe::config::pipeline::load_all;
+use recpipe::pipeline::load::load_all;
 
 use crate::common::{recpipe, repo, text};
 
