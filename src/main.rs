@@ -112,6 +112,6 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Step(step) => cli::step::run_step(&project_dir, step).await,
         Command::Bench(args) => cli::bench::run(args),
-        Command::GenData(args) => cli::gen_data::run(&args).map_err(Failure::Failed),
+        Command::GenData(args) => cli::gen_data::run(&args),
     }
 }

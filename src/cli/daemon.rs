@@ -16,16 +16,8 @@ pub async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
     use recpipe::scheduler::daemon::{Daemon, DaemonError};
     use tokio::signal::unix::{SignalKind, signal};
 
-    let clock = CronSchedulerClock::start()
-        .await
-        .map_err(|e| Failure::Failed(anyhow!("starting the scheduler: {e}")))?;
-    let daemon = Daemon::start(settings.clone(), Arc::new(clock))
-        .await
-        .map_err(|e| match e {
-            // The state folder or its database: a disk or mount problem.
-            DaemonError::History(_) => Failure::Transient(e.into()),
-            e => Failure::Failed(e.into()),
-        })?;
+    // The port first: a daemon that cannot serve must exit before it resumes
+    // (and then abandons) the runs a previous process left.
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .map_err(|e| {
@@ -35,6 +27,16 @@ pub async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
                 std::io::ErrorKind::AddrInUse => Failure::Transient(error),
                 _ => Failure::BadInput(error),
             }
+        })?;
+    let clock = CronSchedulerClock::start()
+        .await
+        .map_err(|e| Failure::Failed(anyhow!("starting the scheduler: {e}")))?;
+    let daemon = Daemon::start(settings.clone(), Arc::new(clock))
+        .await
+        .map_err(|e| match e {
+            // The state folder or its database: a disk or mount problem.
+            DaemonError::History(_) => Failure::Transient(e.into()),
+            e => Failure::Failed(e.into()),
         })?;
     tracing::info!(listen = %settings.server.listen, pipelines = daemon.pipelines().len(), "daemon started");
     let poll = {

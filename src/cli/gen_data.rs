@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow};
 use clap::Args;
 use recpipe::{artifact, synth};
+
+use super::Failure;
 
 #[derive(Args)]
 pub struct GenDataArgs {
@@ -20,8 +22,23 @@ pub struct GenDataArgs {
     pub seed: u64,
 }
 
+/// The largest sizes generated: a sample, not a load test of the allocator.
+const MAX_USERS_OR_ITEMS: usize = 10_000_000;
+const MAX_EVENTS: usize = 100_000_000;
+
 /// Writes interactions.parquet and items.parquet to `args.out`.
-pub fn run(args: &GenDataArgs) -> anyhow::Result<()> {
+pub fn run(args: &GenDataArgs) -> Result<(), Failure> {
+    for (flag, value, max) in [
+        ("--users", args.users, MAX_USERS_OR_ITEMS),
+        ("--items", args.items, MAX_USERS_OR_ITEMS),
+        ("--events", args.events, MAX_EVENTS),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(Failure::BadInput(anyhow!(
+                "{flag} must be between 1 and {max}, not {value}"
+            )));
+        }
+    }
     let spec = synth::SynthSpec {
         users: args.users,
         items: args.items,
@@ -29,13 +46,10 @@ pub fn run(args: &GenDataArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..Default::default()
     };
-    gen_data(&args.out, &spec)
+    gen_data(&args.out, &spec).map_err(Failure::Failed)
 }
 
 fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {
-    if spec.users == 0 || spec.items == 0 {
-        bail!("--users and --items must be at least 1");
-    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let data = synth::generate(spec);
     for (name, batch) in [

@@ -44,12 +44,18 @@ pub async fn run(
     let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
     let pipeline_name = pipeline.name.clone();
     let stop = StopFlag::default();
-    let ctrl_c_stop = stop.clone();
+    // Ctrl-C, or SIGTERM from a supervisor (a Kubernetes Job, `timeout`): the run
+    // stops, is recorded as cancelled and can be resumed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Failed(e.into()))?;
+    let signal_stop = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: stopping; rerun with the same --run-id to resume");
-            ctrl_c_stop.stop();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
+        eprintln!("interrupted: stopping; rerun with the same --run-id to resume");
+        signal_stop.stop();
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = tokio::spawn(show_progress(rx, pipeline.steps.len() as u64));

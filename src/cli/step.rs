@@ -277,6 +277,12 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             ))
             .map_err(|e| Failure::BadInput(anyhow!("evaluate: {}", e.message())))?;
             spec.model = train_spec(&a.model, &a.set)?;
+            let problems = recpipe::steps::spec::evaluate_problems(&spec);
+            refuse(
+                problems
+                    .into_iter()
+                    .map(|(k, m)| format!("--{}: {m}", k.replace('_', "-"))),
+            )?;
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
@@ -367,7 +373,7 @@ fn refuse(problems: impl Iterator<Item = String>) -> Result<(), Failure> {
 }
 
 fn list_job(a: RecommendArgs) -> Result<(steps::recommend::RecommendJob, PathBuf), Failure> {
-    let problems = recpipe::steps::spec::list_problems(a.min_score, a.min_coverage);
+    let problems = recpipe::steps::spec::list_problems(a.top_n, a.min_score, a.min_coverage);
     refuse(
         problems
             .into_iter()

@@ -808,17 +808,19 @@ impl<'a> Checker<'a> {
         let mut bounds = common_problems(&step.common);
         match &step.spec {
             StepSpec::Train(t) => bounds.extend(model_problems(t)),
-            StepSpec::Evaluate(e) => bounds.extend(model_problems(&e.model)),
+            StepSpec::Evaluate(e) => bounds.extend(evaluate_problems(e)),
             StepSpec::Recommend(RecommendSpec {
+                top_n,
                 min_score,
                 min_coverage,
                 ..
             })
             | StepSpec::SimilarItems(SimilarItemsSpec {
+                top_n,
                 min_score,
                 min_coverage,
                 ..
-            }) => bounds.extend(list_problems(*min_score, *min_coverage)),
+            }) => bounds.extend(list_problems(*top_n, *min_score, *min_coverage)),
             _ => {}
         }
         for (key, message) in bounds {
@@ -831,6 +833,20 @@ impl<'a> Checker<'a> {
                         span_of("source"),
                         join(path, "source"),
                         unknown_name("source", &e.source, self.settings.sources.keys()),
+                    ));
+                }
+                for name in e.params.keys() {
+                    let problem = if !is_identifier(name, false) {
+                        "parameter names use lowercase letters, digits and `_`"
+                    } else if matches!(name.as_str(), "run_id" | "logical_date") {
+                        "set by the run itself (`$run_id`, `$logical_date`); name the parameter otherwise"
+                    } else {
+                        continue;
+                    };
+                    errors.push((
+                        span_of("params"),
+                        format!("{path}.params.{name}"),
+                        problem.to_string(),
                     ));
                 }
                 let sql = match sql_path(self.settings, &e.sql) {
@@ -857,46 +873,11 @@ impl<'a> Checker<'a> {
                         ),
                     )),
                 }
-                for name in e.params.keys() {
-                    if !is_identifier(name, false) {
-                        errors.push((
-                            span_of("params"),
-                            format!("{path}.params.{name}"),
-                            "parameter names use lowercase letters, digits and `_`".to_string(),
-                        ));
-                    }
-                }
             }
-            StepSpec::Train(_) => {}
-            StepSpec::Recommend(RecommendSpec { top_n, .. })
-            | StepSpec::SimilarItems(SimilarItemsSpec { top_n, .. }) => {
-                if *top_n == 0 || *top_n > 10_000 {
-                    errors.push((
-                        span_of("top_n"),
-                        join(path, "top_n"),
-                        format!("must be between 1 and 10000, not {top_n}"),
-                    ));
-                }
-            }
-            StepSpec::Evaluate(e) => {
-                if !(e.test_fraction > 0.0 && e.test_fraction < 1.0) {
-                    errors.push((
-                        span_of("test_fraction"),
-                        join(path, "test_fraction"),
-                        format!(
-                            "must be between 0 and 1 (exclusive), not {}",
-                            e.test_fraction
-                        ),
-                    ));
-                }
-                if e.k == 0 || e.k > 1000 {
-                    errors.push((
-                        span_of("k"),
-                        join(path, "k"),
-                        format!("must be between 1 and 1000, not {}", e.k),
-                    ));
-                }
-            }
+            StepSpec::Train(_)
+            | StepSpec::Recommend(_)
+            | StepSpec::SimilarItems(_)
+            | StepSpec::Evaluate(_) => {}
             StepSpec::MergeFilters(m) => {
                 let named = m
                     .allow

@@ -17,7 +17,7 @@ use crate::models::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
-use crate::steps::spec::{EvaluateSpec, PopularBy, SplitKind, TrainSpec};
+use crate::steps::spec::{EvaluateSpec, SplitKind, TrainSpec};
 
 pub const METRICS_FILE: &str = "metrics.json";
 
@@ -87,7 +87,7 @@ pub fn run(
     let popular = Popular::fit(&train_m, false);
     let baseline = eval::evaluate(&popular, &train_m, &test_m, spec.k, stop)?;
     let model: Box<dyn Recommender> = match &spec.model {
-        TrainSpec::Popular(p) => Box::new(Popular::fit(&train_m, p.by == PopularBy::Value)),
+        TrainSpec::Popular(p) => Box::new(train::fit_popular(&train_m, p)?),
         TrainSpec::Als(a) => Box::new(train::fit_als(&train_m, a, stop)?.0),
         TrainSpec::ItemItem(i) => Box::new(train::fit_item_item(&train_m, i, stop)?),
     };

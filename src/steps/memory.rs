@@ -12,21 +12,25 @@
 use super::StepError;
 
 /// Fails when `bytes` (an estimate of what `what` will allocate) exceeds what is
-/// available now.
-pub fn check(bytes: u64, what: &str) -> Result<(), StepError> {
+/// available now; `lower` names the settings that shrink it.
+pub fn check(bytes: u64, what: &str, lower: &str) -> Result<(), StepError> {
     match available() {
         Some(free) if bytes > free => Err(StepError::Memory(format!(
-            "{what} needs about {} but only {} is available: lower `factors` or the data \
+            "{what} needs about {} but only {} is available: lower {lower} or the data \
              (or give the process more memory)",
-            gib(bytes),
-            gib(free)
+            size(bytes),
+            size(free)
         ))),
         _ => Ok(()),
     }
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+fn size(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    match bytes as f64 / MIB {
+        mib if mib < 1024.0 => format!("{mib:.1} MiB"),
+        mib => format!("{:.2} GiB", mib / 1024.0),
+    }
 }
 
 /// Bytes the process may still allocate, if any limit is known.

@@ -30,6 +30,11 @@ use crate::topn::{self, Scored, Selection};
 /// best. 16 384 rows of top-10 lists are still only a few MB.
 const USER_BLOCK: usize = 16_384;
 
+/// List entries (rows × top-N) held at once: a block of [`USER_BLOCK`] rows of
+/// lists up to 16 long. A longer top-N gets fewer rows per block, so memory stays
+/// bounded (about 40 bytes an entry, scored and as Arrow) whatever `top_n` is.
+const BLOCK_ENTRIES: usize = USER_BLOCK * 16;
+
 #[derive(Debug, Clone)]
 pub struct RecommendJob {
     pub model_dir: PathBuf,
@@ -112,9 +117,10 @@ fn write_lists(
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
     // A symmetric model computes every item's list at once at half the cost (a
     // few MB of lists per 100k items); others stream blocks of rows.
+    let k = selection.k.max(1);
     let block_rows = match model.symmetric_vectors() {
-        Some(_) => rows.len().max(1),
-        None => USER_BLOCK,
+        Some(_) if rows.len().saturating_mul(k) <= 16 * BLOCK_ENTRIES => rows.len().max(1),
+        _ => (BLOCK_ENTRIES / k).clamp(1, USER_BLOCK),
     };
     let (mut written, mut covered) = (0u64, 0usize);
     for block in rows.chunks(block_rows) {

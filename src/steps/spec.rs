@@ -410,10 +410,25 @@ pub const MAX_ITERATIONS: usize = 1000;
 pub const MAX_CG_STEPS: usize = 100;
 pub const MAX_NEIGHBORS: usize = 10_000;
 
-/// Bounds of a list step's `min_score` and `min_coverage` (pipeline files and
-/// `recpipe step recommend|similar-items` check the same).
-pub fn list_problems(min_score: Option<f32>, min_coverage: f64) -> Vec<(&'static str, String)> {
+/// The longest list a list step makes.
+pub const MAX_TOP_N: usize = 10_000;
+/// The deepest cut-off an evaluation scores.
+pub const MAX_K: usize = 1000;
+
+/// Bounds of a list step's `top_n`, `min_score` and `min_coverage` (pipeline
+/// files and `recpipe step recommend|similar-items` check the same).
+pub fn list_problems(
+    top_n: usize,
+    min_score: Option<f32>,
+    min_coverage: f64,
+) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
+    if !(1..=MAX_TOP_N).contains(&top_n) {
+        problems.push((
+            "top_n",
+            format!("must be between 1 and {MAX_TOP_N}, not {top_n}"),
+        ));
+    }
     if let Some(m) = min_score.filter(|m| !m.is_finite()) {
         problems.push(("min_score", format!("must be a finite number, not {m}")));
     }
@@ -421,6 +436,27 @@ pub fn list_problems(min_score: Option<f32>, min_coverage: f64) -> Vec<(&'static
         problems.push((
             "min_coverage",
             format!("must be between 0 and 1, not {min_coverage}"),
+        ));
+    }
+    problems
+}
+
+/// Bounds of an evaluation's own keys and of its model's.
+pub fn evaluate_problems(spec: &EvaluateSpec) -> Vec<(&'static str, String)> {
+    let mut problems = model_problems(&spec.model);
+    if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
+        problems.push((
+            "test_fraction",
+            format!(
+                "must be between 0 and 1 (exclusive), not {}",
+                spec.test_fraction
+            ),
+        ));
+    }
+    if !(1..=MAX_K).contains(&spec.k) {
+        problems.push((
+            "k",
+            format!("must be between 1 and {MAX_K}, not {}", spec.k),
         ));
     }
     problems

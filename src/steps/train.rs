@@ -10,7 +10,9 @@ use crate::models::als::{self, AlsParams, Solver};
 use crate::models::item_item::{self, ItemItemModel, Similarity};
 use crate::models::popular::Popular;
 use crate::models::{Csr, StopFlag};
-use crate::steps::spec::{AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, TrainSpec};
+use crate::steps::spec::{
+    AlsSolver, AlsSpec, ItemItemSpec, ItemSimilarity, PopularBy, PopularSpec, TrainSpec,
+};
 
 pub fn als_params(spec: &AlsSpec) -> AlsParams {
     AlsParams {
@@ -42,6 +44,20 @@ pub fn similarity(spec: &ItemItemSpec) -> Similarity {
     }
 }
 
+/// Fits popularity, refusing scores that overflowed: summed `value`s of a
+/// popular item can exceed what a float holds.
+pub fn fit_popular(matrix: &Csr, spec: &PopularSpec) -> Result<Popular, StepError> {
+    let model = Popular::fit(matrix, spec.by == PopularBy::Value);
+    match model.scores.iter().all(|s| s.is_finite()) {
+        true => Ok(model),
+        false => Err(StepError::Data(
+            "popularity by `value` overflows: the values of one item sum past the largest \
+             float; scale `value` down in the SQL or use `by = \"users\"`"
+                .into(),
+        )),
+    }
+}
+
 /// Fits item-item neighbours after checking they fit in memory.
 pub fn fit_item_item(
     matrix: &Csr,
@@ -59,6 +75,7 @@ pub fn fit_item_item(
             "item-item with {} neighbors for {items} items",
             spec.neighbors
         ),
+        "`neighbors`",
     )?;
     Ok(ItemItemModel {
         neighbors: item_item::neighbors(matrix, similarity(spec), spec.neighbors, stop)?,
@@ -81,6 +98,7 @@ pub fn fit_als(
     memory::check(
         bytes,
         &format!("ALS with {k} factors for {n} users and items"),
+        "`factors`",
     )?;
     let (model, report) = als::fit(matrix, &als_params(spec), stop)?;
     if !model.is_finite() {
@@ -111,10 +129,7 @@ pub fn run(
     let trained_on: PathBuf =
         std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
     let (fitted, report) = match spec {
-        TrainSpec::Popular(p) => (
-            Fitted::Popular(Popular::fit(&data.matrix, p.by == PopularBy::Value)),
-            json!({}),
-        ),
+        TrainSpec::Popular(p) => (Fitted::Popular(fit_popular(&data.matrix, p)?), json!({})),
         TrainSpec::Als(a) => {
             let (model, report) = fit_als(&data.matrix, a, stop)?;
             (Fitted::Als(model), json!({ "loss": report.losses }))

@@ -4,10 +4,20 @@
 //! Invariant: an empty list is never published unless the step allows it
 //! (`allow_empty`): a recommend step that matched nothing would otherwise
 //! replace a good list with none. The refusal comes before anything is staged,
-//! so the previous list stays current. Several lists of one step are published
+//! so the previous list stays current. Nor is a file that is not a list: the
+//! id, `rank` and `score` columns must be there, ranks from 1, scores finite
+//! (a service would sort by NaN). Several lists of one step are published
 //! as one group ([`Sink::publish_group`](crate::sinks::Sink::publish_group)):
 //! if any is refused, none is published.
 
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{Array, Float64Array, Int64Array};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatchReader;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;
 
 use super::{StepError, StepOutput};
@@ -26,18 +36,21 @@ pub struct WriteJob {
 
 /// Blocking file or network I/O: call through `spawn_blocking`.
 pub fn run(job: &WriteJob) -> Result<StepOutput, StepError> {
-    if !job.allow_empty {
-        for list in &job.lists {
-            let rows = crate::sinks::parquet::parquet_rows(&list.input).map_err(|e| {
-                StepError::Data(format!("cannot read list {}: {e}", list.input.display()))
-            })?;
-            if rows == 0 {
-                return Err(StepError::Data(format!(
-                    "the list for table `{}` is empty; nothing was published and the previous list stays current \
-                     (set `allow_empty = true` on the write step, or pass `--allow-empty`, to publish an empty list)",
-                    list.table
-                )));
-            }
+    for list in &job.lists {
+        let rows = check_list(&list.input).map_err(|e| {
+            StepError::Data(format!(
+                "the list for table `{}` ({}): {e}; nothing was published and the previous \
+                 list stays current",
+                list.table,
+                list.input.display()
+            ))
+        })?;
+        if rows == 0 && !job.allow_empty {
+            return Err(StepError::Data(format!(
+                "the list for table `{}` is empty; nothing was published and the previous list stays current \
+                 (set `allow_empty = true` on the write step, or pass `--allow-empty`, to publish an empty list)",
+                list.table
+            )));
         }
     }
     let sink = job.sink.get();
@@ -47,6 +60,62 @@ pub fn run(job: &WriteJob) -> Result<StepOutput, StepError> {
         lists => sink.publish_group(lists, &job.version)?,
     };
     Ok(output(published))
+}
+
+/// The rows of the list at `path`, once it is checked to be one: the columns of
+/// a user→item or item→item list, every rank at least 1, every score finite.
+/// Streams the file: a list may not fit in memory at once.
+fn check_list(path: &Path) -> Result<u64, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| format!("not a Parquet list: {e}"))?;
+    let schema = reader.schema();
+    let has = |c: &str| schema.column_with_name(c).is_some();
+    let ids = (has("user_id") && has("item_id")) || (has("item_id") && has("similar_item_id"));
+    if !(ids && has("rank") && has("score")) {
+        return Err(
+            "not a list: a list has `user_id, item_id` (or `item_id, similar_item_id`), `rank` and `score`"
+                .into(),
+        );
+    }
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
+        let rank = as_type::<Int64Array>(&batch, "rank", &DataType::Int64)?;
+        if let Some(i) = (0..rank.len()).find(|&i| rank.is_null(i) || rank.value(i) < 1) {
+            return Err(format!(
+                "row {}: `rank` must be 1 or more",
+                rows + i as u64 + 1
+            ));
+        }
+        let score = as_type::<Float64Array>(&batch, "score", &DataType::Float64)?;
+        if let Some(i) = (0..score.len()).find(|&i| score.is_null(i) || !score.value(i).is_finite())
+        {
+            return Err(format!(
+                "row {}: `score` must be a finite number",
+                rows + i as u64 + 1
+            ));
+        }
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
+}
+
+/// Column `name` of `batch` cast to `to`, as the array type `A` of that type.
+fn as_type<A: Array + Clone + 'static>(
+    batch: &arrow::record_batch::RecordBatch,
+    name: &str,
+    to: &DataType,
+) -> Result<A, String> {
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("no `{name}` column"))?;
+    let cast = cast(column, to).map_err(|e| format!("`{name}`: {e}"))?;
+    cast.as_any()
+        .downcast_ref::<A>()
+        .cloned()
+        .ok_or_else(|| format!("`{name}` is not {to}"))
 }
 
 /// One list keeps its flat details (`location`, `rows` …); a group lists each

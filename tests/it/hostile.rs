@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Float32Array, Int64Array};
+use arrow::array::{Float32Array, Int32Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
@@ -252,47 +252,53 @@ fn long_fit_project() -> tempfile::TempDir {
     dir
 }
 
-/// Ctrl-C (SIGINT) during a long ALS fit: the stop reaches the solver, the
-/// process exits within seconds and the run is recorded as cancelled.
+/// Ctrl-C (SIGINT), or SIGTERM from a supervisor, during a long ALS fit: the
+/// stop reaches the solver, the process exits within seconds and the run is
+/// recorded as cancelled (so it can be resumed, and retention may prune it).
 #[test]
 #[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
 fn an_interrupt_reaches_a_long_fit() {
     let dir = long_fit_project();
     let p = dir.path();
-    let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
-        .arg("--project-dir")
-        .arg(p)
-        .args(["run", "example-als", "--run-id", "long"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the fit is running (its step folder exists, the extract done).
-    let started = Instant::now();
-    let als = p.join("state/runs/example-als/long/interactions/manifest.json");
-    while std::fs::metadata(&als).is_err() {
+    for (signal, run_id) in [(libc::SIGINT, "int"), (libc::SIGTERM, "term")] {
+        let child = Command::new(env!("CARGO_BIN_EXE_recpipe"))
+            .arg("--project-dir")
+            .arg(p)
+            .args(["run", "example-als", "--run-id", run_id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the fit is running (the extract is done).
+        let started = Instant::now();
+        let extract = p.join(format!(
+            "state/runs/example-als/{run_id}/interactions/manifest.json"
+        ));
+        while std::fs::metadata(&extract).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the run never got going"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        // SAFETY: signalling a child process this test started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let signalled = Instant::now();
+        let out = child.wait_with_output().unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run never got going"
+            signalled.elapsed() < Duration::from_secs(15),
+            "{run_id}: took {:?} to stop: {}",
+            signalled.elapsed(),
+            text(&out)
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(out.status.code(), Some(1), "{run_id}: {}", text(&out));
+        assert_eq!(
+            record(p, "example-als", run_id).status,
+            RunStatus::Cancelled,
+            "{run_id}"
+        );
     }
-    std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: signalling a child process this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let signalled = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        signalled.elapsed() < Duration::from_secs(15),
-        "took {:?} to stop: {}",
-        signalled.elapsed(),
-        text(&out)
-    );
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        record(p, "example-als", "long").status,
-        RunStatus::Cancelled
-    );
 }
 
 /// A step with no `timeout` of its own is bounded by `runtime.step_timeout`:
@@ -351,4 +357,98 @@ fn a_fit_beyond_the_memory_limit_fails_before_it_allocates() {
         "{error}"
     );
     assert_eq!(current(p, "example_als_user_recs").as_deref(), Some("good"));
+}
+
+/// A file that is not a sound list is not published: NaN scores, a rank of 0,
+/// or missing columns fail the write (exit 2) and the current list stays.
+#[test]
+fn a_list_with_nan_scores_or_bad_ranks_is_not_published() {
+    let dir = project();
+    let p = dir.path();
+    let write = |file: &Path, version: &str| {
+        recpipe(
+            p,
+            &[
+                "step",
+                "write",
+                "--input",
+                file.to_str().unwrap(),
+                "--sink",
+                "local_lists",
+                "--table",
+                "probe",
+                "--version",
+                version,
+            ],
+            &[],
+        )
+    };
+    let list = |name: &str, rank: i32, score: f32| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("item_id", DataType::Int64, false),
+            Field::new("rank", DataType::Int32, false),
+            Field::new("score", DataType::Float32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1])),
+                Arc::new(Int64Array::from(vec![7, 8])),
+                Arc::new(Int32Array::from(vec![1, rank])),
+                Arc::new(Float32Array::from(vec![0.5, score])),
+            ],
+        )
+        .unwrap();
+        let file = p.join(name);
+        recpipe::artifact::write_parquet(&file, schema, &[batch]).unwrap();
+        file
+    };
+    let out = write(&list("good.parquet", 2, 0.25), "good");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (file, says) in [
+        (
+            list("nan.parquet", 2, f32::NAN),
+            "`score` must be a finite number",
+        ),
+        (
+            list("inf.parquet", 2, f32::INFINITY),
+            "`score` must be a finite number",
+        ),
+        (list("rank0.parquet", 0, 0.25), "`rank` must be 1 or more"),
+        (p.join("data/example/items.parquet"), "not a list"),
+    ] {
+        let out = write(&file, "bad");
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(says), "{}", text(&out));
+        assert_eq!(current(p, "probe").as_deref(), Some("good"));
+    }
+}
+
+/// Sizes the generator cannot allocate are refused, not a panic or an abort.
+#[test]
+fn gen_data_refuses_sizes_it_cannot_make() {
+    let dir = project();
+    let p = dir.path();
+    let out_dir = p.join("gen");
+    for users in ["0", "100000000000", "18446744073709551615"] {
+        let out = recpipe(
+            p,
+            &[
+                "gen-data",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--users",
+                users,
+            ],
+            &[],
+        );
+        no_panic(&out);
+        assert_eq!(out.status.code(), Some(2), "{users}: {}", text(&out));
+        assert!(
+            text(&out).contains("--users must be between 1 and"),
+            "{}",
+            text(&out)
+        );
+    }
 }
