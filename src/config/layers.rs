@@ -216,7 +216,14 @@ impl Layers {
                 None => break None,
             }
         };
-        let origin = origin.unwrap_or(Origin {
+        // A table set nowhere itself (`RECPIPE__NOSUCH__X` makes `nosuch`) is
+        // placed where its first key was set.
+        let below = || {
+            let prefix = format!("{key}.");
+            let (k, o) = self.origins.range(prefix.clone()..).next()?;
+            k.starts_with(&prefix).then(|| o.clone())
+        };
+        let origin = origin.or_else(below).unwrap_or(Origin {
             file: self.default_file.clone(),
             line: 0,
             col: 0,
@@ -268,6 +275,15 @@ impl Layers {
                 }
                 return None;
             }
+            // An unknown value deep in a table (`tables.items.format = "xlsx"`)
+            // is reported at its own key, not at the key whose removal hides it.
+            if let Some(deep) = unknown_value(&e).and_then(|v| find_string(&table, v)) {
+                self.error(&join(path, &deep), e);
+                let top = deep.split('.').next().unwrap_or(&deep).to_string();
+                table.remove(&top);
+                dropped.push(top);
+                continue;
+            }
             let culprit = table.keys().find(|k| {
                 let mut without = table.clone();
                 without.remove(k.as_str());
@@ -297,6 +313,20 @@ impl Layers {
             }
         }
     }
+}
+
+/// The value of a polished "unknown value `x`" message.
+fn unknown_value(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown value `")?.split('`').next()
+}
+
+/// The dotted path of the first text value equal to `value` in `table`.
+fn find_string(table: &Table, value: &str) -> Option<String> {
+    table.iter().find_map(|(k, v)| match v {
+        Value::String(s) if s == value => Some(k.clone()),
+        Value::Table(inner) => find_string(inner, value).map(|p| format!("{k}.{p}")),
+        _ => None,
+    })
 }
 
 fn missing_field(message: &str) -> Option<String> {

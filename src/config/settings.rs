@@ -673,6 +673,16 @@ impl Settings {
             }
         }
         for (name, sink) in &self.sinks {
+            // An empty `path` resolves to the project dir: a publish would write
+            // tables (and CURRENT files) among config/ and pipelines/.
+            if let SinkConfig::Parquet(p) = sink
+                && p.path == self.project_dir
+            {
+                layers.error(
+                    &format!("sinks.{name}.path"),
+                    "names the project dir itself; give the sink a folder of its own (e.g. \"state/published\")",
+                );
+            }
             match sink {
                 SinkConfig::Parquet(p) if !(1..=1000).contains(&p.keep_versions) => {
                     layers.error(

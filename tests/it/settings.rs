@@ -160,3 +160,38 @@ fn an_empty_token_is_no_token() {
     .unwrap();
     assert_eq!(s.api.token.unwrap().expose(), "12345678");
 }
+
+/// A wrong value deep in a table is reported at its own key and line, not at
+/// the key whose removal hides it; a section set only by a variable is blamed
+/// on the variable; a Parquet sink may not publish into the project dir itself.
+#[test]
+fn each_problem_is_placed_at_the_key_that_holds_it() {
+    let dir = project();
+    let p = dir.path();
+    append(
+        p,
+        "\n[sources.sheet]\nkind = \"datafusion\"\ntables.items = { path = \"data/example/items.parquet\", format = \"xlsx\" }\n\n[sinks.here]\nkind = \"parquet\"\npath = \"\"\n",
+    );
+    let lines = std::fs::read_to_string(p.join("config/default.toml"))
+        .unwrap()
+        .lines()
+        .count();
+    let out = validate(p, &[("RECPIPE__NOSUCH__X", "1")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = stderr_of(p, &out);
+    let format_line = lines - 4;
+    assert!(
+        stderr.contains(&format!(
+            "config/default.toml:{format_line}:55: sources.sheet.tables.items.format: unknown value `xlsx`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("$RECPIPE__NOSUCH__X: nosuch: unknown key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sinks.here.path: names the project dir itself"),
+        "{stderr}"
+    );
+}
