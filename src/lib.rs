@@ -12,21 +12,25 @@
 //! Modules, from the bottom up:
 //! - [`config`]: daemon settings, validated with file:line errors, and the
 //!   diagnostics and TOML span mechanics pipeline loading uses too
-//! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O)
+//! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O);
+//!   [`eval`]: offline metrics and splits, above both
 //! - [`artifact`]: Parquet and JSON files written atomically
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
 //!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`;
 //!   `steps::spec` holds what a pipeline file says each kind and model does
 //! - [`pipeline`]: pipeline files loaded into a DAG, the executor, run directories
-//! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up, the
-//!   daemon's runs and reloads
+//! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up
+//! - [`daemon`]: the long-running process: runs on schedules and requests,
+//!   reloads, the drain, metrics
 //! - [`server`]: the daemon's HTTP probes, metrics, JSON API and web UI
 //! - [`synth`]: seeded example data; [`failpoint`]: named crash points for tests
 
 pub mod artifact;
 pub mod bqconn;
 pub mod config;
+pub mod daemon;
+pub mod eval;
 pub mod failpoint;
 pub mod logging;
 pub mod models;

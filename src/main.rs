@@ -18,7 +18,7 @@ use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 use recpipe::config::Settings;
 use recpipe::config::redact::redact;
-use recpipe::pipeline::ErrorClass;
+use recpipe::steps::ErrorClass;
 
 use cli::Failure;
 

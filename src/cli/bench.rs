@@ -14,8 +14,8 @@ use arrow::array::{Array, BooleanArray, Float32Array, Int64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
+use recpipe::eval::{self, Metrics};
 use recpipe::models::als::{self, AlsParams};
-use recpipe::models::eval::{self, Metrics};
 use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
 use recpipe::topn::{self, Selection};

@@ -12,8 +12,8 @@ use super::Failure;
 /// then a drain of the running steps (`daemon.shutdown_grace`); a second signal
 /// exits at once.
 pub async fn daemon(settings: Arc<Settings>) -> Result<(), Failure> {
+    use recpipe::daemon::{Daemon, DaemonError};
     use recpipe::scheduler::CronSchedulerClock;
-    use recpipe::scheduler::daemon::{Daemon, DaemonError};
     use tokio::signal::unix::{SignalKind, signal};
 
     // The port first: a daemon that cannot serve must exit before it resumes

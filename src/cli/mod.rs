@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use recpipe::config::{Diagnostics, Settings};
-use recpipe::pipeline::ErrorClass;
 use recpipe::pipeline::load;
 use recpipe::pipeline::load::Pipeline;
 use recpipe::steps;
+use recpipe::steps::ErrorClass;
 
 pub mod bench;
 pub mod daemon;

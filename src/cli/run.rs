@@ -15,8 +15,8 @@ use recpipe::artifact::ArtifactKind;
 use recpipe::config::Settings;
 use recpipe::models::StopFlag;
 use recpipe::pipeline::load::Pipeline;
-use recpipe::pipeline::{ErrorClass, Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
-use recpipe::steps::{self, Resources};
+use recpipe::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
+use recpipe::steps::{self, ErrorClass, Resources};
 
 use super::Failure;
 

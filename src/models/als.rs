@@ -447,7 +447,7 @@ impl Recommender for AlsModel {
     }
 
     fn item_tile(&self) -> usize {
-        crate::topn::DENSE_ITEM_TILE
+        crate::models::dense::DENSE_ITEM_TILE
     }
 }
 

@@ -2,6 +2,10 @@
 //! kernels at run time), and the short dot/axpy loops of the ALS solver, written
 //! with eight independent accumulators so the compiler vectorises them.
 
+/// Items per GEMM tile for dense models: a tile of scores (rows × tile × 4 bytes)
+/// stays in cache between the GEMM that writes it and the selection that reads it.
+pub const DENSE_ITEM_TILE: usize = 1024;
+
 /// `c = a · bᵀ` for row-major `a` (m×k), `b` (n×k), `c` (m×n).
 ///
 /// # Panics

@@ -6,7 +6,6 @@
 pub mod als;
 pub mod csr;
 pub mod dense;
-pub mod eval;
 pub mod ids;
 pub mod item_item;
 pub mod popular;

@@ -35,7 +35,7 @@ impl Recommender for CosineSimilarity {
     }
 
     fn item_tile(&self) -> usize {
-        crate::topn::DENSE_ITEM_TILE
+        super::dense::DENSE_ITEM_TILE
     }
 
     fn symmetric_vectors(&self) -> Option<(&[f32], usize)> {

@@ -15,19 +15,22 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::rundir::{
-    ErrorClass, InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord,
-    StepStatus, is_valid_run_id,
+    InputRef, RunDir, RunLock, RunRecord, RunStatus, StepManifest, StepRecord, StepStatus,
+    is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
+use crate::config::Settings;
 use crate::config::redact::redact;
 use crate::models::StopFlag;
 use crate::pipeline::load::{Pipeline, Step};
-use crate::steps::{self, Input, Resources, StepContext, StepError};
+use crate::steps::spec::StepSpec;
+use crate::steps::{self, ErrorClass, Input, Resources, StepContext, StepError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -141,7 +144,7 @@ impl Executor {
             .pipeline
             .steps
             .iter()
-            .map(|s| (s.id.as_str(), steps::spec_hash(s, settings)))
+            .map(|s| (s.id.as_str(), spec_hash(s, settings)))
             .collect();
         let mut states: BTreeMap<&str, State> = req
             .pipeline
@@ -531,6 +534,19 @@ impl StepTask {
             }
         }
     }
+}
+
+/// A fingerprint of what a step does: its definition, its needs and, for extracts,
+/// the SQL text. A finished step whose fingerprint changed is run again on resume.
+pub fn spec_hash(step: &Step, settings: &Settings) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&step.spec).unwrap_or_default());
+    hasher.update(step.needs.join("\0").as_bytes());
+    if let StepSpec::Extract(e) = &step.spec {
+        // An unreadable file hashes as empty; the step itself reports the error.
+        hasher.update(std::fs::read(settings.resolve(&e.sql)).unwrap_or_default());
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// The run directory's lock. While another process runs the same run, waits for

@@ -12,4 +12,4 @@ pub mod rundir;
 
 pub use executor::{Event, Executor, RunRequest};
 pub use load::{CatchUp, Concurrency, Pipeline, Step};
-pub use rundir::{ErrorClass, RunDir, RunRecord, RunStatus, StepStatus};
+pub use rundir::{RunDir, RunRecord, RunStatus, StepStatus};

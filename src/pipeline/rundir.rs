@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::ArtifactKind;
 use crate::artifact::{self, ArtifactError, FileEntry};
+use crate::steps::ErrorClass;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const RUN_RECORD: &str = "run.json";
@@ -109,39 +110,6 @@ pub struct StepRecord {
     /// What kind of failure `error` is; it decides the exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<ErrorClass>,
-}
-
-/// What kind of failure ended a step or a command; each has its exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// Configuration, pipeline, SQL result or data that cannot work as they are.
-    InvalidInput,
-    /// Connection, I/O or time-out: worth retrying later.
-    Transient,
-    /// Anything else (a store refused the write, a bug, a cancelled run).
-    Failed,
-}
-
-impl ErrorClass {
-    /// The process exit code documented for this class: 2, 75 or 1.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            ErrorClass::InvalidInput => 2,
-            ErrorClass::Transient => 75,
-            ErrorClass::Failed => 1,
-        }
-    }
-
-    /// The class of a whole run from its steps' classes: invalid input wins (a
-    /// retry cannot fix it), then a plain failure, then transient.
-    pub fn of_run<'a>(classes: impl IntoIterator<Item = &'a ErrorClass>) -> Option<ErrorClass> {
-        classes.into_iter().copied().min_by_key(|c| match c {
-            ErrorClass::InvalidInput => 0,
-            ErrorClass::Failed => 1,
-            ErrorClass::Transient => 2,
-        })
-    }
 }
 
 /// `run.json`: the outcome of one invocation of a run.

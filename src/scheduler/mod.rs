@@ -8,8 +8,6 @@
 //! scheduled time the daemon persisted.
 
 pub mod cron;
-pub mod daemon;
-pub mod metrics;
 mod timer;
 
 use std::sync::Arc;

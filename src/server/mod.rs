@@ -22,10 +22,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::redact::redact;
+use crate::daemon::{Daemon, Started};
 use crate::pipeline::Pipeline;
 use crate::pipeline::RunStatus;
 use crate::pipeline::history::RunFilter;
-use crate::scheduler::daemon::{Daemon, Started};
 
 /// The routes over a running daemon.
 pub fn app(daemon: Arc<Daemon>) -> Router {
@@ -318,10 +318,8 @@ async fn trigger(
             Json(json!({ "run_id": run_id, "status": "duplicate" })),
         )
             .into_response(),
-        Err(e @ crate::scheduler::daemon::DaemonError::UnknownPipeline(_)) => {
-            error(StatusCode::NOT_FOUND, e)
-        }
-        Err(e @ crate::scheduler::daemon::DaemonError::ShuttingDown) => {
+        Err(e @ crate::daemon::DaemonError::UnknownPipeline(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ crate::daemon::DaemonError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -11,11 +11,11 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::config::redact::redact;
+use crate::daemon::Daemon;
 use crate::pipeline::Pipeline;
 use crate::pipeline::history::RunFilter;
 use crate::pipeline::{RunDir, RunRecord, RunStatus};
 use crate::scheduler::cron::Schedule;
-use crate::scheduler::daemon::Daemon;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::interactions::IdColumn;
 use super::{StepError, StepOutput, interactions, train};
 use crate::artifact::{self, read_parquet};
-use crate::models::eval::{self, Metrics};
+use crate::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};

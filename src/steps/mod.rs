@@ -23,15 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 
-use crate::artifact::{ArtifactError, FileEntry};
-use crate::artifact::{ArtifactKind, Role};
+use crate::artifact::{ArtifactError, ArtifactKind, FileEntry, Role};
 use crate::config::Settings;
 use crate::models::{StopFlag, Stopped};
-use crate::pipeline::ErrorClass;
-use crate::pipeline::load::Step;
 use crate::sinks::{AnySink, ListFile, SinkError};
 use crate::sources::{AnySource, SourceError};
 use crate::steps::spec::StepSpec;
@@ -199,19 +195,6 @@ fn list_job(
     })
 }
 
-/// A fingerprint of what a step does: its definition, its needs and, for extracts,
-/// the SQL text. A finished step whose fingerprint changed is run again on resume.
-pub fn spec_hash(step: &Step, settings: &Settings) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(serde_json::to_vec(&step.spec).unwrap_or_default());
-    hasher.update(step.needs.join("\0").as_bytes());
-    if let StepSpec::Extract(e) = &step.spec {
-        // An unreadable file hashes as empty; the step itself reports the error.
-        hasher.update(std::fs::read(settings.resolve(&e.sql)).unwrap_or_default());
-    }
-    format!("{:x}", hasher.finalize())
-}
-
 /// What a step knows about the run it belongs to.
 #[derive(Clone)]
 pub struct StepContext {
@@ -238,6 +221,39 @@ pub struct StepOutput {
     pub rows: u64,
     /// Step-specific facts: what was filtered, where a list was published …
     pub details: serde_json::Value,
+}
+
+/// What kind of failure ended a step or a command; each has its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Configuration, pipeline, SQL result or data that cannot work as they are.
+    InvalidInput,
+    /// Connection, I/O or time-out: worth retrying later.
+    Transient,
+    /// Anything else (a store refused the write, a bug, a cancelled run).
+    Failed,
+}
+
+impl ErrorClass {
+    /// The process exit code documented for this class: 2, 75 or 1.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorClass::InvalidInput => 2,
+            ErrorClass::Transient => 75,
+            ErrorClass::Failed => 1,
+        }
+    }
+
+    /// The class of a whole run from its steps' classes: invalid input wins (a
+    /// retry cannot fix it), then a plain failure, then transient.
+    pub fn of_run<'a>(classes: impl IntoIterator<Item = &'a ErrorClass>) -> Option<ErrorClass> {
+        classes.into_iter().copied().min_by_key(|c| match c {
+            ErrorClass::InvalidInput => 0,
+            ErrorClass::Failed => 1,
+            ErrorClass::Transient => 2,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

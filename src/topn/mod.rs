@@ -308,10 +308,6 @@ const SYMMETRIC_MIN_ITEMS: usize = 4096;
 #[cfg(test)]
 const SYMMETRIC_MIN_ITEMS: usize = 1;
 
-/// Items per GEMM tile for dense models: a tile of scores (rows × tile × 4 bytes)
-/// stays in cache between the GEMM that writes it and the selection that reads it.
-pub const DENSE_ITEM_TILE: usize = 1024;
-
 /// Top-`k` lists for `rows`, in the same order, computed in parallel on the current
 /// rayon pool. Checks `stop` between blocks of rows. A symmetric model asked for
 /// every item's list (with no per-row exclusions) computes half the products.
@@ -569,7 +565,7 @@ mod tests {
             crate::models::dense::gemm_nt(&q, &self.v[items.start * d..items.end * d], d, out);
         }
         fn item_tile(&self) -> usize {
-            DENSE_ITEM_TILE
+            crate::models::dense::DENSE_ITEM_TILE
         }
         fn symmetric_vectors(&self) -> Option<(&[f32], usize)> {
             self.symmetric.then_some((&self.v, self.dim))

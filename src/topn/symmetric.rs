@@ -32,7 +32,7 @@ pub(super) fn candidates(
     let n = vectors.len().checked_div(dim).unwrap_or(0);
     let threads = rayon::current_num_threads();
     // Enough tiles to share among the threads even for a few thousand items.
-    let side = (n / (4 * threads)).clamp(64, super::DENSE_ITEM_TILE);
+    let side = (n / (4 * threads)).clamp(64, crate::models::dense::DENSE_ITEM_TILE);
     let starts: Vec<usize> = (0..n).step_by(side).collect();
     let tiles: Vec<(usize, usize)> = starts
         .iter()

@@ -16,8 +16,8 @@ use chrono::Utc;
 use http_body_util::BodyExt;
 use recpipe::config::Settings;
 use recpipe::config::settings::Secret;
+use recpipe::daemon::{Daemon, Started};
 use recpipe::scheduler::TokioClock;
-use recpipe::scheduler::daemon::{Daemon, Started};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -794,8 +794,8 @@ async fn wait_step_running(d: &Arc<Daemon>, run_id: &str, step: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_records_the_runs_it_cancelled_as_interrupted_and_they_resume() {
+    use recpipe::daemon::WIND_DOWN;
     use recpipe::pipeline::RunStatus;
-    use recpipe::scheduler::daemon::WIND_DOWN;
     let project = common::project();
     let d = slow_als(project.path()).await;
     let Started::Started { run_id } = d.start_run("example-als", None, Utc::now()).unwrap() else {

@@ -9,7 +9,8 @@ use arrow::array::{Array, Float32Array, Int32Array, StringArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use recpipe::artifact::read_parquet;
 use recpipe::pipeline::rundir::StepManifest;
-use recpipe::pipeline::{ErrorClass, RunRecord, RunStatus, StepStatus};
+use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
+use recpipe::steps::ErrorClass;
 
 use crate::common::{edit, example_items, example_seen, i64s, project, recpipe, text};
 

@@ -13,6 +13,8 @@
 //! found `running` at startup counts a crash; after [`MAX_CRASHES`] it is failed
 //! with the reason instead of resumed, so one run cannot crash-loop the daemon.
 
+pub mod metrics;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -23,18 +25,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::cron::Schedule;
-use super::metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
-use super::{Clock, Fire};
 use crate::config::Settings;
 use crate::config::redact::redact;
 use crate::models::StopFlag;
 use crate::pipeline::history::{History, HistoryError, RunFilter};
-use crate::pipeline::load::load_all;
-use crate::pipeline::load::{CatchUp, Concurrency, Pipeline};
+use crate::pipeline::load::{CatchUp, Concurrency, Pipeline, load_all};
 use crate::pipeline::retention;
 use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
+use crate::scheduler::cron::Schedule;
+use crate::scheduler::{Clock, Fire};
 use crate::steps::{self, Resources};
+use metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -338,7 +339,7 @@ impl Daemon {
                 warn!(pipeline = %name, error = %e, "no last scheduled time: no catch-up");
                 None
             });
-            let handle = super::spawn(
+            let handle = crate::scheduler::spawn(
                 name.clone(),
                 schedule,
                 if first_load {

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::{Csr, Recommender, StopFlag, Stopped};
+use crate::models::{Csr, Recommender, StopFlag, Stopped};
 use crate::topn::{self, Selection};
 
 /// Mean metrics over the evaluated users.
