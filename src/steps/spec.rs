@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{ArtifactKind, Role};
 use crate::config::Settings;
 use crate::config::introspect::fields;
+use crate::models::als::{AlsParams, Solver};
 use crate::sources::ParamValue;
 
 /// What a step does; the `kind` key picks the variant.
@@ -97,19 +98,25 @@ pub struct AlsSpec {
     pub scale_regularization: bool,
 }
 
+/// The model's own defaults ([`AlsParams`]), written once.
 impl Default for AlsSpec {
     fn default() -> Self {
+        let p = AlsParams::default();
+        let (solver, cg_steps) = match p.solver {
+            Solver::ConjugateGradient { steps } => (AlsSolver::Cg, steps),
+            Solver::Cholesky => (AlsSolver::Cholesky, 3),
+        };
         Self {
-            factors: 64,
-            iterations: 15,
-            regularization: 0.3,
-            alpha: 0.25,
-            log_epsilon: None,
-            solver: AlsSolver::Cg,
-            cg_steps: 3,
-            seed: 42,
-            report_loss: false,
-            scale_regularization: true,
+            factors: p.factors,
+            iterations: p.iterations,
+            regularization: p.regularization,
+            alpha: p.alpha,
+            log_epsilon: p.log_epsilon,
+            solver,
+            cg_steps,
+            seed: p.seed,
+            report_loss: p.loss,
+            scale_regularization: p.scale_regularization,
         }
     }
 }
