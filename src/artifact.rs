@@ -59,7 +59,7 @@ pub struct FileEntry {
 }
 
 /// Streams record batches into a Parquet file that becomes visible at `finish`.
-pub struct ParquetSink {
+pub struct ParquetWriter {
     path: PathBuf,
     tmp: PathBuf,
     writer: ArrowWriter<File>,
@@ -67,7 +67,7 @@ pub struct ParquetSink {
     rows: u64,
 }
 
-impl ParquetSink {
+impl ParquetWriter {
     pub fn create(path: &Path, schema: SchemaRef) -> Result<Self, ArtifactError> {
         let tmp = temp_path(path);
         let file = File::create(&tmp).map_err(ArtifactError::io(&tmp))?;
@@ -125,7 +125,7 @@ pub fn write_parquet(
     schema: SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<FileEntry, ArtifactError> {
-    let mut sink = ParquetSink::create(path, schema)?;
+    let mut sink = ParquetWriter::create(path, schema)?;
     for b in batches {
         sink.write(b)?;
     }

@@ -90,34 +90,17 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, step
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     while let Some(event) = rx.recv().await {
-        match event {
-            Event::Started { step, attempt } if attempt > 1 => {
+        match &event {
+            Event::Started { step, attempt } if *attempt > 1 => {
                 bar.set_message(format!("running {step} (attempt {attempt})"))
             }
             Event::Started { step, .. } => bar.set_message(format!("running {step}")),
-            Event::Retrying {
-                step,
-                attempt,
-                delay,
-                error,
-            } => bar.println(format!(
-                "step {step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}"
-            )),
-            Event::Succeeded {
-                step,
-                rows,
-                duration,
-            } => {
-                bar.println(format!("step {step}: done, {rows} rows in {duration:.2?}"));
+            Event::Succeeded { .. } | Event::Reused { .. } => {
+                bar.println(format!("step {event}"));
                 bar.inc(1);
             }
-            Event::Reused { step } => {
-                bar.println(format!("step {step}: already done in this run, reused"));
-                bar.inc(1);
-            }
-            Event::Failed { step, error } => bar.println(format!("step {step}: FAILED: {error}")),
-            Event::Skipped { step, reason } => {
-                bar.println(format!("step {step}: skipped, {reason}"))
+            Event::Retrying { .. } | Event::Failed { .. } | Event::Skipped { .. } => {
+                bar.println(format!("step {event}"))
             }
         }
     }

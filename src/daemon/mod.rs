@@ -552,31 +552,10 @@ impl Daemon {
     }
 
     fn observe(&self, p: &Pipeline, run_id: &str, event: Event) {
-        let line = match &event {
-            Event::Started { step, attempt } => format!("{step}: started (attempt {attempt})"),
-            Event::Retrying {
-                step,
-                attempt,
-                delay,
-                error,
-            } => {
-                format!("{step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}")
-            }
-            Event::Succeeded {
-                step,
-                rows,
-                duration,
-            } => {
-                format!("{step}: succeeded, {rows} rows in {duration:.2?}")
-            }
-            Event::Reused { step } => format!("{step}: reused from an earlier attempt of this run"),
-            Event::Failed { step, error } => format!("{step}: FAILED: {error}"),
-            Event::Skipped { step, reason } => format!("{step}: skipped, {reason}"),
-        };
         RunDir::new(&self.settings.state_dir, &p.name, run_id).append_log(&format!(
             "{} {}",
             Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-            redact(&line)
+            redact(&event.to_string())
         ));
         let (step, state) = match &event {
             Event::Started { step, .. } => (step, "running"),

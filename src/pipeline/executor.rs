@@ -73,6 +73,34 @@ pub enum Event {
     },
 }
 
+/// One line per event, as the CLI's progress and the run log print it.
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Started { step, attempt } => write!(f, "{step}: started (attempt {attempt})"),
+            Event::Retrying {
+                step,
+                attempt,
+                delay,
+                error,
+            } => write!(
+                f,
+                "{step}: attempt {attempt} failed, retrying in {delay:.1?}: {error}"
+            ),
+            Event::Succeeded {
+                step,
+                rows,
+                duration,
+            } => write!(f, "{step}: succeeded, {rows} rows in {duration:.2?}"),
+            Event::Reused { step } => {
+                write!(f, "{step}: reused from an earlier attempt of this run")
+            }
+            Event::Failed { step, error } => write!(f, "{step}: FAILED: {error}"),
+            Event::Skipped { step, reason } => write!(f, "{step}: skipped, {reason}"),
+        }
+    }
+}
+
 /// One run to execute.
 pub struct RunRequest {
     pub pipeline: Arc<Pipeline>,

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::{StepContext, StepError, StepOutput, contract};
-use crate::artifact::ParquetSink;
+use crate::artifact::ParquetWriter;
 use crate::artifact::Role;
 use crate::sources::ParamValue;
 use crate::sources::{AnySource, SourceError};
@@ -51,7 +51,7 @@ pub async fn run(
     let work = async move {
         let result = job.source.query(&sql, &params).await?;
         let target = contract::conform_schema(job.role, &result.schema).map_err(StepError::Data)?;
-        let mut sink = ParquetSink::create(&output, target.clone())?;
+        let mut sink = ParquetWriter::create(&output, target.clone())?;
         let mut batches = result.batches;
         let mut rows = 0u64;
         while let Some(batch) = batches.next().await {

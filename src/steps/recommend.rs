@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{StepError, StepOutput, filters, interactions, model_io};
-use crate::artifact::ParquetSink;
+use crate::artifact::ParquetWriter;
 use crate::models::ids::Ids;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
 use crate::topn::{self, Scored, Selection};
@@ -113,7 +113,7 @@ fn write_lists(
     stop: &StopFlag,
 ) -> Result<Written, StepError> {
     let schema = list_schema(shape, row_ids, item_ids);
-    let mut sink = ParquetSink::create(output, schema.clone())?;
+    let mut sink = ParquetWriter::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
     // A symmetric model computes every item's list at once at half the cost (a
     // few MB of lists per 100k items); others stream blocks of rows.
