@@ -12,6 +12,7 @@ mod layers;
 pub mod redact;
 pub mod settings;
 pub mod stores;
+pub mod values;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use settings::Settings;

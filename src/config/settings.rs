@@ -26,6 +26,7 @@ pub use super::stores::{
     PostgresConfig, SinkConfig, SourceConfig, TableFileConfig, TlsMode, is_pg_identifier,
 };
 use super::stores::{kind_of, named_tables};
+pub use super::values::{Secret, duration};
 
 /// Everything the daemon and the CLI read from `config/`.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,33 +144,6 @@ impl Default for RetentionSettings {
             keep_runs: 50,
             keep_days: 30,
         }
-    }
-}
-
-/// A value never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
     }
 }
 
@@ -430,14 +404,4 @@ fn resolve_ca(dir: &Path, pg: &mut PostgresConfig) {
     if let Some(ca) = &mut pg.ca_file {
         *ca = dir.join(&*ca);
     }
-}
-
-/// Deserializes `"30s"`, `"5m"`, `"1h 30m"`.
-pub fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""
-        ))
-    })
 }

@@ -10,7 +10,7 @@ use toml::{Table, Value};
 
 use super::diagnostic::{one_of, suggest};
 use super::layers::Layers;
-use super::settings::{Secret, duration};
+use super::values::{Secret, duration};
 
 /// A named place extract steps read from.
 #[derive(Debug, Clone, Deserialize)]
