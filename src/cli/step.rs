@@ -277,12 +277,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             ))
             .map_err(|e| Failure::BadInput(anyhow!("evaluate: {}", e.message())))?;
             spec.model = train_spec(&a.model, &a.set)?;
-            let problems = recpipe::steps::spec::evaluate_problems(&spec);
-            refuse(
-                problems
-                    .into_iter()
-                    .map(|(k, m)| format!("--{}: {m}", k.replace('_', "-"))),
-            )?;
+            refuse(recpipe::steps::spec::evaluate_problems(&spec), flag)?;
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
@@ -358,27 +353,33 @@ fn train_spec(model: &str, set: &[(String, String)]) -> Result<TrainSpec, Failur
     }
     let spec: TrainSpec = toml::from_str(&text)
         .map_err(|e| Failure::BadInput(anyhow!("model parameters: {}", e.message())))?;
-    let problems = recpipe::steps::spec::model_problems(&spec);
-    refuse(problems.into_iter().map(|(k, m)| format!("--set {k}: {m}")))?;
+    refuse(recpipe::steps::spec::model_problems(&spec), |k| {
+        format!("--set {k}")
+    })?;
     Ok(spec)
 }
 
-/// Every out-of-bounds argument at once, as bad input.
-fn refuse(problems: impl Iterator<Item = String>) -> Result<(), Failure> {
-    let lines: Vec<String> = problems.collect();
+/// Every out-of-bounds argument at once, as bad input; `flag` names the
+/// argument of a key.
+fn refuse(problems: Vec<(&str, String)>, flag: fn(&str) -> String) -> Result<(), Failure> {
+    let lines: Vec<String> = problems
+        .into_iter()
+        .map(|(key, message)| format!("{}: {message}", flag(key)))
+        .collect();
     match lines.is_empty() {
         true => Ok(()),
         false => Err(Failure::BadInput(anyhow!(lines.join("\n")))),
     }
 }
 
+/// The flag of a spec key: `top_n` is `--top-n`.
+fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
 fn list_job(a: RecommendArgs) -> Result<(steps::recommend::RecommendJob, PathBuf), Failure> {
     let problems = recpipe::steps::spec::list_problems(a.top_n, a.min_score, a.min_coverage);
-    refuse(
-        problems
-            .into_iter()
-            .map(|(k, m)| format!("--{}: {m}", k.replace('_', "-"))),
-    )?;
+    refuse(problems, flag)?;
     let job = steps::recommend::RecommendJob {
         model_dir: a.model,
         interactions: a.interactions,

@@ -117,8 +117,12 @@ impl Layers {
 
     /// Merges `RECPIPE__SECTION__KEY=value` variables over the files.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        let files = self.merged();
+        // Files only; a merge error is reported once, by `take`.
+        let files = self.merged().unwrap_or_default();
+        let mut vars: Vec<_> = vars.into_iter().collect();
+        vars.sort();
         let mut accepted = config::Map::new();
+        let mut keys: Vec<String> = Vec::new();
         for (name, raw) in vars {
             let Some(rest) = name.strip_prefix("RECPIPE__") else {
                 continue;
@@ -142,6 +146,18 @@ impl Layers {
                 self.diags.push(Diagnostic::file(&origin, key, message));
                 continue;
             }
+            // `RECPIPE__A=1` beside `RECPIPE__A__B=2`: `a` cannot be both.
+            if let Some(other) = keys
+                .iter()
+                .find(|k| key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}.")))
+            {
+                let message = format!(
+                    "`{other}` is set by another variable: a key cannot be both a value and a table"
+                );
+                self.diags.push(Diagnostic::file(&origin, key, message));
+                continue;
+            }
+            keys.push(key.clone());
             // `config` parses numbers and booleans; a value that is text
             // whatever it looks like (`RECPIPE__API__TOKEN=1234`) is put back.
             let last = path.last().map(String::as_str).unwrap_or_default();
@@ -168,21 +184,10 @@ impl Layers {
     }
 
     /// The layers merged so far, as one table.
-    fn merged(&mut self) -> Table {
-        let merged = self
-            .builder
+    fn merged(&self) -> Result<Table, config::ConfigError> {
+        self.builder
             .build_cloned()
-            .and_then(|c| c.try_deserialize::<Table>());
-        match merged {
-            Ok(table) => table,
-            Err(e) => {
-                let message = format!("cannot merge the settings: {}", redact(&e.to_string()));
-                let default_file = self.default_file.clone();
-                self.diags
-                    .push(Diagnostic::file(&default_file, "", message));
-                Table::new()
-            }
-        }
+            .and_then(|c| c.try_deserialize::<Table>())
     }
 
     /// Drops the origins of keys below `key`: a later layer replaced them.
@@ -193,7 +198,13 @@ impl Layers {
 
     /// The merged table (the caller deserializes it section by section).
     pub fn take(&mut self) -> Table {
-        let mut merged = self.merged();
+        let mut merged = self.merged().unwrap_or_else(|e| {
+            let message = format!("cannot merge the settings: {}", redact(&e.to_string()));
+            let default_file = self.default_file.clone();
+            self.diags
+                .push(Diagnostic::file(&default_file, "", message));
+            Table::new()
+        });
         for (key, raw) in std::mem::take(&mut self.env_text) {
             let path: Vec<String> = key.split('.').map(str::to_string).collect();
             // The path was checked against the files in `env`.
@@ -426,5 +437,16 @@ mod tests {
     fn deep_merge_keeps_sibling_keys() {
         let t = merged(&["[s]\nx = 1\ny = 2\n", "[s]\ny = 3\n"], &[]);
         assert_eq!(t.to_string(), "[s]\nx = 1\ny = 3\n");
+    }
+
+    #[test]
+    fn a_key_cannot_be_a_value_and_a_table() {
+        let mut layers = Layers::new(Path::new("default.toml"));
+        layers.env([
+            ("RECPIPE__A__B".to_string(), "2".to_string()),
+            ("RECPIPE__A".to_string(), "1".to_string()),
+        ]);
+        let _ = layers.take();
+        assert_eq!(layers.diags.len(), 1, "{:?}", layers.diags);
     }
 }

@@ -176,7 +176,8 @@ impl Daemon {
                     run.crashes, run.pipeline, run.run_id
                 ));
                 error!(pipeline = %run.pipeline, run_id = %run.run_id, crashes = run.crashes, "run took the process down repeatedly: not resumed, left for an operator");
-                daemon.record(&run);
+                daemon.history.update(&run)?;
+                daemon.write_run_json(&run);
                 daemon.count_run(&run.pipeline, RunStatus::Failed);
             } else if daemon.settings.daemon.resume_interrupted {
                 info!(pipeline = %run.pipeline, run_id = %run.run_id, "resuming an interrupted run");
@@ -512,7 +513,9 @@ impl Daemon {
             if let Ok(Some(before)) = daemon.history.run(&p.name, &run_id) {
                 record.crashes = before.crashes;
             }
-            if record.status == RunStatus::Cancelled && daemon.draining.load(Ordering::Relaxed) {
+            let drained =
+                record.status == RunStatus::Cancelled && daemon.draining.load(Ordering::Relaxed);
+            if drained {
                 record.status = RunStatus::Interrupted;
                 record.reason = Some(
                     "the daemon shut down before the run finished (cancelled after \
@@ -538,7 +541,12 @@ impl Daemon {
                     pipeline: p.name.clone(),
                 })
                 .dec();
-            daemon.record(&record);
+            if let Err(e) = daemon.history.update(&record) {
+                error!(pipeline = %p.name, run_id = %run_id, error = %e, "cannot record the run");
+            }
+            if drained {
+                daemon.write_run_json(&record);
+            }
             {
                 // Removing run directories is file I/O: off the async threads.
                 let (d, name) = (daemon.clone(), p.name.clone());
@@ -690,20 +698,25 @@ impl Daemon {
                      the next start resumes it",
                     humantime::format_duration(WIND_DOWN)
                 ));
-                self.record(&record);
+                if let Err(e) = self.history.update(&record) {
+                    error!(pipeline = %pipeline, run_id = %run_id, error = %e, "cannot record the run");
+                }
             }
         }
     }
 
-    /// Records `run` in the history and in its `run.json`, which retention
-    /// reads: both must say the same (an interrupted run is never pruned).
-    fn record(&self, run: &RunRecord) {
-        if let Err(e) = self.history.update(run) {
-            error!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot record the run");
-        }
+    /// Writes the `run.json` of a run whose status this process changed after its
+    /// executor let go (drained, given up), so retention reads what the history
+    /// says; a run another process holds now is left to it.
+    fn write_run_json(&self, run: &RunRecord) {
         let rundir = RunDir::new(&self.settings.state_dir, &run.pipeline, &run.run_id);
-        if let Err(e) = rundir.write_record(run) {
-            error!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "cannot write run.json");
+        let written = match rundir.try_lock() {
+            Ok(Some(_lock)) => rundir.write_record(run).map_err(|e| e.to_string()),
+            Ok(None) => Err("another process is running it".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            warn!(pipeline = %run.pipeline, run_id = %run.run_id, error = %e, "run.json not updated");
         }
     }
 }

@@ -520,7 +520,8 @@ impl StepTask {
 
     /// One attempt in a clean folder. On timeout or cancellation the step's flag is
     /// raised and the attempt is given [`WIND_DOWN`] to end before it is dropped;
-    /// the next attempt resets the folder, so a late write does not survive.
+    /// a timed-out attempt that did not end is not retried, so two attempts of a
+    /// step never run at once.
     async fn attempt(&self) -> Result<steps::StepOutput, StepError> {
         let dir = self.rundir.reset_step(&self.step.id)?;
         let cx = StepContext {
@@ -551,8 +552,17 @@ impl StepTask {
             r = &mut work => r,
             () = tokio::time::sleep(deadline) => {
                 cx.stop.stop();
-                let _ = tokio::time::timeout(WIND_DOWN, &mut work).await;
-                Err(StepError::Timeout(deadline, limit))
+                match tokio::time::timeout(WIND_DOWN, &mut work).await {
+                    Ok(_) => Err(StepError::Timeout(deadline, limit)),
+                    // Blocking work (a write, a save) may still be running: no
+                    // retry may start beside it.
+                    Err(_) => Err(StepError::Abandoned(format!(
+                        "timed out after {} ({limit}) and did not stop within {}; not retried, \
+                         so that two attempts never run at once",
+                        humantime::format_duration(deadline),
+                        humantime::format_duration(WIND_DOWN)
+                    ))),
+                }
             }
             () = wait_stopped(&cx.stop) => {
                 match tokio::time::timeout(WIND_DOWN, &mut work).await {

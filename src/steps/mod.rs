@@ -275,6 +275,9 @@ pub enum StepError {
     Stopped(#[from] Stopped),
     #[error("panicked: {0}")]
     Panic(String),
+    /// Stopped waiting for an attempt that did not end: not retried.
+    #[error("{0}")]
+    Abandoned(String),
     /// The limit and which setting set it.
     #[error("timed out after {} ({})", humantime::format_duration(*.0), .1)]
     Timeout(std::time::Duration, &'static str),
@@ -292,7 +295,8 @@ impl StepError {
             StepError::Artifact(_)
             | StepError::Data(_)
             | StepError::Stopped(_)
-            | StepError::Panic(_) => false,
+            | StepError::Panic(_)
+            | StepError::Abandoned(_) => false,
         }
     }
 

@@ -35,6 +35,10 @@ const USER_BLOCK: usize = 16_384;
 /// bounded (about 40 bytes an entry, scored and as Arrow) whatever `top_n` is.
 const BLOCK_ENTRIES: usize = USER_BLOCK * 16;
 
+/// List entries a symmetric model may compute at once (all items in one pass, at
+/// half the cost): about 170 MB; more items than that go through blocks.
+const SYMMETRIC_MAX_ENTRIES: usize = 16 * BLOCK_ENTRIES;
+
 #[derive(Debug, Clone)]
 pub struct RecommendJob {
     pub model_dir: PathBuf,
@@ -115,11 +119,11 @@ fn write_lists(
     let schema = list_schema(shape, row_ids, item_ids);
     let mut sink = ParquetWriter::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
-    // A symmetric model computes every item's list at once at half the cost (a
-    // few MB of lists per 100k items); others stream blocks of rows.
+    // A symmetric model computes every item's list at once at half the cost, up
+    // to SYMMETRIC_MAX_ENTRIES; the rest stream blocks of rows.
     let k = selection.k.max(1);
     let block_rows = match model.symmetric_vectors() {
-        Some(_) if rows.len().saturating_mul(k) <= 16 * BLOCK_ENTRIES => rows.len().max(1),
+        Some(_) if rows.len().saturating_mul(k) <= SYMMETRIC_MAX_ENTRIES => rows.len().max(1),
         _ => (BLOCK_ENTRIES / k).clamp(1, USER_BLOCK),
     };
     let (mut written, mut covered) = (0u64, 0usize);

@@ -16,7 +16,7 @@ use std::path::Path;
 use arrow::array::{Array, Float64Array, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
-use arrow::record_batch::RecordBatchReader;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;
 
@@ -67,10 +67,9 @@ pub fn run(job: &WriteJob) -> Result<StepOutput, StepError> {
 /// Streams the file: a list may not fit in memory at once.
 fn check_list(path: &Path) -> Result<u64, String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| format!("not a Parquet list: {e}"))?;
-    let schema = reader.schema();
+    let schema = builder.schema().clone();
     let has = |c: &str| schema.column_with_name(c).is_some();
     let ids = (has("user_id") && has("item_id")) || (has("item_id") && has("similar_item_id"));
     if !(ids && has("rank") && has("score")) {
@@ -79,24 +78,29 @@ fn check_list(path: &Path) -> Result<u64, String> {
                 .into(),
         );
     }
+    // Only the two checked columns are decoded.
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["rank", "score"]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("unreadable: {e}"))?;
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
         let rank = as_type::<Int64Array>(&batch, "rank", &DataType::Int64)?;
-        if let Some(i) = (0..rank.len()).find(|&i| rank.is_null(i) || rank.value(i) < 1) {
-            return Err(format!(
-                "row {}: `rank` must be 1 or more",
-                rows + i as u64 + 1
-            ));
-        }
         let score = as_type::<Float64Array>(&batch, "score", &DataType::Float64)?;
-        if let Some(i) = (0..score.len()).find(|&i| score.is_null(i) || !score.value(i).is_finite())
+        let bad = |what: &str, is_bad: &dyn Fn(usize) -> bool| match (0..batch.num_rows())
+            .find(|&i| is_bad(i))
         {
-            return Err(format!(
-                "row {}: `score` must be a finite number",
-                rows + i as u64 + 1
-            ));
-        }
+            Some(i) => Err(format!("row {}: {what}", rows + i as u64 + 1)),
+            None => Ok(()),
+        };
+        bad("`rank` must be 1 or more", &|i| {
+            rank.is_null(i) || rank.value(i) < 1
+        })?;
+        bad("`score` must be a finite number", &|i| {
+            score.is_null(i) || !score.value(i).is_finite()
+        })?;
         rows += batch.num_rows() as u64;
     }
     Ok(rows)
