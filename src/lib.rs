@@ -14,7 +14,8 @@
 //!   diagnostics and TOML span mechanics pipeline loading uses too
 //! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O);
 //!   [`eval`]: offline metrics and splits, above both
-//! - [`artifact`]: Parquet and JSON files written atomically
+//! - [`artifact`]: Parquet and JSON files written atomically, artifact kinds and
+//!   the column contracts of extracted tables
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
 //!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use
 //! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`;

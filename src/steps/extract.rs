@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{StepContext, StepError, StepOutput, contract};
+use super::{StepContext, StepError, StepOutput};
 use crate::artifact::ParquetWriter;
 use crate::artifact::Role;
+use crate::artifact::contract;
 use crate::sources::ParamValue;
 use crate::sources::{AnySource, SourceError};
 

@@ -5,7 +5,6 @@
 //! Invariant: CPU-heavy work goes through [`compute`] onto the rayon pool and
 //! blocking file I/O through `spawn_blocking`; no step blocks a tokio worker.
 
-pub mod contract;
 pub mod evaluate;
 pub mod extract;
 pub mod filters;

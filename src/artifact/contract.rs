@@ -12,7 +12,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::artifact::Role;
+use super::Role;
 
 /// The columns a role requires and may have.
 fn required(role: Role) -> &'static [&'static str] {

@@ -1,8 +1,12 @@
-//! Files that steps hand each other: Parquet read/write and the atomic-file rule.
+//! Files that steps hand each other: Parquet read/write and the atomic-file rule,
+//! the kinds of artifact, and the contracts extracted tables must meet
+//! ([`contract`]).
 //!
 //! Invariant: a file appears under its final name only when it is complete. It is
 //! written to a temporary name in the same folder, fsynced, renamed, and the folder
 //! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
+
+pub mod contract;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
