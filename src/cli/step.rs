@@ -233,11 +233,10 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
-            steps::compute(&pool, move || {
-                steps::train::run(&spec, &input, &out, &StopFlag::default())
+            on_pool(&pool, "train", move |stop| {
+                steps::train::run(&spec, &input, &out, stop)
             })
-            .await
-            .map_err(|e| Failure::step("train", e))?
+            .await?
         }
         StepCommand::MergeFilters(a) => {
             let inputs: Vec<steps::filters::FilterInput> = a
@@ -281,27 +280,24 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             std::fs::create_dir_all(&a.output)
                 .with_context(|| format!("creating {}", a.output.display()))?;
             let (input, out) = (a.input, a.output);
-            steps::compute(&pool, move || {
-                steps::evaluate::run(&spec, &input, &out, &StopFlag::default())
+            on_pool(&pool, "evaluate", move |stop| {
+                steps::evaluate::run(&spec, &input, &out, stop)
             })
-            .await
-            .map_err(|e| Failure::step("evaluate", e))?
+            .await?
         }
         StepCommand::Recommend(a) => {
             let (job, out) = list_job(a)?;
-            steps::compute(&pool, move || {
-                steps::recommend::run(&job, &out, &StopFlag::default())
+            on_pool(&pool, "recommend", move |stop| {
+                steps::recommend::run(&job, &out, stop)
             })
-            .await
-            .map_err(|e| Failure::step("recommend", e))?
+            .await?
         }
         StepCommand::SimilarItems(a) => {
             let (job, out) = list_job(a)?;
-            steps::compute(&pool, move || {
-                steps::recommend::similar(&job, &out, &StopFlag::default())
+            on_pool(&pool, "similar-items", move |stop| {
+                steps::recommend::similar(&job, &out, stop)
             })
-            .await
-            .map_err(|e| Failure::step("similar-items", e))?
+            .await?
         }
         StepCommand::Write(a) => {
             let settings = Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
@@ -342,6 +338,16 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;
     println!("{summary}");
     Ok(())
+}
+
+/// Runs `f` on the compute pool; its error is classed as step `name`'s.
+async fn on_pool<F>(pool: &rayon::ThreadPool, name: &str, f: F) -> Result<StepOutput, Failure>
+where
+    F: FnOnce(&StopFlag) -> Result<StepOutput, steps::StepError> + Send + 'static,
+{
+    steps::compute(pool, move || f(&StopFlag::default()))
+        .await
+        .map_err(|e| Failure::step(name, e))
 }
 
 /// A model spec from `--model` and `--set key=value` pairs, read exactly as the same
