@@ -288,9 +288,11 @@ impl StepError {
         match self {
             StepError::Source(e) => e.is_retryable(),
             StepError::Sink(e) => e.is_retryable(),
-            StepError::Artifact(ArtifactError::Io { .. })
-            | StepError::Memory(_)
-            | StepError::Timeout(..) => true,
+            // A file that is not there will not appear by retrying.
+            StepError::Artifact(ArtifactError::Io { source, .. }) => {
+                source.kind() != std::io::ErrorKind::NotFound
+            }
+            StepError::Memory(_) | StepError::Timeout(..) => true,
             StepError::Artifact(_)
             | StepError::Data(_)
             | StepError::Stopped(_)

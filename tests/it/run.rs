@@ -661,4 +661,20 @@ fn a_step_command_exits_with_the_class_of_its_error() {
     );
     // `user_id` is missing: the data is invalid input, as in a pipeline run.
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A missing input file will not appear by retrying: invalid input too.
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            "missing.parquet",
+            "--model",
+            "popular",
+            "--output",
+            "m",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
