@@ -230,8 +230,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
         }
         StepCommand::Train(a) => {
             let spec = train_spec(&a.model, &a.set)?;
-            std::fs::create_dir_all(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))?;
+            create_output(&a.output)?;
             let (input, out) = (a.input, a.output);
             on_pool(&pool, "train", move |stop| {
                 steps::train::run(&spec, &input, &out, stop)
@@ -256,8 +255,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
                 }
                 _ => None,
             };
-            std::fs::create_dir_all(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))?;
+            create_output(&a.output)?;
             let (allow, out) = (a.allow, a.output);
             tokio::task::spawn_blocking(move || {
                 steps::filters::merge(&inputs, &allow, groups.as_ref(), &out)
@@ -277,8 +275,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
             .map_err(|e| Failure::BadInput(anyhow!("evaluate: {}", e.message())))?;
             spec.model = train_spec(&a.model, &a.set)?;
             refuse(recpipe::steps::spec::evaluate_problems(&spec), flag)?;
-            std::fs::create_dir_all(&a.output)
-                .with_context(|| format!("creating {}", a.output.display()))?;
+            create_output(&a.output)?;
             let (input, out) = (a.input, a.output);
             on_pool(&pool, "evaluate", move |stop| {
                 steps::evaluate::run(&spec, &input, &out, stop)
@@ -338,6 +335,13 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
     let summary = serde_json::to_string_pretty(&output).map_err(|e| Failure::Failed(e.into()))?;
     println!("{summary}");
     Ok(())
+}
+
+/// The output folder of a step that writes a folder (a model, filters, metrics).
+fn create_output(dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .map_err(Failure::from)
 }
 
 /// Runs `f` on the compute pool; its error is classed as step `name`'s.

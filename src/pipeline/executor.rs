@@ -6,8 +6,8 @@
 //! cancellation through a [`StopFlag`]. A failed step fails the run; the steps
 //! that need it are reported as skipped. A step whose manifest exists with the
 //! same fingerprint is reused, so rerunning a run id resumes after its last
-//! completed step and is idempotent. One process at a
-//! time runs a given run: the run directory's lock makes a second runner wait.
+//! completed step and is idempotent. One process at a time runs a given run:
+//! the run directory's lock makes a second runner wait.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -291,7 +291,9 @@ impl Executor {
                     errors.insert(
                         id.to_string(),
                         StepFailure {
-                            message: e.to_string(),
+                            // Errors come from drivers and parsers that may
+                            // quote a DSN; `run.json` is as readable as the history.
+                            message: redact(&e.to_string()).into_owned(),
                             class: e.class(),
                             attempts: finished.attempts,
                             duration: finished.duration,
@@ -392,9 +394,7 @@ fn step_record(
         attempts,
         duration_ms,
         rows,
-        // Step errors come from drivers and parsers that may quote a DSN, and
-        // `run.json` is as readable as the history.
-        error: error.map(|e| redact(&e.message).into_owned()),
+        error: error.map(|e| e.message.clone()),
         error_class: error.map(|e| e.class),
     }
 }
