@@ -18,8 +18,8 @@
 //!   the column contracts of extracted tables
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
 //!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use
-//! - [`steps`]: one module per step kind, shared by the daemon and `recpipe step`;
-//!   `steps::spec` holds what a pipeline file says each kind and model does
+//! - [`steps`]: one module per step kind (its spec, checks, inputs, output, run
+//!   and `recpipe step` arguments), listed once in `steps/mod.rs`
 //! - [`pipeline`]: pipeline files loaded into a DAG, the executor, run directories
 //! - [`scheduler`]: cron triggers in each pipeline's time zone, catch-up
 //! - [`daemon`]: the long-running process: runs on schedules and requests,

@@ -52,7 +52,7 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Run one step kind alone, file in / file out.
     #[command(subcommand)]
-    Step(cli::step::StepCommand),
+    Step(recpipe::steps::StepCommand),
     /// Time ALS fit, rec-all and sim-all and score p@10/nDCG@10 on a split written by
     /// the benchmark anchors (`anchors.py --write-split`); prints one JSON line.
     Bench(cli::bench::BenchArgs),

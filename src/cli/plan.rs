@@ -4,7 +4,6 @@ use recpipe::artifact::ArtifactKind;
 use recpipe::config::Settings;
 use recpipe::pipeline::RunDir;
 use recpipe::pipeline::load::Pipeline;
-use recpipe::steps::spec::StepSpec;
 
 pub fn plan(settings: &Settings, p: &Pipeline) {
     println!("pipeline {} ({})", p.name, p.file.display());
@@ -25,39 +24,7 @@ pub fn plan(settings: &Settings, p: &Pipeline) {
                     .map(|s| format!("{n} ({})", s.spec.output().as_str()))
             })
             .collect();
-        let detail = match &step.spec {
-            StepSpec::Extract(e) => format!(
-                "{} on source `{}`, role {}",
-                e.sql.display(),
-                e.source,
-                e.role.as_str()
-            ),
-            StepSpec::Train(t) => format!("model {}", t.model()),
-            StepSpec::SimilarItems(r) => format!("top {} similar items per item", r.top_n),
-            StepSpec::Evaluate(e) => format!(
-                "model {} against popularity, {:?} hold-out {}",
-                e.model.model(),
-                e.split,
-                e.test_fraction
-            ),
-            StepSpec::MergeFilters(m) => match &m.groups {
-                Some(g) => format!("at most {} items per `{}` of `{}`", g.cap, g.column, g.from),
-                None => "deny and allow lists".to_string(),
-            },
-            StepSpec::Recommend(r) => format!("top {} per user", r.top_n),
-            StepSpec::Write(w) => match &w.table {
-                Some(table) => format!("to sink `{}` table `{table}`", w.sink),
-                None => format!(
-                    "to sink `{}` tables {} (published together)",
-                    w.sink,
-                    w.tables
-                        .iter()
-                        .map(|(step, table)| format!("`{table}` ← {step}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-        };
+        let detail = step.spec.describe();
         println!("{:>2}. {} [{}] {detail}", i + 1, step.id, step.spec.kind());
         println!(
             "      reads:  {}",

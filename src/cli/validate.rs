@@ -10,7 +10,7 @@ use recpipe::config::Settings;
 use recpipe::pipeline::load::Pipeline;
 use recpipe::sources::AnySource;
 use recpipe::sources::ParamValue;
-use recpipe::steps::spec::StepSpec;
+use recpipe::steps::StepSpec;
 
 use super::Failure;
 

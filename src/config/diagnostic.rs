@@ -169,6 +169,46 @@ pub fn polish(message: &str) -> String {
     out
 }
 
+/// An unknown source or sink name, with the configured ones.
+pub fn unknown_name<'k>(what: &str, name: &str, known: impl Iterator<Item = &'k String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    if known.is_empty() {
+        format!("unknown {what} `{name}`; no {what}s are configured in config/")
+    } else {
+        format!(
+            "unknown {what} `{name}`{}; configured {what}s: {}",
+            suggest(name, known.iter().copied()),
+            one_of(&known)
+        )
+    }
+}
+
+/// `[a-z][a-z0-9_]*`, plus `-` when `dash` (pipeline names).
+pub fn is_identifier(s: &str, dash: bool) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (dash && c == '-'))
+        && s.len() <= 64
+}
+
+/// A table name every store accepts unquoted, with room for a `__staging_<run>` suffix.
+pub fn is_table_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 48
+}
+
+/// Run ids become folder names and table suffixes: `[A-Za-z0-9_-]`, 1–64 chars.
+pub fn is_valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +253,17 @@ mod tests {
             polish("invalid type: string \"ten\", expected usize"),
             "invalid type: string \"ten\", expected a whole number ≥ 0"
         );
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("als_2", false));
+        assert!(!is_identifier("Als", false));
+        assert!(!is_identifier("mail-jobs", false));
+        assert!(is_identifier("mail-jobs", true));
+        assert!(!is_identifier("", true));
+        assert!(is_table_name("User_recs"));
+        assert!(!is_table_name("user recs"));
+        assert!(!is_table_name("x; drop table y"));
     }
 }

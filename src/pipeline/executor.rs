@@ -29,7 +29,6 @@ use crate::config::Settings;
 use crate::config::redact::redact;
 use crate::models::StopFlag;
 use crate::pipeline::load::{Pipeline, Step};
-use crate::steps::spec::StepSpec;
 use crate::steps::{self, ErrorClass, Input, Resources, StepContext, StepError};
 
 #[derive(Debug, thiserror::Error)]
@@ -528,13 +527,10 @@ impl StepTask {
             stop: self.cx.stop.child(),
             ..self.cx.clone()
         };
-        let work = steps::run(
-            &self.step.spec,
-            &self.inputs,
-            &dir,
-            &cx,
-            &self.executor.resources,
-        );
+        let work = self
+            .step
+            .spec
+            .run(&self.inputs, &dir, &cx, &self.executor.resources);
         tokio::pin!(work);
         // A step without its own timeout gets the settings' bound, so no step
         // can run unbounded.
@@ -574,15 +570,15 @@ impl StepTask {
     }
 }
 
-/// A fingerprint of what a step does: its definition, its needs and, for extracts,
-/// the SQL text. A finished step whose fingerprint changed is run again on resume.
+/// A fingerprint of what a step does: its definition, its needs and the files
+/// it names (an extract's SQL). A finished step whose fingerprint changed is run again on resume.
 pub fn spec_hash(step: &Step, settings: &Settings) -> String {
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&step.spec).unwrap_or_default());
     hasher.update(step.needs.join("\0").as_bytes());
-    if let StepSpec::Extract(e) = &step.spec {
+    for file in step.spec.hashed_files() {
         // An unreadable file hashes as empty; the step itself reports the error.
-        hasher.update(std::fs::read(settings.resolve(&e.sql)).unwrap_or_default());
+        hasher.update(std::fs::read(settings.resolve(file)).unwrap_or_default());
     }
     format!("{:x}", hasher.finalize())
 }

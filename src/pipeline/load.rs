@@ -18,10 +18,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::dag;
 use crate::artifact::ArtifactKind;
-use crate::config::diagnostic::{Diagnostic, Diagnostics, one_of, polish, suggest};
+use crate::config::diagnostic::{Diagnostic, Diagnostics, is_identifier, one_of, polish, suggest};
 use crate::config::introspect::fields;
 use crate::config::settings::{Settings, duration};
-use crate::steps::spec::*;
+use crate::steps::StepSpec;
+use crate::steps::kind::{CheckContext, SpecReader};
+use crate::steps::train::TrainSpec;
 
 /// A validated pipeline: its steps are in an order where every step comes after
 /// the steps it needs.
@@ -315,24 +317,19 @@ impl<'a> Checker<'a> {
         let (header, steps) = (header?, steps?);
         let writes = steps
             .iter()
-            .flat_map(|(step, spans)| match &step.spec {
-                StepSpec::Write(w) => {
-                    let key = if w.table.is_some() { "table" } else { "tables" };
-                    let span = spans.get(key).cloned().unwrap_or(0..0);
+            .flat_map(|(step, spans)| {
+                step.spec.publishes().into_iter().map(|target| {
+                    let span = spans.get(target.key).cloned().unwrap_or(0..0);
                     let (line, col) = crate::config::diagnostic::line_col(self.src, span.start);
-                    w.table_names()
-                        .into_iter()
-                        .map(|table| WriteTarget {
-                            step: step.id.clone(),
-                            sink: w.sink.clone(),
-                            table: table.to_string(),
-                            file: self.file.to_path_buf(),
-                            line,
-                            col,
-                        })
-                        .collect()
-                }
-                _ => Vec::new(),
+                    WriteTarget {
+                        step: step.id.clone(),
+                        sink: target.sink.to_string(),
+                        table: target.table.to_string(),
+                        file: self.file.to_path_buf(),
+                        line,
+                        col,
+                    }
+                })
             })
             .collect();
         Some(Pipeline {
@@ -456,7 +453,6 @@ impl<'a> Checker<'a> {
         table: Spanned<DeTable<'a>>,
     ) -> Option<RawStep> {
         let span = table.span();
-        let span_of_step = span.clone();
         let table = table.into_inner();
         let spans: Spans = table
             .iter()
@@ -477,7 +473,7 @@ impl<'a> Checker<'a> {
             }
             Some((Some(kind), s)) => (kind.to_string(), s),
         };
-        let Some(kind_fields) = StepSpec::fields_of(&kind.0) else {
+        let Some(kind_fields) = StepSpec::keys_of(&kind.0) else {
             let message = format!(
                 "unknown step kind `{}`{}; accepted kinds: {}",
                 kind.0,
@@ -490,7 +486,8 @@ impl<'a> Checker<'a> {
         let mut allowed: Vec<&str> = vec!["kind"];
         allowed.extend_from_slice(fields::<CommonSpec>());
         allowed.extend_from_slice(kind_fields);
-        if kind.0 == "train" || kind.0 == "evaluate" {
+        let takes_model = kind_fields.contains(&"model");
+        if takes_model {
             allowed.extend(self.model_fields(path, &table, span.clone())?);
         }
         let article = if kind.0.starts_with(['a', 'e', 'i', 'o', 'u']) {
@@ -521,61 +518,27 @@ impl<'a> Checker<'a> {
         }
         let common: Option<CommonSpec> =
             self.deserialize_table(path, Spanned::new(span.clone(), common), common_keys, &what);
-        // Each variant's struct is deserialized directly: serde's internally tagged
+        // Each kind's struct is deserialized directly: serde's internally tagged
         // enums buffer their input and lose the spans that errors point at.
         specific.remove("kind");
-        let specific = Spanned::new(span, specific);
-        let spec = match kind.0.as_str() {
-            "extract" => self
-                .deserialize_table(path, specific, &allowed, &what)
-                .map(StepSpec::Extract),
-            "train" => self
-                .train_spec(path, specific, &allowed, &what)
-                .map(StepSpec::Train),
-            "evaluate" => {
-                // The evaluate step's own keys, then its model's keys as for train.
-                let (mut own, mut model_keys) = (DeTable::new(), DeTable::new());
-                for (k, v) in specific.into_inner() {
-                    if EVALUATE_KEYS.contains(&k.get_ref().as_ref()) && k.get_ref() != "model" {
-                        own.insert(k, v);
-                    } else {
-                        model_keys.insert(k, v);
-                    }
-                }
-                let own: Option<EvaluateSpec> = self.deserialize_table(
-                    path,
-                    Spanned::new(span_of_step.clone(), own),
-                    &allowed,
-                    &what,
-                );
-                let model = self.train_spec(
-                    path,
-                    Spanned::new(span_of_step.clone(), model_keys),
-                    &allowed,
-                    &what,
-                );
-                match (own, model) {
-                    (Some(mut e), Some(m)) => {
-                        e.model = m;
-                        Some(StepSpec::Evaluate(e))
-                    }
-                    _ => None,
-                }
-            }
-            "recommend" => self
-                .deserialize_table(path, specific, &allowed, &what)
-                .map(StepSpec::Recommend),
-            "similar_items" => self
-                .deserialize_table(path, specific, &allowed, &what)
-                .map(StepSpec::SimilarItems),
-            "merge_filters" => self
-                .deserialize_table(path, specific, &allowed, &what)
-                .map(StepSpec::MergeFilters),
-            "write" => self
-                .deserialize_table(path, specific, &allowed, &what)
-                .map(StepSpec::Write),
-            _ => None,
+        let (mut own, mut model) = (DeTable::new(), DeTable::new());
+        for (k, v) in specific {
+            match takes_model
+                && (k.get_ref() == "model" || !kind_fields.contains(&k.get_ref().as_ref()))
+            {
+                true => model.insert(k, v),
+                false => own.insert(k, v),
+            };
+        }
+        let mut reader = TableReader {
+            own: Some(Spanned::new(span.clone(), own)),
+            model: Some(Spanned::new(span, model)),
+            checker: self,
+            path,
+            allowed: &allowed,
+            what: &what,
         };
+        let spec = StepSpec::read(&kind.0, &mut reader);
         Some(RawStep {
             id,
             id_span,
@@ -802,158 +765,19 @@ impl<'a> Checker<'a> {
         errors: &mut Vec<(Range<usize>, String, String)>,
     ) {
         let span_of = |key: &str| step.spans.get(key).cloned().unwrap_or(step.id_span.clone());
+        for (key, message) in common_problems(&step.common) {
+            errors.push((span_of(key), join(path, key), message));
+        }
         // Values that parse but cannot run (zero factors, infinite alpha, a zero
         // timeout …) are refused here, with the line, instead of failing or
         // hanging at run time.
-        let mut bounds = common_problems(&step.common);
-        match &step.spec {
-            StepSpec::Train(t) => bounds.extend(model_problems(t)),
-            StepSpec::Evaluate(e) => bounds.extend(evaluate_problems(e)),
-            StepSpec::Recommend(RecommendSpec {
-                top_n,
-                min_score,
-                min_coverage,
-                ..
-            })
-            | StepSpec::SimilarItems(SimilarItemsSpec {
-                top_n,
-                min_score,
-                min_coverage,
-                ..
-            }) => bounds.extend(list_problems(*top_n, *min_score, *min_coverage)),
-            _ => {}
-        }
-        for (key, message) in bounds {
-            errors.push((span_of(key), join(path, key), message));
-        }
-        match &step.spec {
-            StepSpec::Extract(e) => {
-                if !self.settings.sources.contains_key(&e.source) {
-                    errors.push((
-                        span_of("source"),
-                        join(path, "source"),
-                        unknown_name("source", &e.source, self.settings.sources.keys()),
-                    ));
-                }
-                for name in e.params.keys() {
-                    let problem = if !is_identifier(name, false) {
-                        "parameter names use lowercase letters, digits and `_`"
-                    } else if matches!(name.as_str(), "run_id" | "logical_date") {
-                        "set by the run itself (`$run_id`, `$logical_date`); name the parameter otherwise"
-                    } else {
-                        continue;
-                    };
-                    errors.push((
-                        span_of("params"),
-                        format!("{path}.params.{name}"),
-                        problem.to_string(),
-                    ));
-                }
-                let sql = match sql_path(self.settings, &e.sql) {
-                    Ok(sql) => sql,
-                    Err(message) => {
-                        errors.push((span_of("sql"), join(path, "sql"), message));
-                        return;
-                    }
-                };
-                match std::fs::metadata(&sql) {
-                    Ok(m) if m.is_file() => {}
-                    Ok(_) => errors.push((
-                        span_of("sql"),
-                        join(path, "sql"),
-                        format!("`{}` is not a file", e.sql.display()),
-                    )),
-                    Err(err) => errors.push((
-                        span_of("sql"),
-                        join(path, "sql"),
-                        format!(
-                            "cannot read SQL file `{}` ({err}); paths are relative to the project dir {}",
-                            e.sql.display(),
-                            self.settings.project_dir.display()
-                        ),
-                    )),
-                }
-            }
-            StepSpec::Train(_)
-            | StepSpec::Recommend(_)
-            | StepSpec::SimilarItems(_)
-            | StepSpec::Evaluate(_) => {}
-            StepSpec::MergeFilters(m) => {
-                let named = m
-                    .allow
-                    .iter()
-                    .map(|a| ("allow", a))
-                    .chain(m.groups.iter().map(|g| ("groups", &g.from)));
-                for (key, name) in named {
-                    if !step.common.needs.contains(name) {
-                        errors.push((
-                            span_of(key),
-                            join(path, key),
-                            format!(
-                                "`{name}` is not in this step's `needs`; name one of its inputs"
-                            ),
-                        ));
-                    }
-                }
-                if let Some(g) = &m.groups
-                    && g.cap == 0
-                {
-                    errors.push((
-                        span_of("groups"),
-                        join(path, "groups.cap"),
-                        "must be at least 1".to_string(),
-                    ));
-                }
-            }
-            StepSpec::Write(w) => {
-                if !self.settings.sinks.contains_key(&w.sink) {
-                    errors.push((
-                        span_of("sink"),
-                        join(path, "sink"),
-                        unknown_name("sink", &w.sink, self.settings.sinks.keys()),
-                    ));
-                }
-                let bad_name = |t: &str| {
-                    format!(
-                        "`{t}` is not a valid table name; use letters, digits and `_`, starting with a letter (at most 48 characters)"
-                    )
-                };
-                match (&w.table, w.tables.is_empty()) {
-                    (Some(_), false) => errors.push((
-                        span_of("tables"),
-                        join(path, "tables"),
-                        "set `table` (one list) or `tables` (several lists published together), not both".to_string(),
-                    )),
-                    (None, true) => errors.push((
-                        step.id_span.clone(),
-                        join(path, "table"),
-                        "missing `table`; name the table to publish to, or publish several lists together with `tables = { <step> = \"<table>\", … }`".to_string(),
-                    )),
-                    (Some(t), true) if !is_table_name(t) => {
-                        errors.push((span_of("table"), join(path, "table"), bad_name(t)));
-                    }
-                    _ => {}
-                }
-                let mut seen = BTreeSet::new();
-                for (need, table) in w.tables.iter().filter(|_| w.table.is_none()) {
-                    let key = format!("{}.{need}", join(path, "tables"));
-                    if !step.common.needs.contains(need) {
-                        errors.push((
-                            span_of("tables"),
-                            key,
-                            format!("`{need}` is not in this step's `needs`; name the step that makes the list"),
-                        ));
-                    } else if !is_table_name(table) {
-                        errors.push((span_of("tables"), key, bad_name(table)));
-                    } else if !seen.insert(table.as_str()) {
-                        errors.push((
-                            span_of("tables"),
-                            key,
-                            format!("table `{table}` is named twice; give each list its own table"),
-                        ));
-                    }
-                }
-            }
+        let cx = CheckContext {
+            settings: self.settings,
+            needs: &step.common.needs,
+        };
+        for p in step.spec.check(&cx) {
+            let first = p.key.split('.').next().unwrap_or_default();
+            errors.push((span_of(first), join(path, &p.key), p.message));
         }
     }
 
@@ -980,6 +804,31 @@ impl<'a> Checker<'a> {
         }
     }
 }
+/// A step's table split for [`StepSpec::read`]: the kind's own keys and, for a
+/// kind that takes a model, the model's keys.
+struct TableReader<'c, 'a> {
+    checker: &'c mut Checker<'a>,
+    path: &'c str,
+    allowed: &'c [&'c str],
+    what: &'c str,
+    own: Option<Spanned<DeTable<'a>>>,
+    model: Option<Spanned<DeTable<'a>>>,
+}
+
+impl SpecReader for TableReader<'_, '_> {
+    fn own<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let table = self.own.take()?;
+        self.checker
+            .deserialize_table(self.path, table, self.allowed, self.what)
+    }
+
+    fn model(&mut self) -> Option<TrainSpec> {
+        let table = self.model.take()?;
+        self.checker
+            .train_spec(self.path, table, self.allowed, self.what)
+    }
+}
+
 /// The most retries and the longest timeout a step may set.
 pub const MAX_RETRIES: u32 = 100;
 pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -1031,39 +880,8 @@ fn input_problems(
             ));
         }
     }
-    if let StepSpec::Write(w) = &step.spec {
-        let lists: Vec<&str> = kinds
-            .iter()
-            .filter(|(_, k)| matches!(k, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
-            .map(|(name, _)| *name)
-            .collect();
-        if w.table.is_some() || w.tables.is_empty() {
-            if lists.len() != 1 {
-                let several = match lists.len() {
-                    0 => "",
-                    _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
-                };
-                problems.push(format!(
-                    "a `write` step needs exactly one list (`user_recs` or `item_recs`), not {}{several}",
-                    lists.len()
-                ));
-            }
-            return problems;
-        }
-        for list in lists.iter().filter(|l| !w.tables.contains_key(**l)) {
-            problems.push(format!(
-                "`{list}` gives a list that `tables` does not name; add `{list} = \"<table>\"` to `tables`"
-            ));
-        }
-        for (need, _) in w.tables.iter().filter(|(n, _)| {
-            kinds.iter().any(|(name, k)| {
-                *name == n.as_str() && !matches!(k, ArtifactKind::UserRecs | ArtifactKind::ItemRecs)
-            })
-        }) {
-            problems.push(format!(
-                "`{need}` in `tables` gives no list; name a `recommend` or `similar_items` step"
-            ));
-        }
+    if let Some(more) = step.spec.input_problems(&kinds) {
+        problems.extend(more);
         return problems;
     }
     for (kind, min, max) in inputs {
@@ -1085,42 +903,12 @@ fn input_problems(
     problems
 }
 
-fn unknown_name<'k>(what: &str, name: &str, known: impl Iterator<Item = &'k String>) -> String {
-    let known: Vec<&str> = known.map(String::as_str).collect();
-    if known.is_empty() {
-        format!("unknown {what} `{name}`; no {what}s are configured in config/")
-    } else {
-        format!(
-            "unknown {what} `{name}`{}; configured {what}s: {}",
-            suggest(name, known.iter().copied()),
-            one_of(&known)
-        )
-    }
-}
-
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
         format!("{path}.{key}")
     }
-}
-
-/// `[a-z][a-z0-9_]*`, plus `-` when `dash` (pipeline names).
-pub fn is_identifier(s: &str, dash: bool) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (dash && c == '-'))
-        && s.len() <= 64
-}
-
-/// A table name every store accepts unquoted, with room for a `__staging_<run>` suffix.
-pub fn is_table_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && s.len() <= 48
 }
 
 /// `needs` by step index: the edges of the DAG (a step needing itself or an
@@ -1141,21 +929,4 @@ fn edges(raw: &[RawStep]) -> Vec<Vec<usize>> {
                 .collect()
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers() {
-        assert!(is_identifier("als_2", false));
-        assert!(!is_identifier("Als", false));
-        assert!(!is_identifier("mail-jobs", false));
-        assert!(is_identifier("mail-jobs", true));
-        assert!(!is_identifier("", true));
-        assert!(is_table_name("User_recs"));
-        assert!(!is_table_name("user recs"));
-        assert!(!is_table_name("x; drop table y"));
-    }
 }

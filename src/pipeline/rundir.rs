@@ -5,6 +5,7 @@
 //! is written last, atomically, after every file it lists is complete; a folder
 //! without one is debris of an interrupted attempt and is cleared before a retry.
 
+pub use crate::config::diagnostic::is_valid_run_id;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -170,15 +171,6 @@ pub struct RunLock {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub root: PathBuf,
-}
-
-/// Run ids become folder names and table suffixes: `[A-Za-z0-9_-]`, 1–64 chars.
-pub fn is_valid_run_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl RunDir {

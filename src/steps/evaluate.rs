@@ -2,24 +2,183 @@
 //! against the popularity baseline, written to `metrics.json` and the manifest, so
 //! every run shows whether the model still earns its keep.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, Float32Array, TimestampMicrosecondArray};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::interactions::IdColumn;
-use super::{StepError, StepOutput, interactions, train};
+use super::kind::{CheckContext, Problem, SpecReader, StepKind, create_output, refuse_flags};
+use super::train::{ModelArgs, PopularSpec, TrainSpec, model_problems};
+use super::{
+    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of,
+    interactions, train,
+};
+use crate::artifact::ArtifactKind;
 use crate::artifact::{self, read_parquet};
 use crate::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
-use crate::steps::spec::{EvaluateSpec, SplitKind, TrainSpec};
 
 pub const METRICS_FILE: &str = "metrics.json";
+
+/// Holds out part of the interactions, fits `model` (any train model, with its
+/// keys) and the popularity baseline on the rest, and records precision, recall,
+/// nDCG, MAP and coverage at `k` of both in the run manifest.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// `random` cells, or each user's latest (`time`, by `ts`).
+    #[serde(default)]
+    pub split: SplitKind,
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    #[serde(default = "super::recommend::default_top_n")]
+    pub k: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Set from the step's `model` key and that model's keys.
+    #[serde(skip_deserializing, default = "default_model")]
+    pub model: TrainSpec,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+
+fn default_model() -> TrainSpec {
+    TrainSpec::Popular(PopularSpec::default())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    #[default]
+    Random,
+    Time,
+}
+
+/// The evaluate step's own keys; its model's keys are added as for a train step.
+const EVALUATE_KEYS: &[&str] = &["split", "test_fraction", "k", "seed", "model"];
+/// The deepest cut-off an evaluation scores.
+pub const MAX_K: usize = 1000;
+
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// An interactions Parquet file.
+    #[arg(long)]
+    input: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// `random` or `time` (each user's latest, by `ts`).
+    #[arg(long, value_enum, default_value = "random")]
+    split: SplitKind,
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for metrics.json.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+impl StepKind for EvaluateSpec {
+    const NAME: &'static str = "evaluate";
+    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> =
+        Some(&[(ArtifactKind::Interactions, 1, 1)]);
+    type Args = EvaluateArgs;
+
+    fn keys() -> &'static [&'static str] {
+        EVALUATE_KEYS
+    }
+
+    fn read(table: &mut impl SpecReader) -> Option<Self> {
+        // Both halves are read so that each reports its problems.
+        match (table.own::<EvaluateSpec>(), table.model()) {
+            (Some(own), Some(model)) => Some(EvaluateSpec { model, ..own }),
+            _ => None,
+        }
+    }
+
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Metrics
+    }
+
+    fn check(&self, _: &CheckContext) -> Vec<Problem> {
+        let mut problems = model_problems(&self.model);
+        problems.extend(evaluate_problems(self));
+        problems
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "model {} against popularity, {:?} hold-out {}",
+            self.model.model(),
+            self.split,
+            self.test_fraction
+        )
+    }
+
+    async fn run(
+        &self,
+        inputs: &[Input],
+        out_dir: &Path,
+        cx: &StepContext,
+        _resources: &Resources,
+    ) -> Result<StepOutput, StepError> {
+        let input = input_of(inputs, ArtifactKind::Interactions)?
+            .dir
+            .join(DATA_FILE);
+        let (spec, out, stop) = (self.clone(), out_dir.to_path_buf(), cx.stop.clone());
+        compute(&cx.pool, move || run(&spec, &input, &out, &stop)).await
+    }
+
+    async fn run_alone(
+        a: EvaluateArgs,
+        _project_dir: &Path,
+        cx: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let spec = EvaluateSpec {
+            split: a.split,
+            test_fraction: a.test_fraction,
+            k: a.k,
+            seed: a.seed,
+            model: a.model.spec()?,
+        };
+        refuse_flags(evaluate_problems(&spec))?;
+        create_output(&a.output)?;
+        let stop = cx.stop.clone();
+        compute(&cx.pool, move || run(&spec, &a.input, &a.output, &stop)).await
+    }
+}
+
+/// Bounds of an evaluation's own keys.
+fn evaluate_problems(spec: &EvaluateSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
+        problems.push(Problem::new(
+            "test_fraction",
+            format!(
+                "must be between 0 and 1 (exclusive), not {}",
+                spec.test_fraction
+            ),
+        ));
+    }
+    if !(1..=MAX_K).contains(&spec.k) {
+        problems.push(Problem::new(
+            "k",
+            format!("must be between 1 and {MAX_K}, not {}", spec.k),
+        ));
+    }
+    problems
+}
 
 /// Blocking: call through [`super::compute`].
 pub fn run(

@@ -1,6 +1,5 @@
-//! Filter lists: `merge_filters` combines deny lists, allow lists and an
-//! item→group map into one filter artifact; [`load`] reads filter artifacts (merged
-//! or a plain `filter` extract) into the model's indices for `recommend` and
+//! Filter artifacts: [`load`] reads them (merged by `merge_filters`, or a plain
+//! `filter` extract) into the model's indices for `recommend` and
 //! `similar_items`, which apply them in one place (`topn::Selection`).
 //!
 //! A merged artifact is a folder with `filters.json` (group cap and provenance),
@@ -10,20 +9,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
-use arrow::compute::{cast, concat_batches, filter_record_batch, is_not_null};
-use arrow::datatypes::DataType;
-use arrow::record_batch::RecordBatch;
+use arrow::array::{Array, StringArray};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::interactions::{self, IdColumn};
-use super::{DATA_FILE, StepError, StepOutput};
+use super::{DATA_FILE, StepError};
 use crate::artifact::{self, read_parquet};
 use crate::models::{Csr, IdMap};
-use crate::steps::spec::GroupsSpec;
 use crate::topn::GroupCaps;
 
 pub const MERGED_FILE: &str = "filters.json";
@@ -40,143 +34,8 @@ pub struct MergedMeta {
     pub sources: Vec<serde_json::Value>,
 }
 
-/// One input of a merge: the step (or name) it came from and its Parquet file.
-#[derive(Debug, Clone)]
-pub struct FilterInput {
-    pub step: String,
-    pub file: PathBuf,
-}
-
-fn err(path: &Path, e: impl std::fmt::Display) -> StepError {
+pub(crate) fn err(path: &Path, e: impl std::fmt::Display) -> StepError {
     StepError::Data(format!("{}: {e}", path.display()))
-}
-
-fn with_source(
-    batch: &RecordBatch,
-    columns: &[&str],
-    source: &str,
-    path: &Path,
-) -> Result<RecordBatch, StepError> {
-    let mut cols: Vec<(&str, ArrayRef)> = Vec::new();
-    for c in columns {
-        let col = batch
-            .column_by_name(c)
-            .ok_or_else(|| err(path, format!("no column `{c}`")))?;
-        cols.push((c, col.clone()));
-    }
-    cols.push((
-        "source",
-        Arc::new(StringArray::from(vec![source; batch.num_rows()])),
-    ));
-    RecordBatch::try_from_iter(cols).map_err(|e| err(path, e))
-}
-
-fn concat(parts: &[RecordBatch], what: &str) -> Result<Option<RecordBatch>, StepError> {
-    let Some(first) = parts.first() else {
-        return Ok(None);
-    };
-    concat_batches(&first.schema(), parts)
-        .map(Some)
-        .map_err(|e| {
-            StepError::Data(format!(
-                "{what}: inputs disagree on id types ({e}); cast ids alike in the SQL"
-            ))
-        })
-}
-
-/// Merges `inputs` into `out_dir`. Blocking.
-pub fn merge(
-    inputs: &[FilterInput],
-    allow: &[String],
-    groups: Option<&GroupsSpec>,
-    out_dir: &Path,
-) -> Result<StepOutput, StepError> {
-    let (mut deny_items, mut deny_pairs, mut allow_items, mut group_rows) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut sources = Vec::new();
-    for input in inputs {
-        let path = input.file.clone();
-        let (_, batches) = read_parquet(&path)?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        if let Some(g) = groups.filter(|g| g.from == input.step) {
-            for b in &batches {
-                let group = b
-                    .column_by_name(&g.column)
-                    .ok_or_else(|| err(&path, format!("no group column `{}`", g.column)))?;
-                let group = cast(group, &DataType::Utf8).map_err(|e| err(&path, e))?;
-                let item = b
-                    .column_by_name("item_id")
-                    .ok_or_else(|| err(&path, "no column `item_id`"))?;
-                let batch =
-                    RecordBatch::try_from_iter([("item_id", item.clone()), ("group", group)])
-                        .map_err(|e| err(&path, e))?;
-                let valid = is_not_null(batch.column(1)).map_err(|e| err(&path, e))?;
-                group_rows.push(filter_record_batch(&batch, &valid).map_err(|e| err(&path, e))?);
-            }
-            sources.push(json!({ "step": input.step, "role": "groups", "rows": rows }));
-        } else if allow.contains(&input.step) {
-            for b in &batches {
-                allow_items.push(with_source(b, &["item_id"], &input.step, &path)?);
-            }
-            sources.push(json!({ "step": input.step, "role": "allow", "rows": rows }));
-        } else {
-            let (mut items, mut pairs) = (0usize, 0usize);
-            for b in &batches {
-                let is_pair: BooleanArray = match b.column_by_name("user_id") {
-                    Some(u) => is_not_null(u).map_err(|e| err(&path, e))?,
-                    None => BooleanArray::from(vec![false; b.num_rows()]),
-                };
-                let is_item = arrow::compute::not(&is_pair).map_err(|e| err(&path, e))?;
-                let item_rows = filter_record_batch(b, &is_item).map_err(|e| err(&path, e))?;
-                let pair_rows = filter_record_batch(b, &is_pair).map_err(|e| err(&path, e))?;
-                items += item_rows.num_rows();
-                pairs += pair_rows.num_rows();
-                if item_rows.num_rows() > 0 {
-                    deny_items.push(with_source(&item_rows, &["item_id"], &input.step, &path)?);
-                }
-                if pair_rows.num_rows() > 0 {
-                    deny_pairs.push(with_source(
-                        &pair_rows,
-                        &["user_id", "item_id"],
-                        &input.step,
-                        &path,
-                    )?);
-                }
-            }
-            sources.push(json!({ "step": input.step, "role": "deny", "rows": rows, "items": items, "pairs": pairs }));
-        }
-    }
-    let mut files = Vec::new();
-    let mut parts_written = Vec::new();
-    let mut total = 0u64;
-    for (name, parts) in [
-        ("deny_items.parquet", deny_items),
-        ("deny_pairs.parquet", deny_pairs),
-        ("allow_items.parquet", allow_items),
-        ("groups.parquet", group_rows),
-    ] {
-        if let Some(batch) = concat(&parts, name)? {
-            total += batch.num_rows() as u64;
-            parts_written.push(name.to_string());
-            files.push(artifact::write_parquet(
-                &out_dir.join(name),
-                batch.schema(),
-                &[batch],
-            )?);
-        }
-    }
-    let meta = MergedMeta {
-        group_cap: groups.map(|g| g.cap),
-        allow: !allow.is_empty(),
-        parts: parts_written,
-        sources: sources.clone(),
-    };
-    files.push(artifact::write_json(&out_dir.join(MERGED_FILE), &meta)?);
-    Ok(StepOutput {
-        files,
-        rows: total,
-        details: json!({ "sources": sources, "group_cap": meta.group_cap }),
-    })
 }
 
 /// Per source list: the items it denies to everyone and the (user, item) pairs.

@@ -1,6 +1,8 @@
 //! Step kinds: the glue between artifact files and the pure code in `models/`,
-//! `topn/`, `sources/` and `sinks/`. The daemon and `recpipe step <kind>` call the
-//! same functions here, so a step run alone behaves as it does in a pipeline.
+//! `topn/`, `sources/` and `sinks/`. Each kind is one module implementing
+//! [`StepKind`], listed once below in `step_kinds!`; the daemon and `recpipe
+//! step <kind>` run the same code, so a step run alone behaves as it does in a
+//! pipeline.
 //!
 //! Invariant: CPU-heavy work goes through [`compute`] onto the rayon pool and
 //! blocking file I/O through `spawn_blocking`; no step blocks a tokio worker.
@@ -9,10 +11,12 @@ pub mod evaluate;
 pub mod extract;
 pub mod filters;
 pub mod interactions;
+pub mod kind;
 pub mod memory;
+pub mod merge_filters;
 pub mod model_io;
 pub mod recommend;
-pub mod spec;
+pub mod similar_items;
 pub mod train;
 pub mod write;
 
@@ -24,12 +28,29 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{ArtifactError, ArtifactKind, FileEntry, Role};
+use crate::artifact::{ArtifactError, ArtifactKind, FileEntry};
 use crate::config::Settings;
 use crate::models::{StopFlag, Stopped};
-use crate::sinks::{AnySink, ListFile, SinkError};
+use crate::sinks::{AnySink, SinkError};
 use crate::sources::{AnySource, SourceError};
-use crate::steps::spec::StepSpec;
+use kind::{CheckContext, Problem, SpecReader, StepKind, Target, step_kinds};
+
+step_kinds! {
+    /// Run an SQL file and store the checked result as Parquet.
+    Extract(extract::ExtractSpec),
+    /// Fit a model on an interactions file.
+    Train(train::TrainSpec),
+    /// Top-N items per user from a model, seen items and filters removed.
+    Recommend(recommend::RecommendSpec),
+    /// Top-N similar items per item from a factor model, filtered items removed.
+    SimilarItems(similar_items::SimilarItemsSpec),
+    /// Merge filter lists into one filter artifact (deny, allow, group caps).
+    MergeFilters(merge_filters::MergeFiltersSpec),
+    /// Hold out part of an interactions file and score a model against popularity.
+    Evaluate(evaluate::EvaluateSpec),
+    /// Publish a list file to a configured sink, atomically.
+    Write(write::WriteSpec),
+}
 
 /// The file name of table artifacts (extracts and lists).
 pub const DATA_FILE: &str = "data.parquet";
@@ -59,139 +80,6 @@ impl Resources {
             sinks,
         }
     }
-}
-
-/// Runs one pipeline step: reads `inputs`, writes its artifact into `out_dir`.
-pub async fn run(
-    spec: &StepSpec,
-    inputs: &[Input],
-    out_dir: &Path,
-    cx: &StepContext,
-    resources: &Resources,
-) -> Result<StepOutput, StepError> {
-    let data = |i: &Input| i.dir.join(DATA_FILE);
-    match spec {
-        StepSpec::Extract(e) => {
-            // Validation guarantees the name; a stale settings object is a bug, not input.
-            let source = resources.sources.get(&e.source).cloned().ok_or_else(|| {
-                StepError::Data(format!("source `{}` is not configured", e.source))
-            })?;
-            let sql_path = crate::steps::spec::sql_path(&resources.settings, &e.sql)
-                .map_err(StepError::Data)?;
-            let job = extract::ExtractJob {
-                source,
-                sql_path,
-                params: e.params.clone(),
-                role: e.role,
-                allow_empty: e.allow_empty.unwrap_or(e.role == Role::Filter),
-            };
-            extract::run(job, out_dir.join(DATA_FILE), cx).await
-        }
-        StepSpec::Train(t) => {
-            let input = data(input_of(inputs, ArtifactKind::Interactions)?);
-            let (t, out, stop) = (t.clone(), out_dir.to_path_buf(), cx.stop.clone());
-            compute(&cx.pool, move || train::run(&t, &input, &out, &stop)).await
-        }
-        StepSpec::Recommend(r) => {
-            let mut job = list_job(inputs, cx, r.top_n, r.min_score)?;
-            (job.min_coverage, job.allow_empty) = (r.min_coverage, r.allow_empty);
-            job.exclude_seen = r.exclude_seen;
-            job.interactions = inputs
-                .iter()
-                .find(|i| i.kind == ArtifactKind::Interactions)
-                .map(data);
-            let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
-            compute(&cx.pool, move || recommend::run(&job, &out, &stop)).await
-        }
-        StepSpec::Evaluate(e) => {
-            let input = data(input_of(inputs, ArtifactKind::Interactions)?);
-            let (e, out, stop) = (e.clone(), out_dir.to_path_buf(), cx.stop.clone());
-            compute(&cx.pool, move || evaluate::run(&e, &input, &out, &stop)).await
-        }
-        StepSpec::MergeFilters(m) => {
-            let sources: Vec<filters::FilterInput> = inputs
-                .iter()
-                .map(|i| filters::FilterInput {
-                    step: i.step.clone(),
-                    file: data(i),
-                })
-                .collect();
-            let (m, out) = (m.clone(), out_dir.to_path_buf());
-            tokio::task::spawn_blocking(move || {
-                filters::merge(&sources, &m.allow, m.groups.as_ref(), &out)
-            })
-            .await
-            .map_err(|e| StepError::Panic(e.to_string()))?
-        }
-        StepSpec::SimilarItems(r) => {
-            let mut job = list_job(inputs, cx, r.top_n, r.min_score)?;
-            (job.min_coverage, job.allow_empty) = (r.min_coverage, r.allow_empty);
-            let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
-            compute(&cx.pool, move || recommend::similar(&job, &out, &stop)).await
-        }
-        StepSpec::Write(w) => {
-            let sink =
-                resources.sinks.get(&w.sink).cloned().ok_or_else(|| {
-                    StepError::Data(format!("sink `{}` is not configured", w.sink))
-                })?;
-            // Validation guarantees a table for every list among the inputs.
-            let list_steps: Vec<&str> = inputs
-                .iter()
-                .filter(|i| matches!(i.kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs))
-                .map(|i| i.step.as_str())
-                .collect();
-            let lists = w
-                .targets(&list_steps)
-                .into_iter()
-                .map(|(step, table)| {
-                    let input = inputs.iter().find(|i| i.step == step).ok_or_else(|| {
-                        StepError::Data(format!("`tables` names `{step}`, which is not an input"))
-                    })?;
-                    Ok(ListFile {
-                        table: table.to_string(),
-                        input: data(input),
-                    })
-                })
-                .collect::<Result<Vec<_>, StepError>>()?;
-            if lists.is_empty() {
-                return Err(StepError::Data("no list to write".into()));
-            }
-            let job = write::WriteJob {
-                sink,
-                lists,
-                version: cx.run_id.clone(),
-                allow_empty: w.allow_empty,
-            };
-            tokio::task::spawn_blocking(move || write::run(&job))
-                .await
-                .map_err(|e| StepError::Panic(e.to_string()))?
-        }
-    }
-}
-
-/// The model and filters a list step reads from its inputs.
-fn list_job(
-    inputs: &[Input],
-    cx: &StepContext,
-    top_n: usize,
-    min_score: Option<f32>,
-) -> Result<recommend::RecommendJob, StepError> {
-    Ok(recommend::RecommendJob {
-        model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
-        interactions: None,
-        filters: inputs
-            .iter()
-            .filter(|i| i.kind == ArtifactKind::Filter)
-            .map(|i| i.dir.clone())
-            .collect(),
-        top_n,
-        exclude_seen: false,
-        min_score,
-        min_coverage: 0.0,
-        allow_empty: true,
-        run_id: cx.run_id.clone(),
-        generated_at: Utc::now(),
-    })
 }
 
 /// What a step knows about the run it belongs to.
@@ -274,6 +162,9 @@ pub enum StepError {
     Stopped(#[from] Stopped),
     #[error("panicked: {0}")]
     Panic(String),
+    /// A bug: something validation guarantees was not so.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Stopped waiting for an attempt that did not end: not retried.
     #[error("{0}")]
     Abandoned(String),
@@ -297,6 +188,7 @@ impl StepError {
             | StepError::Data(_)
             | StepError::Stopped(_)
             | StepError::Panic(_)
+            | StepError::Internal(_)
             | StepError::Abandoned(_) => false,
         }
     }
@@ -329,8 +221,20 @@ where
     match rx.await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(StepError::Panic(panic_message(&panic))),
-        Err(_) => Err(StepError::Panic("compute task vanished".into())),
+        Err(_) => Err(StepError::Internal("compute task vanished".into())),
     }
+}
+
+/// Runs blocking file or network I/O on tokio's blocking pool; a panic becomes
+/// [`StepError::Panic`].
+pub async fn blocking<T, F>(f: F) -> Result<T, StepError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StepError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StepError::Panic(e.to_string()))?
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -365,6 +269,39 @@ pub fn input_of(inputs: &[Input], kind: ArtifactKind) -> Result<&Input, StepErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The variant name gives the serde tag and the subcommand; `NAME` gives the
+    /// key the loader matches. The three must agree.
+    #[test]
+    fn each_kind_has_one_name() {
+        let cmd =
+            <StepCommand as clap::Subcommand>::augment_subcommands(clap::Command::new("step"));
+        let commands: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let kinds: Vec<String> = StepSpec::KINDS
+            .iter()
+            .map(|k| k.replace('_', "-"))
+            .collect();
+        assert_eq!(commands, kinds);
+        let spec = StepSpec::read("merge_filters", &mut Empty).unwrap();
+        let tag = serde_json::to_value(&spec).unwrap()["kind"].clone();
+        assert_eq!(tag, spec.kind());
+    }
+
+    /// A table with no keys.
+    struct Empty;
+
+    impl SpecReader for Empty {
+        fn own<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+            serde_json::from_value(serde_json::json!({})).ok()
+        }
+
+        fn model(&mut self) -> Option<train::TrainSpec> {
+            None
+        }
+    }
 
     #[tokio::test]
     async fn compute_turns_panic_into_error() {

@@ -16,10 +16,15 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{StepError, StepOutput, filters, interactions, model_io};
-use crate::artifact::ParquetWriter;
+use super::kind::{CheckContext, Problem, StepKind, refuse_flags};
+use super::{
+    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, input_of,
+    interactions, model_io,
+};
+use crate::artifact::{ArtifactKind, ParquetWriter};
 use crate::models::ids::Ids;
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
 use crate::topn::{self, Scored, Selection};
@@ -38,6 +43,193 @@ const BLOCK_ENTRIES: usize = USER_BLOCK * 16;
 /// List entries a symmetric model may compute at once (all items in one pass, at
 /// half the cost): about 170 MB; more items than that go through blocks.
 const SYMMETRIC_MAX_ENTRIES: usize = 16 * BLOCK_ENTRIES;
+
+/// Top-N items per user from a trained model.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendSpec {
+    #[serde(default = "default_top_n")]
+    pub top_n: usize,
+    /// Leave out the items each user already interacted with.
+    #[serde(default = "yes")]
+    pub exclude_seen: bool,
+    /// Leave out items scoring below this.
+    #[serde(default)]
+    pub min_score: Option<f32>,
+    /// The step fails when fewer than this share of users get a list, so a
+    /// degenerate model never replaces a good list.
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+    /// An empty list is a failure unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+pub(crate) fn default_min_coverage() -> f64 {
+    0.5
+}
+
+pub(crate) fn default_top_n() -> usize {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The longest list a list step makes.
+pub const MAX_TOP_N: usize = 10_000;
+/// Bounds of a list step's `top_n`, `min_score` and `min_coverage` (pipeline
+/// files and `recpipe step recommend|similar-items` check the same).
+pub fn list_problems(top_n: usize, min_score: Option<f32>, min_coverage: f64) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if !(1..=MAX_TOP_N).contains(&top_n) {
+        problems.push(Problem::new(
+            "top_n",
+            format!("must be between 1 and {MAX_TOP_N}, not {top_n}"),
+        ));
+    }
+    if let Some(m) = min_score.filter(|m| !m.is_finite()) {
+        problems.push(Problem::new(
+            "min_score",
+            format!("must be a finite number, not {m}"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&min_coverage) {
+        problems.push(Problem::new(
+            "min_coverage",
+            format!("must be between 0 and 1, not {min_coverage}"),
+        ));
+    }
+    problems
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// A model folder written by `step train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Whose seen items to exclude (default: the model's training data).
+    #[arg(long)]
+    interactions: Option<PathBuf>,
+    /// Filter lists to apply: `item_id` [, `user_id`] files, or filter artifact folders
+    /// (a `merge_filters` output carries allow lists and group caps too).
+    #[arg(long)]
+    filter: Vec<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    top_n: usize,
+    /// Leave out items scoring below this.
+    #[arg(long)]
+    min_score: Option<f32>,
+    /// Keep items the user already interacted with (`recommend` only).
+    #[arg(long)]
+    keep_seen: bool,
+    /// Fail when fewer than this share of users (items) get a list.
+    #[arg(long, default_value_t = 0.5)]
+    min_coverage: f64,
+    /// Write an empty list instead of failing.
+    #[arg(long)]
+    allow_empty: bool,
+    #[arg(long, default_value = "cli")]
+    run_id: String,
+    #[arg(long)]
+    output: PathBuf,
+}
+
+impl RecommendJob {
+    /// A list step's job in a pipeline: the model and filters among its inputs.
+    pub fn of_inputs(
+        inputs: &[Input],
+        cx: &StepContext,
+        top_n: usize,
+        min_score: Option<f32>,
+    ) -> Result<Self, StepError> {
+        Ok(RecommendJob {
+            model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
+            interactions: None,
+            filters: inputs
+                .iter()
+                .filter(|i| i.kind == ArtifactKind::Filter)
+                .map(|i| i.dir.clone())
+                .collect(),
+            top_n,
+            exclude_seen: false,
+            min_score,
+            min_coverage: 0.0,
+            allow_empty: true,
+            run_id: cx.run_id.clone(),
+            generated_at: Utc::now(),
+        })
+    }
+
+    /// A list command's job, its arguments checked as a pipeline's keys are.
+    pub fn of_args(a: ListArgs) -> Result<(Self, PathBuf), StepError> {
+        refuse_flags(list_problems(a.top_n, a.min_score, a.min_coverage))?;
+        let job = RecommendJob {
+            model_dir: a.model,
+            interactions: a.interactions,
+            filters: a.filter,
+            top_n: a.top_n,
+            exclude_seen: !a.keep_seen,
+            min_score: a.min_score,
+            min_coverage: a.min_coverage,
+            allow_empty: a.allow_empty,
+            run_id: a.run_id,
+            generated_at: Utc::now(),
+        };
+        Ok((job, a.output))
+    }
+}
+
+impl StepKind for RecommendSpec {
+    const NAME: &'static str = "recommend";
+    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+        (ArtifactKind::Model, 1, 1),
+        (ArtifactKind::Interactions, 0, 1),
+        (ArtifactKind::Filter, 0, usize::MAX),
+    ]);
+    type Args = ListArgs;
+
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::UserRecs
+    }
+
+    fn check(&self, _: &CheckContext) -> Vec<Problem> {
+        list_problems(self.top_n, self.min_score, self.min_coverage)
+    }
+
+    fn describe(&self) -> String {
+        format!("top {} per user", self.top_n)
+    }
+
+    async fn run(
+        &self,
+        inputs: &[Input],
+        out_dir: &Path,
+        cx: &StepContext,
+        _resources: &Resources,
+    ) -> Result<StepOutput, StepError> {
+        let mut job = RecommendJob::of_inputs(inputs, cx, self.top_n, self.min_score)?;
+        (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
+        job.exclude_seen = self.exclude_seen;
+        job.interactions = inputs
+            .iter()
+            .find(|i| i.kind == ArtifactKind::Interactions)
+            .map(|i| i.dir.join(DATA_FILE));
+        let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
+        compute(&cx.pool, move || run(&job, &out, &stop)).await
+    }
+
+    async fn run_alone(
+        a: ListArgs,
+        _project_dir: &Path,
+        cx: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let (job, out) = RecommendJob::of_args(a)?;
+        let stop = cx.stop.clone();
+        compute(&cx.pool, move || run(&job, &out, &stop)).await
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RecommendJob {
@@ -58,7 +250,7 @@ pub struct RecommendJob {
 }
 
 /// Names of the two id columns of a list.
-struct ListShape {
+pub(crate) struct ListShape {
     row_column: &'static str,
     item_column: &'static str,
 }
@@ -67,17 +259,17 @@ const USER_LIST: ListShape = ListShape {
     row_column: "user_id",
     item_column: "item_id",
 };
-const ITEM_LIST: ListShape = ListShape {
+pub(crate) const ITEM_LIST: ListShape = ListShape {
     row_column: "item_id",
     item_column: "similar_item_id",
 };
 
 /// What [`write_lists`] wrote.
-struct Written {
-    rows: u64,
+pub(crate) struct Written {
+    pub(crate) rows: u64,
     /// Query rows (users or items) that got a list of at least one item.
-    covered: usize,
-    file: crate::artifact::FileEntry,
+    pub(crate) covered: usize,
+    pub(crate) file: crate::artifact::FileEntry,
 }
 
 impl Written {
@@ -85,7 +277,7 @@ impl Written {
     /// rows than `job` asks for: such a list comes from a degenerate model or
     /// filter (NaN factors, a `min_score` nothing reaches) and would replace a
     /// good list. The step fails, so the previous list stays published.
-    fn check(&self, job: &RecommendJob, of: usize, what: &str) -> Result<(), StepError> {
+    pub(crate) fn check(&self, job: &RecommendJob, of: usize, what: &str) -> Result<(), StepError> {
         if job.allow_empty {
             return Ok(());
         }
@@ -106,7 +298,7 @@ impl Written {
 
 /// Scores every row of `rows_ids` and streams the lists to `output`.
 #[allow(clippy::too_many_arguments)]
-fn write_lists(
+pub(crate) fn write_lists(
     model: &dyn Recommender,
     shape: &ListShape,
     row_ids: &IdMap,
@@ -189,53 +381,6 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
             "excluded_seen": seen.as_ref().map_or(0, Csr::nnz),
             "denied_items": filters.blocked_items.len(),
             "denied_pairs": filters.pairs.nnz(),
-            "filters": filters.provenance,
-        }),
-        files: vec![written.file],
-    })
-}
-
-/// Item→item lists: the most similar items of every item, itself excluded and
-/// filtered items (their `item_id` rows; pair rows do not apply) removed.
-pub fn similar(
-    job: &RecommendJob,
-    output: &Path,
-    stop: &StopFlag,
-) -> Result<StepOutput, StepError> {
-    let loaded = model_io::load(&job.model_dir)?;
-    let similarity = loaded.fitted.similarity().ok_or_else(|| {
-        StepError::Data(format!(
-            "model `{}` has no item similarity; train `als` or `item_item` for similar items",
-            loaded.meta.model
-        ))
-    })?;
-    let filters = filters::load(&job.filters, &loaded.users, &loaded.items)?;
-    let selection = Selection {
-        k: job.top_n,
-        blocked_items: &filters.blocked_items,
-        exclude_self: true,
-        min_score: job.min_score,
-        groups: filters.groups.as_ref(),
-        ..Selection::default()
-    };
-    let written = write_lists(
-        similarity.as_ref(),
-        &ITEM_LIST,
-        &loaded.items,
-        &loaded.items,
-        &selection,
-        (&job.run_id, job.generated_at),
-        output,
-        stop,
-    )?;
-    written.check(job, loaded.items.len(), "items")?;
-    Ok(StepOutput {
-        rows: written.rows,
-        details: json!({
-            "items": loaded.items.len(),
-            "items_covered": written.covered,
-            "top_n": job.top_n,
-            "denied_items": filters.blocked_items.len(),
             "filters": filters.provenance,
         }),
         files: vec![written.file],

@@ -10,18 +10,300 @@
 //! as one group ([`Sink::publish_group`](crate::sinks::Sink::publish_group)):
 //! if any is refused, none is published.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, Float64Array, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
+use chrono::Utc;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{StepError, StepOutput};
+use super::kind::{CheckContext, Problem, StepKind, Target, settings_of};
+use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, blocking};
+use crate::artifact::ArtifactKind;
+use crate::config::diagnostic::{is_table_name, unknown_name};
 use crate::sinks::{AnySink, ListFile, Published};
+
+/// Publishes a list to a named sink as `table`, atomically; or several lists
+/// together, `tables = { <need> = "<table>", … }`, switched as one where the
+/// sink can (PostgreSQL: one transaction).
+///
+/// Keys absent from a file are not serialized, so adding them did not change the
+/// fingerprint (`spec_hash`) of existing write steps.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteSpec {
+    pub sink: String,
+    /// The table of the step's one list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table of each list, by the step (in `needs`) that makes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, String>,
+    /// Publish an empty list too; by default an empty list fails the step and
+    /// the previous list stays current.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_empty: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl WriteSpec {
+    /// `(list step, table)` for each list this step publishes; `list_steps` are
+    /// the steps among its needs that make a list (for the `table` form, the one).
+    pub fn targets<'a>(&'a self, list_steps: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        match &self.table {
+            Some(table) => list_steps.iter().map(|s| (*s, table.as_str())).collect(),
+            None => self
+                .tables
+                .iter()
+                .map(|(s, t)| (s.as_str(), t.as_str()))
+                .collect(),
+        }
+    }
+
+    /// The tables this step publishes, in the order they are published.
+    pub fn table_names(&self) -> Vec<&str> {
+        match &self.table {
+            Some(table) => vec![table.as_str()],
+            None => self.tables.values().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct WriteArgs {
+    #[arg(long)]
+    input: PathBuf,
+    /// A sink from the settings.
+    #[arg(long)]
+    sink: String,
+    #[arg(long)]
+    table: String,
+    /// The version name. Writing the same version with the same list again does
+    /// nothing; with a different list, publishes it.
+    #[arg(long)]
+    version: Option<String>,
+    /// Publish the list even if it has no rows (by default an empty list is
+    /// refused and the previous list stays current).
+    #[arg(long)]
+    allow_empty: bool,
+}
+
+fn is_list(kind: ArtifactKind) -> bool {
+    matches!(kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs)
+}
+
+impl StepKind for WriteSpec {
+    const NAME: &'static str = "write";
+    // One list, or one per entry of `tables` (see `input_problems`).
+    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+        (ArtifactKind::UserRecs, 0, 1),
+        (ArtifactKind::ItemRecs, 0, 1),
+    ]);
+    type Args = WriteArgs;
+
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Published
+    }
+
+    fn check(&self, cx: &CheckContext) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !cx.settings.sinks.contains_key(&self.sink) {
+            let message = unknown_name("sink", &self.sink, cx.settings.sinks.keys());
+            problems.push(Problem::new("sink", message));
+        }
+        let bad_name = |t: &str| {
+            format!(
+                "`{t}` is not a valid table name; use letters, digits and `_`, starting with a letter (at most 48 characters)"
+            )
+        };
+        match (&self.table, self.tables.is_empty()) {
+            (Some(_), false) => problems.push(Problem::new(
+                "tables",
+                "set `table` (one list) or `tables` (several lists published together), not both",
+            )),
+            (None, true) => problems.push(Problem::new(
+                "table",
+                "missing `table`; name the table to publish to, or publish several lists together with `tables = { <step> = \"<table>\", … }`",
+            )),
+            (Some(t), true) if !is_table_name(t) => problems.push(Problem::new("table", bad_name(t))),
+            _ => {}
+        }
+        let mut seen = BTreeSet::new();
+        for (need, table) in self.tables.iter().filter(|_| self.table.is_none()) {
+            let key = format!("tables.{need}");
+            if !cx.needs.contains(need) {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "`{need}` is not in this step's `needs`; name the step that makes the list"
+                    ),
+                ));
+            } else if !is_table_name(table) {
+                problems.push(Problem::new(key, bad_name(table)));
+            } else if !seen.insert(table.as_str()) {
+                problems.push(Problem::new(
+                    key,
+                    format!("table `{table}` is named twice; give each list its own table"),
+                ));
+            }
+        }
+        problems
+    }
+
+    fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
+        let lists: Vec<&str> = given
+            .iter()
+            .filter(|(_, k)| is_list(*k))
+            .map(|(name, _)| *name)
+            .collect();
+        if self.table.is_some() || self.tables.is_empty() {
+            if lists.len() == 1 {
+                return Some(Vec::new());
+            }
+            let several = match lists.len() {
+                0 => "",
+                _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
+            };
+            return Some(vec![format!(
+                "a `write` step needs exactly one list (`user_recs` or `item_recs`), not {}{several}",
+                lists.len()
+            )]);
+        }
+        let unnamed = lists.iter().filter(|l| !self.tables.contains_key(**l)).map(|list| {
+            format!(
+                "`{list}` gives a list that `tables` does not name; add `{list} = \"<table>\"` to `tables`"
+            )
+        });
+        let not_lists = self
+            .tables
+            .keys()
+            .filter(|n| given.iter().any(|(name, k)| name == n && !is_list(*k)))
+            .map(|need| {
+                format!(
+                    "`{need}` in `tables` gives no list; name a `recommend` or `similar_items` step"
+                )
+            });
+        Some(unnamed.chain(not_lists).collect())
+    }
+
+    fn publishes(&self) -> Vec<Target<'_>> {
+        let key = if self.table.is_some() {
+            "table"
+        } else {
+            "tables"
+        };
+        self.table_names()
+            .into_iter()
+            .map(|table| Target {
+                key,
+                sink: &self.sink,
+                table,
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        match &self.table {
+            Some(table) => format!("to sink `{}` table `{table}`", self.sink),
+            None => format!(
+                "to sink `{}` tables {} (published together)",
+                self.sink,
+                self.tables
+                    .iter()
+                    .map(|(step, table)| format!("`{table}` ← {step}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    async fn run(
+        &self,
+        inputs: &[Input],
+        _out_dir: &Path,
+        cx: &StepContext,
+        resources: &Resources,
+    ) -> Result<StepOutput, StepError> {
+        // Validation guarantees the sink and a table for every list among the
+        // inputs: their absence is a bug.
+        let sink = resources.sinks.get(&self.sink).cloned().ok_or_else(|| {
+            StepError::Internal(format!("sink `{}` is not configured", self.sink))
+        })?;
+        let list_steps: Vec<&str> = inputs
+            .iter()
+            .filter(|i| is_list(i.kind))
+            .map(|i| i.step.as_str())
+            .collect();
+        let lists = self
+            .targets(&list_steps)
+            .into_iter()
+            .map(|(step, table)| {
+                let input = inputs.iter().find(|i| i.step == step).ok_or_else(|| {
+                    StepError::Internal(format!("`tables` names `{step}`, which is not an input"))
+                })?;
+                Ok(ListFile {
+                    table: table.to_string(),
+                    input: input.dir.join(DATA_FILE),
+                })
+            })
+            .collect::<Result<Vec<_>, StepError>>()?;
+        if lists.is_empty() {
+            return Err(StepError::Internal("no list to write".into()));
+        }
+        let job = WriteJob {
+            sink,
+            lists,
+            version: cx.run_id.clone(),
+            allow_empty: self.allow_empty,
+        };
+        blocking(move || run(&job)).await
+    }
+
+    async fn run_alone(
+        a: WriteArgs,
+        project_dir: &Path,
+        _cx: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let settings = settings_of(project_dir)?;
+        let config = settings
+            .sinks
+            .get(&a.sink)
+            .ok_or_else(|| StepError::Data(format!("unknown sink `{}`", a.sink)))?;
+        if !is_table_name(&a.table) {
+            return Err(StepError::Data(format!(
+                "`{}` is not a valid table name",
+                a.table
+            )));
+        }
+        let version = a.version.unwrap_or_else(|| {
+            format!("cli-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "-")
+        });
+        if !crate::config::diagnostic::is_valid_run_id(&version) {
+            return Err(StepError::Data(format!(
+                "`{version}` is not a valid version name"
+            )));
+        }
+        let job = WriteJob {
+            sink: AnySink::from_config(&a.sink, config),
+            lists: vec![ListFile {
+                table: a.table,
+                input: a.input,
+            }],
+            version,
+            allow_empty: a.allow_empty,
+        };
+        blocking(move || run(&job)).await
+    }
+}
 
 /// What one write step publishes, resolved from the pipeline or the command line.
 #[derive(Debug, Clone)]

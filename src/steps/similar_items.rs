@@ -1,0 +1,126 @@
+//! `similar_items`: the most similar items of every item (item→item lists) from a
+//! model artifact, filtered items removed. The lists follow `item_id,
+//! similar_item_id, rank, score, run_id, generated_at`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::kind::{CheckContext, Problem, StepKind};
+use super::recommend::{
+    ITEM_LIST, ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems,
+    write_lists,
+};
+use super::{
+    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, model_io,
+};
+use crate::artifact::ArtifactKind;
+use crate::models::StopFlag;
+use crate::topn::Selection;
+
+/// Top-N similar items per item from a trained model (item→item lists).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarItemsSpec {
+    #[serde(default = "default_top_n")]
+    pub top_n: usize,
+    #[serde(default)]
+    pub min_score: Option<f32>,
+    /// As for `recommend`, the share of items that must get a list.
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+impl StepKind for SimilarItemsSpec {
+    const NAME: &'static str = "similar_items";
+    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+        (ArtifactKind::Model, 1, 1),
+        (ArtifactKind::Filter, 0, usize::MAX),
+    ]);
+    type Args = ListArgs;
+
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::ItemRecs
+    }
+
+    fn check(&self, _: &CheckContext) -> Vec<Problem> {
+        list_problems(self.top_n, self.min_score, self.min_coverage)
+    }
+
+    fn describe(&self) -> String {
+        format!("top {} similar items per item", self.top_n)
+    }
+
+    async fn run(
+        &self,
+        inputs: &[Input],
+        out_dir: &Path,
+        cx: &StepContext,
+        _resources: &Resources,
+    ) -> Result<StepOutput, StepError> {
+        let mut job = RecommendJob::of_inputs(inputs, cx, self.top_n, self.min_score)?;
+        (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
+        let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
+        compute(&cx.pool, move || similar(&job, &out, &stop)).await
+    }
+
+    async fn run_alone(
+        a: ListArgs,
+        _project_dir: &Path,
+        cx: &StepContext,
+    ) -> Result<StepOutput, StepError> {
+        let (job, out) = RecommendJob::of_args(a)?;
+        let stop = cx.stop.clone();
+        compute(&cx.pool, move || similar(&job, &out, &stop)).await
+    }
+}
+
+/// Item→item lists: the most similar items of every item, itself excluded and
+/// filtered items (their `item_id` rows; pair rows do not apply) removed.
+pub fn similar(
+    job: &RecommendJob,
+    output: &Path,
+    stop: &StopFlag,
+) -> Result<StepOutput, StepError> {
+    let loaded = model_io::load(&job.model_dir)?;
+    let similarity = loaded.fitted.similarity().ok_or_else(|| {
+        StepError::Data(format!(
+            "model `{}` has no item similarity; train `als` or `item_item` for similar items",
+            loaded.meta.model
+        ))
+    })?;
+    let filters = filters::load(&job.filters, &loaded.users, &loaded.items)?;
+    let selection = Selection {
+        k: job.top_n,
+        blocked_items: &filters.blocked_items,
+        exclude_self: true,
+        min_score: job.min_score,
+        groups: filters.groups.as_ref(),
+        ..Selection::default()
+    };
+    let written = write_lists(
+        similarity.as_ref(),
+        &ITEM_LIST,
+        &loaded.items,
+        &loaded.items,
+        &selection,
+        (&job.run_id, job.generated_at),
+        output,
+        stop,
+    )?;
+    written.check(job, loaded.items.len(), "items")?;
+    Ok(StepOutput {
+        rows: written.rows,
+        details: json!({
+            "items": loaded.items.len(),
+            "items_covered": written.covered,
+            "top_n": job.top_n,
+            "denied_items": filters.blocked_items.len(),
+            "filters": filters.provenance,
+        }),
+        files: vec![written.file],
+    })
+}
