@@ -15,9 +15,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use recpipe::eval::{self, Metrics};
-use recpipe::models::als::{self, AlsParams};
 use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
+use recpipe::steps::model::als::AlsSpec;
 use recpipe::topn::{self, Selection};
 
 use super::Failure;
@@ -51,7 +51,8 @@ pub struct BenchArgs {
 /// JSON line.
 pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let split = read_split(&a.split, a.positive_min).map_err(|e| Failure::BadInput(anyhow!(e)))?;
-    let params = AlsParams {
+    // The anchors' protocol, not the pipeline defaults: see the README.
+    let spec = AlsSpec {
         factors: a.factors,
         iterations: a.iterations,
         regularization: a.regularization,
@@ -61,7 +62,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     };
     let pool = recpipe::steps::compute_pool(a.threads).map_err(|e| Failure::Failed(e.into()))?;
     let result = pool
-        .install(|| measure(&split, &params, a.repeats))
+        .install(|| measure(&split, &spec, a.repeats))
         .map_err(|e| Failure::BadInput(anyhow!(e)))?;
     println!(
         "{}",
@@ -232,7 +233,7 @@ fn reset_peak_rss() -> bool {
 }
 
 /// Fits, times rec-all and sim-all (minimum over `repeats`), and evaluates.
-pub fn measure(split: &Split, params: &AlsParams, repeats: usize) -> Result<BenchResult, String> {
+pub fn measure(split: &Split, spec: &AlsSpec, repeats: usize) -> Result<BenchResult, String> {
     let stop = StopFlag::default();
     let load_peak = peak_rss_mb();
     let reset = reset_peak_rss();
@@ -243,7 +244,10 @@ pub fn measure(split: &Split, params: &AlsParams, repeats: usize) -> Result<Benc
         // count two models in the peak.
         drop(model.take());
         let start = Instant::now();
-        let (m, _) = als::fit(&split.train, params, &stop).expect("not stopped");
+        // The fit a train step runs, memory check included.
+        let (m, _) = spec
+            .fit_als(&split.train, &stop)
+            .map_err(|e| e.to_string())?;
         fit_s = fit_s.min(start.elapsed().as_secs_f64());
         model = Some(m);
     }
@@ -278,7 +282,7 @@ pub fn measure(split: &Split, params: &AlsParams, repeats: usize) -> Result<Benc
     let model_peak = peak_rss_mb();
     let metrics =
         eval::evaluate(&model, split.seen(), &split.test()?, 10, &stop).expect("not stopped");
-    let flops = 2.0 * users.len() as f64 * items.len() as f64 * params.factors as f64;
+    let flops = 2.0 * users.len() as f64 * items.len() as f64 * spec.factors as f64;
     let csr_bytes = |m: &Csr| (m.indptr.len() * 8 + m.indices.len() * 4 + m.data.len() * 4) as f64;
     let factor_bytes = ((model.user_factors.len() + model.item_factors.len()) * 4) as f64;
     Ok(BenchResult {

@@ -23,7 +23,7 @@ use crate::config::introspect::fields;
 use crate::config::settings::{Settings, duration};
 use crate::steps::StepSpec;
 use crate::steps::kind::{CheckContext, SpecReader};
-use crate::steps::train::TrainSpec;
+use crate::steps::model::ModelSpec;
 
 /// A validated pipeline: its steps are in an order where every step comes after
 /// the steps it needs.
@@ -556,7 +556,7 @@ impl<'a> Checker<'a> {
         table: Spanned<DeTable<'a>>,
         allowed: &[&str],
         what: &str,
-    ) -> Option<TrainSpec> {
+    ) -> Option<ModelSpec> {
         let span = table.span();
         let mut table = table.into_inner();
         let model = table
@@ -565,19 +565,15 @@ impl<'a> Checker<'a> {
             .unwrap_or_default()
             .to_string();
         table.remove("model");
-        let table = Spanned::new(span, table);
-        match model.as_str() {
-            "popular" => self
-                .deserialize_table(path, table, allowed, what)
-                .map(TrainSpec::Popular),
-            "als" => self
-                .deserialize_table(path, table, allowed, what)
-                .map(TrainSpec::Als),
-            "item_item" => self
-                .deserialize_table(path, table, allowed, what)
-                .map(TrainSpec::ItemItem),
-            _ => None,
-        }
+        let mut reader = TableReader {
+            own: Some(Spanned::new(span, table)),
+            model: None,
+            checker: self,
+            path,
+            allowed,
+            what,
+        };
+        ModelSpec::read(&model, &mut reader)
     }
 
     /// The keys of the model a train step names; reports a missing or unknown model.
@@ -592,7 +588,7 @@ impl<'a> Checker<'a> {
             None => {
                 let message = format!(
                     "missing key; accepted models: {}",
-                    one_of(TrainSpec::MODELS)
+                    one_of(ModelSpec::MODELS)
                 );
                 self.error(span.start..span.start, key, message);
                 None
@@ -602,13 +598,13 @@ impl<'a> Checker<'a> {
                     self.error(v.span(), key, "must be a string");
                     None
                 }
-                Some(model) => match TrainSpec::fields_of(model) {
+                Some(model) => match ModelSpec::keys_of(model) {
                     Some(f) => Some(f.to_vec()),
                     None => {
                         let message = format!(
                             "unknown model `{model}`{}; accepted models: {}",
-                            suggest(model, TrainSpec::MODELS.iter().copied()),
-                            one_of(TrainSpec::MODELS)
+                            suggest(model, ModelSpec::MODELS.iter().copied()),
+                            one_of(ModelSpec::MODELS)
                         );
                         self.error(v.span(), key, message);
                         None
@@ -822,7 +818,7 @@ impl SpecReader for TableReader<'_, '_> {
             .deserialize_table(self.path, table, self.allowed, self.what)
     }
 
-    fn model(&mut self) -> Option<TrainSpec> {
+    fn model(&mut self) -> Option<ModelSpec> {
         let table = self.model.take()?;
         self.checker
             .train_spec(self.path, table, self.allowed, self.what)

@@ -13,17 +13,19 @@ use serde_json::json;
 
 use super::interactions::IdColumn;
 use super::kind::{CheckContext, Problem, SpecReader, StepKind, create_output, refuse_flags};
-use super::train::{ModelArgs, PopularSpec, TrainSpec, model_problems};
+use super::model::ModelSpec;
+use super::model::popular::PopularSpec;
+use super::train::ModelArgs;
 use super::{
     DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of,
-    interactions, train,
+    interactions,
 };
 use crate::artifact::ArtifactKind;
 use crate::artifact::{self, read_parquet};
 use crate::eval::{self, Metrics};
 use crate::models::ids::Ids;
 use crate::models::popular::Popular;
-use crate::models::{Csr, IdMap, Recommender, StopFlag};
+use crate::models::{Csr, IdMap, StopFlag};
 
 pub const METRICS_FILE: &str = "metrics.json";
 
@@ -44,15 +46,15 @@ pub struct EvaluateSpec {
     pub seed: u64,
     /// Set from the step's `model` key and that model's keys.
     #[serde(skip_deserializing, default = "default_model")]
-    pub model: TrainSpec,
+    pub model: ModelSpec,
 }
 
 fn default_test_fraction() -> f64 {
     0.2
 }
 
-fn default_model() -> TrainSpec {
-    TrainSpec::Popular(PopularSpec::default())
+fn default_model() -> ModelSpec {
+    ModelSpec::Popular(PopularSpec::default())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -112,7 +114,7 @@ impl StepKind for EvaluateSpec {
     }
 
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
-        let mut problems = model_problems(&self.model);
+        let mut problems = self.model.problems();
         problems.extend(evaluate_problems(self));
         problems
     }
@@ -245,11 +247,7 @@ pub fn run(
     }
     let popular = Popular::fit(&train_m, false);
     let baseline = eval::evaluate(&popular, &train_m, &test_m, spec.k, stop)?;
-    let model: Box<dyn Recommender> = match &spec.model {
-        TrainSpec::Popular(p) => Box::new(train::fit_popular(&train_m, p)?),
-        TrainSpec::Als(a) => Box::new(train::fit_als(&train_m, a, stop)?.0),
-        TrainSpec::ItemItem(i) => Box::new(train::fit_item_item(&train_m, i, stop)?),
-    };
+    let model = spec.model.fit(&train_m, stop)?.model;
     let metrics = eval::evaluate(model.as_ref(), &train_m, &test_m, spec.k, stop)?;
     let lift = |m: &Metrics, b: &Metrics| if b.ndcg > 0.0 { m.ndcg / b.ndcg } else { 0.0 };
     let details = json!({

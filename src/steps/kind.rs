@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::train::TrainSpec;
+use super::model::ModelSpec;
 use super::{Input, Resources, StepContext, StepError, StepOutput};
 use crate::artifact::ArtifactKind;
 use crate::config::Settings;
@@ -91,7 +91,7 @@ pub trait SpecReader {
     /// The kind's own keys, as `T`.
     fn own<T: DeserializeOwned>(&mut self) -> Option<T>;
     /// The model the table names with `model`, from that model's keys.
-    fn model(&mut self) -> Option<TrainSpec>;
+    fn model(&mut self) -> Option<ModelSpec>;
 }
 
 /// What a kind's checks may look at besides its spec.

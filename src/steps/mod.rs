@@ -14,7 +14,7 @@ pub mod interactions;
 pub mod kind;
 pub mod memory;
 pub mod merge_filters;
-pub mod model_io;
+pub mod model;
 pub mod recommend;
 pub mod similar_items;
 pub mod train;
@@ -39,7 +39,7 @@ step_kinds! {
     /// Run an SQL file and store the checked result as Parquet.
     Extract(extract::ExtractSpec),
     /// Fit a model on an interactions file.
-    Train(train::TrainSpec),
+    Train(model::ModelSpec),
     /// Top-N items per user from a model, seen items and filters removed.
     Recommend(recommend::RecommendSpec),
     /// Top-N similar items per item from a factor model, filtered items removed.
@@ -298,7 +298,7 @@ mod tests {
             serde_json::from_value(serde_json::json!({})).ok()
         }
 
-        fn model(&mut self) -> Option<train::TrainSpec> {
+        fn model(&mut self) -> Option<model::ModelSpec> {
             None
         }
     }

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::kind::{CheckContext, Problem, StepKind, refuse_flags};
 use super::{
     DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, input_of,
-    interactions, model_io,
+    interactions, model,
 };
 use crate::artifact::{ArtifactKind, ParquetWriter};
 use crate::models::ids::Ids;
@@ -336,7 +336,7 @@ pub(crate) fn write_lists(
 /// User→item lists. Blocking: call through [`super::compute`] so scoring runs on
 /// the compute pool.
 pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOutput, StepError> {
-    let loaded = model_io::load(&job.model_dir)?;
+    let loaded = model::load(&job.model_dir)?;
     let seen = if job.exclude_seen {
         let path = job
             .interactions
@@ -361,7 +361,7 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
         ..Selection::default()
     };
     let written = write_lists(
-        loaded.fitted.recommender(),
+        loaded.fitted.as_ref(),
         &USER_LIST,
         &loaded.users,
         &loaded.items,

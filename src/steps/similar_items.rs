@@ -13,7 +13,7 @@ use super::recommend::{
     write_lists,
 };
 use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, model_io,
+    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, model,
 };
 use crate::artifact::ArtifactKind;
 use crate::models::StopFlag;
@@ -85,7 +85,7 @@ pub fn similar(
     output: &Path,
     stop: &StopFlag,
 ) -> Result<StepOutput, StepError> {
-    let loaded = model_io::load(&job.model_dir)?;
+    let loaded = model::load(&job.model_dir)?;
     let similarity = loaded.fitted.similarity().ok_or_else(|| {
         StepError::Data(format!(
             "model `{}` has no item similarity; train `als` or `item_item` for similar items",
