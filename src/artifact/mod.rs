@@ -7,6 +7,13 @@
 //! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
 
 pub mod contract;
+pub mod filters;
+pub mod interactions;
+pub mod lists;
+pub mod model;
+
+/// The file name of table artifacts (extracts and lists).
+pub const DATA_FILE: &str = "data.parquet";
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -35,6 +42,10 @@ pub enum ArtifactError {
         path: PathBuf,
         source: arrow::error::ArrowError,
     },
+    /// The file is there but breaks its contract: a missing column, a null id,
+    /// a NaN value …
+    #[error("{0}")]
+    Invalid(String),
     #[error("{path}: {source}")]
     Json {
         path: PathBuf,

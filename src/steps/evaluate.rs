@@ -11,16 +11,14 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::interactions::IdColumn;
 use super::kind::{CheckContext, Problem, SpecReader, StepKind, create_output, refuse_flags};
 use super::model::ModelSpec;
 use super::model::popular::PopularSpec;
 use super::train::ModelArgs;
-use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of,
-    interactions,
-};
+use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of};
 use crate::artifact::ArtifactKind;
+use crate::artifact::interactions;
+use crate::artifact::interactions::IdColumn;
 use crate::artifact::{self, read_parquet};
 use crate::eval::{self, Metrics};
 use crate::models::ids::Ids;

@@ -12,9 +12,9 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::filters::{MERGED_FILE, MergedMeta, err};
 use super::kind::{CheckContext, Problem, StepKind, create_output, parse_key_value};
 use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, blocking};
+use crate::artifact::filters::{MERGED_FILE, MergedMeta, err};
 use crate::artifact::{self, ArtifactKind, read_parquet};
 
 /// Merges filter lists into one filter artifact: every `filter` input is a deny
@@ -173,7 +173,7 @@ fn with_source(
         "source",
         Arc::new(StringArray::from(vec![source; batch.num_rows()])),
     ));
-    RecordBatch::try_from_iter(cols).map_err(|e| err(path, e))
+    Ok(RecordBatch::try_from_iter(cols).map_err(|e| err(path, e))?)
 }
 
 fn concat(parts: &[RecordBatch], what: &str) -> Result<Option<RecordBatch>, StepError> {

@@ -9,8 +9,6 @@
 
 pub mod evaluate;
 pub mod extract;
-pub mod filters;
-pub mod interactions;
 pub mod kind;
 pub mod memory;
 pub mod merge_filters;
@@ -52,8 +50,7 @@ step_kinds! {
     Write(write::WriteSpec),
 }
 
-/// The file name of table artifacts (extracts and lists).
-pub const DATA_FILE: &str = "data.parquet";
+pub use crate::artifact::DATA_FILE;
 
 /// The configured sources and sinks, built once from the settings.
 pub struct Resources {

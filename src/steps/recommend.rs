@@ -1,33 +1,24 @@
-//! `recommend` and `similar_items`: top-N lists from a model artifact, with every
-//! filter list (and, for users, their seen items) removed. User→item lists follow
-//! `user_id, item_id, rank (1-based), score, run_id, generated_at`; item→item lists
-//! `item_id, similar_item_id, rank, score, run_id, generated_at`.
+//! `recommend`: the top-N items of every user from a model artifact, with every
+//! filter list and their seen items removed (the list format is in
+//! [`crate::artifact::lists`]). The scoring loop here serves `similar_items` too.
 //!
 //! Rows are scored in blocks that stream to the Parquet writer, so memory is
 //! bounded by one block of lists, never users × items.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::kind::{CheckContext, Problem, StepKind, refuse_flags};
 use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, input_of,
-    interactions, model,
+    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of, model,
 };
-use crate::artifact::{ArtifactKind, ParquetWriter};
-use crate::models::ids::Ids;
+use crate::artifact::lists::{self, ListShape, USER_LIST};
+use crate::artifact::{ArtifactKind, ParquetWriter, filters, interactions};
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
-use crate::topn::{self, Scored, Selection};
+use crate::topn::{self, Selection};
 
 /// Rows handed to `topn::select_block` per call, then streamed to Parquet. It
 /// splits them into GEMM blocks of `rows / (4 · threads)` capped at 2048; with
@@ -249,21 +240,6 @@ pub struct RecommendJob {
     pub generated_at: DateTime<Utc>,
 }
 
-/// Names of the two id columns of a list.
-pub(crate) struct ListShape {
-    row_column: &'static str,
-    item_column: &'static str,
-}
-
-const USER_LIST: ListShape = ListShape {
-    row_column: "user_id",
-    item_column: "item_id",
-};
-pub(crate) const ITEM_LIST: ListShape = ListShape {
-    row_column: "item_id",
-    item_column: "similar_item_id",
-};
-
 /// What [`write_lists`] wrote.
 pub(crate) struct Written {
     pub(crate) rows: u64,
@@ -308,7 +284,7 @@ pub(crate) fn write_lists(
     output: &Path,
     stop: &StopFlag,
 ) -> Result<Written, StepError> {
-    let schema = list_schema(shape, row_ids, item_ids);
+    let schema = lists::schema(shape, row_ids, item_ids);
     let mut sink = ParquetWriter::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
     // A symmetric model computes every item's list at once at half the cost, up
@@ -322,7 +298,7 @@ pub(crate) fn write_lists(
     for block in rows.chunks(block_rows) {
         let lists = topn::select_block(model, block, selection, stop)?;
         covered += lists.iter().filter(|l| !l.is_empty()).count();
-        let batch = to_batch(&schema, block, &lists, row_ids, item_ids, stamp)?;
+        let batch = lists::to_batch(&schema, block, &lists, row_ids, item_ids, stamp)?;
         written += batch.num_rows() as u64;
         sink.write(&batch)?;
     }
@@ -385,74 +361,4 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
         }),
         files: vec![written.file],
     })
-}
-
-fn id_type(map: &IdMap) -> DataType {
-    match map.ids() {
-        Ids::Int(_) => DataType::Int64,
-        Ids::Str(_) => DataType::Utf8,
-    }
-}
-
-fn list_schema(shape: &ListShape, rows: &IdMap, items: &IdMap) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(shape.row_column, id_type(rows), false),
-        Field::new(shape.item_column, id_type(items), false),
-        Field::new("rank", DataType::Int32, false),
-        Field::new("score", DataType::Float32, false),
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new(
-            "generated_at",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-    ]))
-}
-
-fn gather(map: &IdMap, indices: impl Iterator<Item = u32>) -> ArrayRef {
-    match map.ids() {
-        Ids::Int(v) => Arc::new(Int64Array::from_iter_values(indices.map(|i| v[i as usize]))),
-        // A builder: `from_iter_values` needs an exact size hint, which the
-        // flattened list iterators do not give.
-        Ids::Str(v) => {
-            let mut ids = StringBuilder::new();
-            for i in indices {
-                ids.append_value(&v[i as usize]);
-            }
-            Arc::new(ids.finish())
-        }
-    }
-}
-
-fn to_batch(
-    schema: &SchemaRef,
-    users: &[u32],
-    lists: &[Vec<Scored>],
-    user_ids: &IdMap,
-    item_ids: &IdMap,
-    (run_id, generated_at): (&str, DateTime<Utc>),
-) -> Result<RecordBatch, StepError> {
-    let n: usize = lists.iter().map(Vec::len).sum();
-    let user_idx = users
-        .iter()
-        .zip(lists)
-        .flat_map(|(&u, l)| std::iter::repeat_n(u, l.len()));
-    let item_idx = lists.iter().flatten().map(|s| s.item);
-    let ranks = lists.iter().flat_map(|l| 1..=l.len() as i32);
-    let scores = lists.iter().flatten().map(|s| s.score);
-    let ts = generated_at.timestamp_micros();
-    let columns: Vec<ArrayRef> = vec![
-        gather(user_ids, user_idx),
-        gather(item_ids, item_idx),
-        Arc::new(Int32Array::from_iter_values(ranks)),
-        Arc::new(Float32Array::from_iter_values(scores)),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            run_id, n,
-        ))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(ts, n))
-                .with_timezone("UTC"),
-        ),
-    ];
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| StepError::Data(e.to_string()))
 }

@@ -9,13 +9,12 @@ use serde_json::json;
 
 use super::kind::{CheckContext, Problem, StepKind};
 use super::recommend::{
-    ITEM_LIST, ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems,
-    write_lists,
+    ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems, write_lists,
 };
-use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, filters, model,
-};
+use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, model};
 use crate::artifact::ArtifactKind;
+use crate::artifact::filters;
+use crate::artifact::lists::ITEM_LIST;
 use crate::models::StopFlag;
 use crate::topn::Selection;
 

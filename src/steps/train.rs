@@ -8,12 +8,11 @@ use serde_json::json;
 use super::kind::{
     Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
 };
-use super::model::{self, ModelMeta, ModelSpec};
-use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of,
-    interactions,
-};
+use super::model::{self, ModelSpec};
+use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of};
 use crate::artifact::ArtifactKind;
+use crate::artifact::interactions;
+use crate::artifact::model::ModelMeta;
 use crate::models::StopFlag;
 
 #[derive(clap::Args)]

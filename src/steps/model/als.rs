@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Columns, Fit, Fitted, ModelFiles, ModelKind, Trained, between, factors_array, whole};
+use super::{Fit, Fitted, ModelKind, Trained, between, whole};
+use crate::artifact::model::{Columns, ModelFiles, factors_array};
 use crate::models::als::{self, AlsModel, AlsParams, Solver};
 use crate::models::similarity::CosineSimilarity;
 use crate::models::{Csr, Recommender, StopFlag};

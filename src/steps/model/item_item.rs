@@ -9,11 +9,13 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Columns, Fit, Fitted, ModelFiles, ModelKind, Trained, between, floats, whole};
+use super::{Fit, Fitted, ModelKind, Trained, between, whole};
+use crate::artifact::interactions;
+use crate::artifact::model::{Columns, ModelFiles, floats};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
 use crate::models::{Csr, Recommender, StopFlag};
 use crate::steps::kind::Problem;
-use crate::steps::{StepError, interactions, memory};
+use crate::steps::{StepError, memory};
 
 pub const NEIGHBORS_FILE: &str = "neighbors.parquet";
 /// The most neighbours the bounds accept per item.

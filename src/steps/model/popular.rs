@@ -6,7 +6,8 @@ use arrow::array::Float32Array;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Columns, Fit, Fitted, ModelFiles, ModelKind, Trained};
+use super::{Fit, Fitted, ModelKind, Trained};
+use crate::artifact::model::{Columns, ModelFiles};
 use crate::models::popular::Popular;
 use crate::models::{Csr, StopFlag};
 use crate::steps::StepError;

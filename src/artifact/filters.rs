@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::interactions::{self, IdColumn};
-use super::{DATA_FILE, StepError};
+use super::{ArtifactError, DATA_FILE};
 use crate::artifact::{self, read_parquet};
 use crate::models::{Csr, IdMap};
 use crate::topn::GroupCaps;
@@ -34,8 +34,8 @@ pub struct MergedMeta {
     pub sources: Vec<serde_json::Value>,
 }
 
-pub(crate) fn err(path: &Path, e: impl std::fmt::Display) -> StepError {
-    StepError::Data(format!("{}: {e}", path.display()))
+pub(crate) fn err(path: &Path, e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Invalid(format!("{}: {e}", path.display()))
 }
 
 /// Per source list: the items it denies to everyone and the (user, item) pairs.
@@ -57,7 +57,7 @@ pub struct Filters {
 }
 
 /// Reads filter artifacts (folders, merged or plain, or a plain filter file).
-pub fn load(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, StepError> {
+pub fn load(paths: &[PathBuf], users: &IdMap, items: &IdMap) -> Result<Filters, ArtifactError> {
     let mut denied: BySource = BTreeMap::new();
     let mut allowed: Option<Vec<bool>> = None;
     let mut groups: Option<GroupCaps> = None;
@@ -147,7 +147,7 @@ fn read_rows(
     users: &IdMap,
     items: &IdMap,
     out: &mut BySource,
-) -> Result<(), StepError> {
+) -> Result<(), ArtifactError> {
     let (_, batches) = read_parquet(path)?;
     let default_source = path.display().to_string();
     for b in &batches {
@@ -185,7 +185,7 @@ fn read_rows(
     Ok(())
 }
 
-fn read_groups(path: &Path, items: &IdMap, cap: usize) -> Result<GroupCaps, StepError> {
+fn read_groups(path: &Path, items: &IdMap, cap: usize) -> Result<GroupCaps, ArtifactError> {
     let (_, batches) = read_parquet(path)?;
     let mut group_of = vec![u32::MAX; items.len()];
     let mut names: HashMap<String, u32> = HashMap::new();

@@ -6,8 +6,7 @@ use std::path::Path;
 use arrow::array::{Array, Float32Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
-use super::StepError;
-use crate::artifact::read_parquet;
+use super::{ArtifactError, read_parquet};
 use crate::models::ids::{IdRef, Ids};
 use crate::models::{Csr, IdMap};
 
@@ -25,16 +24,16 @@ pub enum IdColumn<'a> {
 }
 
 impl<'a> IdColumn<'a> {
-    pub fn of(batch: &'a RecordBatch, name: &str, file: &Path) -> Result<Self, StepError> {
-        let col = batch
-            .column_by_name(name)
-            .ok_or_else(|| StepError::Data(format!("{}: no column `{name}`", file.display())))?;
+    pub fn of(batch: &'a RecordBatch, name: &str, file: &Path) -> Result<Self, ArtifactError> {
+        let col = batch.column_by_name(name).ok_or_else(|| {
+            ArtifactError::Invalid(format!("{}: no column `{name}`", file.display()))
+        })?;
         if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
             Ok(IdColumn::Int(a))
         } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
             Ok(IdColumn::Str(a))
         } else {
-            Err(StepError::Data(format!(
+            Err(ArtifactError::Invalid(format!(
                 "{}: column `{name}` is {}, not Int64 or Utf8",
                 file.display(),
                 col.data_type()
@@ -85,7 +84,7 @@ pub fn ids_type_name(map: &IdMap) -> &'static str {
 }
 
 /// Reads an interactions artifact and maps its ids (sorted) to dense indices.
-pub fn load(path: &Path) -> Result<Interactions, StepError> {
+pub fn load(path: &Path) -> Result<Interactions, ArtifactError> {
     let (_, batches) = read_parquet(path)?;
     let mut user_ids = None;
     let mut item_ids = None;
@@ -94,7 +93,7 @@ pub fn load(path: &Path) -> Result<Interactions, StepError> {
         IdColumn::of(b, "item_id", path)?.collect_into(&mut item_ids);
     }
     let (Some(user_ids), Some(item_ids)) = (user_ids, item_ids) else {
-        return Err(StepError::Data(format!(
+        return Err(ArtifactError::Invalid(format!(
             "{}: no interactions",
             path.display()
         )));
@@ -111,7 +110,7 @@ pub fn load(path: &Path) -> Result<Interactions, StepError> {
 
 /// Reads an interactions artifact as a user × item matrix in the dense indices of
 /// an existing model; rows with unknown users or items are left out.
-pub fn load_with(path: &Path, users: &IdMap, items: &IdMap) -> Result<Csr, StepError> {
+pub fn load_with(path: &Path, users: &IdMap, items: &IdMap) -> Result<Csr, ArtifactError> {
     let (_, batches) = read_parquet(path)?;
     matrix(path, &batches, users, items)
 }
@@ -121,7 +120,7 @@ fn matrix(
     batches: &[RecordBatch],
     users: &IdMap,
     items: &IdMap,
-) -> Result<Csr, StepError> {
+) -> Result<Csr, ArtifactError> {
     let mut rows = Vec::new();
     let mut cols = Vec::new();
     let mut vals = Vec::new();
@@ -148,12 +147,12 @@ fn matrix(
 }
 
 /// `m` if all its values are finite.
-pub fn finite(m: Csr, path: &Path) -> Result<Csr, StepError> {
+pub fn finite(m: Csr, path: &Path) -> Result<Csr, ArtifactError> {
     // Each value passed the extract's contract, but duplicates are summed here and
     // a sum can overflow f32: an infinite value would turn every factor into NaN.
     if let Some(at) = m.data.iter().position(|v| !v.is_finite()) {
         let row = m.indptr.partition_point(|&p| p <= at) - 1;
-        return Err(StepError::Data(format!(
+        return Err(ArtifactError::Invalid(format!(
             "{}: the values of user #{row} and item #{} sum to {} (duplicate pairs are summed); \
              keep `value` well below 1e38, e.g. scale or cap it in the SQL",
             path.display(),
@@ -170,12 +169,12 @@ pub fn check_type(
     map: &IdMap,
     name: &str,
     path: &Path,
-) -> Result<(), StepError> {
+) -> Result<(), ArtifactError> {
     let expected = ids_type_name(map);
     if map.is_empty() || col.type_name() == expected {
         Ok(())
     } else {
-        Err(StepError::Data(format!(
+        Err(ArtifactError::Invalid(format!(
             "{}: column `{name}` is {} but the model's ids are {expected}; cast it in the SQL",
             path.display(),
             col.type_name()

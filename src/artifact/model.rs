@@ -1,0 +1,224 @@
+//! Model artifacts: `model.json` (kind, parameters, sizes, training input),
+//! `users.parquet` (`user_id` in dense-index order, plus the model's per-user
+//! columns: `factors` for factor models), `items.parquet` (`item_id` in
+//! dense-index order plus its per-item columns: `score` for popularity,
+//! `factors` for ALS) and any whole files of its own (item-item's
+//! `neighbors.parquet`). Factors are a `FixedSizeList<Float32>` column of
+//! length `factors`. Which columns a model has is the model's business
+//! (`steps::model`); this module reads and writes them.
+//!
+//! The id maps travel with the model, so scoring never re-derives indices from
+//! data that may have changed since training.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use super::interactions::IdColumn;
+use super::{ArtifactError, FileEntry};
+use crate::artifact;
+use crate::models::IdMap;
+use crate::models::ids::Ids;
+
+pub const META_FILE: &str = "model.json";
+pub const USERS_FILE: &str = "users.parquet";
+pub const ITEMS_FILE: &str = "items.parquet";
+
+/// The columns of a model in its artifact: per user and per item (in dense-index
+/// order, next to the ids) and whole files of its own.
+#[derive(Default)]
+pub struct Columns {
+    pub users: Vec<(&'static str, ArrayRef)>,
+    pub items: Vec<(&'static str, ArrayRef)>,
+    pub files: Vec<(&'static str, RecordBatch)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub model: String,
+    pub params: serde_json::Value,
+    pub n_users: usize,
+    pub n_items: usize,
+    pub nnz: usize,
+    /// The interactions artifact the model was fitted on; also the "seen" items.
+    pub trained_on: PathBuf,
+    /// Training facts: loss per iteration …
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+/// A model artifact as it is read: what a model's [`ModelKind::load`] reads from.
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub meta: ModelMeta,
+    pub users: IdMap,
+    pub items: IdMap,
+    user_batches: Vec<RecordBatch>,
+    item_batches: Vec<RecordBatch>,
+}
+
+impl ModelFiles {
+    /// A per-user Float32 column.
+    pub fn user_floats(&self, name: &str) -> Result<Vec<f32>, ArtifactError> {
+        floats(&self.user_batches, name, &self.dir.join(USERS_FILE))
+    }
+
+    /// A per-item Float32 column.
+    pub fn item_floats(&self, name: &str) -> Result<Vec<f32>, ArtifactError> {
+        floats(&self.item_batches, name, &self.dir.join(ITEMS_FILE))
+    }
+
+    /// The users' and the items' `factors` and their width.
+    pub fn factors(&self) -> Result<(Vec<f32>, Vec<f32>, usize), ArtifactError> {
+        let (users, k) = factors(&self.user_batches, &self.dir.join(USERS_FILE))?;
+        let (items, k_items) = factors(&self.item_batches, &self.dir.join(ITEMS_FILE))?;
+        if k != k_items {
+            return Err(ArtifactError::Invalid(format!(
+                "{}: users have {k} factors, items {k_items}",
+                self.dir.display()
+            )));
+        }
+        Ok((users, items, k))
+    }
+
+    /// One of the model's own files.
+    pub fn file(&self, name: &str) -> Result<(PathBuf, Vec<RecordBatch>), ArtifactError> {
+        let path = self.dir.join(name);
+        let (_, batches) = artifact::read_parquet(&path)?;
+        Ok((path, batches))
+    }
+}
+
+pub fn ids_array(ids: &Ids) -> ArrayRef {
+    match ids {
+        Ids::Int(v) => Arc::new(Int64Array::from(v.clone())),
+        Ids::Str(v) => Arc::new(StringArray::from(v.clone())),
+    }
+}
+
+/// Factors (row-major, `k` wide) as a `FixedSizeList<Float32>` column.
+pub fn factors_array(values: &[f32], k: usize) -> Result<ArrayRef, ArtifactError> {
+    let field = Arc::new(Field::new("item", DataType::Float32, false));
+    FixedSizeListArray::try_new(
+        field,
+        k as i32,
+        Arc::new(Float32Array::from(values.to_vec())),
+        None,
+    )
+    .map(|a| Arc::new(a) as ArrayRef)
+    .map_err(|e| ArtifactError::Invalid(e.to_string()))
+}
+
+/// Writes a model's columns and its id maps.
+pub fn write(
+    dir: &Path,
+    meta: &ModelMeta,
+    users: &IdMap,
+    items: &IdMap,
+    columns: Columns,
+) -> Result<Vec<FileEntry>, ArtifactError> {
+    let batch = |cols: Vec<(&str, ArrayRef)>| {
+        RecordBatch::try_from_iter(cols).map_err(|e| ArtifactError::Invalid(e.to_string()))
+    };
+    let mut users_cols = vec![("user_id", ids_array(users.ids()))];
+    users_cols.extend(columns.users);
+    let mut items_cols = vec![("item_id", ids_array(items.ids()))];
+    items_cols.extend(columns.items);
+    let mut files = Vec::new();
+    let parts = columns.files.into_iter().chain([
+        (USERS_FILE, batch(users_cols)?),
+        (ITEMS_FILE, batch(items_cols)?),
+    ]);
+    for (name, batch) in parts {
+        files.push(artifact::write_parquet(
+            &dir.join(name),
+            batch.schema(),
+            &[batch],
+        )?);
+    }
+    files.push(artifact::write_json(&dir.join(META_FILE), meta)?);
+    Ok(files)
+}
+
+/// Reads a model artifact's metadata, ids and per-user and per-item columns.
+pub fn read(dir: &Path) -> Result<ModelFiles, ArtifactError> {
+    let meta: ModelMeta = artifact::read_json(&dir.join(META_FILE))?;
+    let users_path = dir.join(USERS_FILE);
+    let items_path = dir.join(ITEMS_FILE);
+    let (_, user_batches) = artifact::read_parquet(&users_path)?;
+    let (_, item_batches) = artifact::read_parquet(&items_path)?;
+    let users = IdMap::from_sorted(read_ids(&user_batches, "user_id", &users_path)?);
+    let items = IdMap::from_sorted(read_ids(&item_batches, "item_id", &items_path)?);
+    if users.len() != meta.n_users || items.len() != meta.n_items {
+        return Err(ArtifactError::Invalid(format!(
+            "{}: model.json says {} users and {} items, the id files hold {} and {}",
+            dir.display(),
+            meta.n_users,
+            meta.n_items,
+            users.len(),
+            items.len()
+        )));
+    }
+    Ok(ModelFiles {
+        dir: dir.to_path_buf(),
+        meta,
+        users,
+        items,
+        user_batches,
+        item_batches,
+    })
+}
+
+pub fn floats(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Vec<f32>, ArtifactError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = b
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+            .ok_or_else(|| {
+                ArtifactError::Invalid(format!("{}: no Float32 column `{name}`", path.display()))
+            })?;
+        out.extend_from_slice(col.values());
+    }
+    Ok(out)
+}
+
+/// The flattened `factors` column and its width.
+fn factors(batches: &[RecordBatch], path: &Path) -> Result<(Vec<f32>, usize), ArtifactError> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    for b in batches {
+        let list = b
+            .column_by_name("factors")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+            .ok_or_else(|| {
+                ArtifactError::Invalid(format!(
+                    "{}: no FixedSizeList column `factors`",
+                    path.display()
+                ))
+            })?;
+        k = list.value_length() as usize;
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| {
+                ArtifactError::Invalid(format!("{}: `factors` is not Float32", path.display()))
+            })?;
+        let start = list.offset() * k;
+        out.extend_from_slice(&values.values()[start..start + list.len() * k]);
+    }
+    Ok((out, k))
+}
+
+fn read_ids(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Ids, ArtifactError> {
+    let mut ids = None;
+    for b in batches {
+        IdColumn::of(b, name, path)?.collect_into(&mut ids);
+    }
+    Ok(ids.unwrap_or(Ids::Int(Vec::new())))
+}
