@@ -22,7 +22,7 @@ use crate::config::diagnostic::{Diagnostic, Diagnostics, is_identifier, one_of, 
 use crate::config::introspect::fields;
 use crate::config::settings::{Settings, duration};
 use crate::steps::StepSpec;
-use crate::steps::kind::{CheckContext, SpecReader};
+use crate::steps::kind::{CheckContext, ReadTable, SpecReader};
 use crate::steps::model::ModelSpec;
 
 /// A validated pipeline: its steps are in an order where every step comes after
@@ -811,13 +811,15 @@ struct TableReader<'c, 'a> {
     model: Option<Spanned<DeTable<'a>>>,
 }
 
-impl SpecReader for TableReader<'_, '_> {
+impl ReadTable for TableReader<'_, '_> {
     fn own<T: DeserializeOwned>(&mut self) -> Option<T> {
         let table = self.own.take()?;
         self.checker
             .deserialize_table(self.path, table, self.allowed, self.what)
     }
+}
 
+impl SpecReader for TableReader<'_, '_> {
     fn model(&mut self) -> Option<ModelSpec> {
         let table = self.model.take()?;
         self.checker

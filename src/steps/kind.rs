@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::model::ModelSpec;
+pub use super::spec::{Problem, ReadTable};
 use super::{Input, Resources, StepContext, StepError, StepOutput};
 use crate::artifact::ArtifactKind;
 use crate::config::Settings;
@@ -87,9 +88,7 @@ pub trait StepKind: Sized + Clone + Serialize + DeserializeOwned {
 
 /// A step's table as the pipeline loader hands it to [`StepKind::read`]; the
 /// loader keeps the spans, so an error still points at its line.
-pub trait SpecReader {
-    /// The kind's own keys, as `T`.
-    fn own<T: DeserializeOwned>(&mut self) -> Option<T>;
+pub trait SpecReader: ReadTable {
     /// The model the table names with `model`, from that model's keys.
     fn model(&mut self) -> Option<ModelSpec>;
 }
@@ -99,23 +98,6 @@ pub struct CheckContext<'a> {
     pub settings: &'a Settings,
     /// The step's `needs`.
     pub needs: &'a [String],
-}
-
-/// A value a check refuses: `key` is the dotted key below the step
-/// (`params.day`); the diagnostic points at its first part's value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// A table a step publishes; `key` is the step key that names it.

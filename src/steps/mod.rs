@@ -15,6 +15,7 @@ pub mod merge_filters;
 pub mod model;
 pub mod recommend;
 pub mod similar_items;
+pub mod spec;
 pub mod train;
 pub mod write;
 
@@ -290,11 +291,13 @@ mod tests {
     /// A table with no keys.
     struct Empty;
 
-    impl SpecReader for Empty {
+    impl kind::ReadTable for Empty {
         fn own<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
             serde_json::from_value(serde_json::json!({})).ok()
         }
+    }
 
+    impl SpecReader for Empty {
         fn model(&mut self) -> Option<model::ModelSpec> {
             None
         }

@@ -3,12 +3,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, Trained, between, whole};
+use super::{Fit, Fitted, ModelKind, Trained};
 use crate::artifact::model::{Columns, ModelFiles, factors_array};
 use crate::models::als::{self, AlsModel, AlsParams, Solver};
 use crate::models::similarity::CosineSimilarity;
 use crate::models::{Csr, Recommender, StopFlag};
-use crate::steps::kind::Problem;
+use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
 /// The largest values the bounds accept. They are far above any useful

@@ -9,12 +9,12 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, Trained, between, whole};
+use super::{Fit, Fitted, ModelKind, Trained};
 use crate::artifact::interactions;
 use crate::artifact::model::{Columns, ModelFiles, floats};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
 use crate::models::{Csr, Recommender, StopFlag};
-use crate::steps::kind::Problem;
+use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
 pub const NEIGHBORS_FILE: &str = "neighbors.parquet";

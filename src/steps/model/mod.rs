@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StepError;
-use super::kind::{Problem, SpecReader};
+use super::spec::{Problem, ReadTable};
 use crate::artifact::FileEntry;
 use crate::artifact::model::{self, Columns, ModelFiles, ModelMeta};
 use crate::config::introspect::fields;
@@ -84,7 +84,7 @@ macro_rules! model_kinds {
             }
 
             /// The spec of a `model` from its keys.
-            pub fn read(model: &str, table: &mut impl SpecReader) -> Option<Self> {
+            pub fn read(model: &str, table: &mut impl ReadTable) -> Option<Self> {
                 $(if model == <$spec as ModelKind>::NAME {
                     return table.own::<$spec>().map(ModelSpec::$variant);
                 })*
@@ -121,22 +121,6 @@ model_kinds! {
     Popular(popular::PopularSpec),
     Als(als::AlsSpec),
     ItemItem(item_item::ItemItemSpec),
-}
-
-/// `key` must be a whole number from 1 to `max`.
-pub(crate) fn whole(key: &str, value: usize, max: usize) -> Option<Problem> {
-    (!(1..=max).contains(&value))
-        .then(|| Problem::new(key, format!("must be between 1 and {max}, not {value}")))
-}
-
-/// `key` must be a finite number from `low` to `high`.
-pub(crate) fn between(key: &str, value: f32, low: f32, high: f32) -> Option<Problem> {
-    (!(value.is_finite() && (low..=high).contains(&value))).then(|| {
-        Problem::new(
-            key,
-            format!("must be between {low} and {high}, not {value}"),
-        )
-    })
 }
 
 /// A model read back from its artifact.
