@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
@@ -64,12 +65,12 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// A per-user Float32 column.
     pub fn user_floats(&self, name: &str) -> Result<Vec<f32>, ArtifactError> {
-        floats(&self.user_batches, name, &self.dir.join(USERS_FILE))
+        values::<Float32Type>(&self.user_batches, name, &self.dir.join(USERS_FILE))
     }
 
     /// A per-item Float32 column.
     pub fn item_floats(&self, name: &str) -> Result<Vec<f32>, ArtifactError> {
-        floats(&self.item_batches, name, &self.dir.join(ITEMS_FILE))
+        values::<Float32Type>(&self.item_batches, name, &self.dir.join(ITEMS_FILE))
     }
 
     /// The users' and the items' `factors` and their width.
@@ -173,14 +174,23 @@ pub fn read(dir: &Path) -> Result<ModelFiles, ArtifactError> {
     })
 }
 
-pub fn floats(batches: &[RecordBatch], name: &str, path: &Path) -> Result<Vec<f32>, ArtifactError> {
+/// The values of primitive column `name` (of type `T`) across `batches`.
+pub fn values<T: ArrowPrimitiveType>(
+    batches: &[RecordBatch],
+    name: &str,
+    path: &Path,
+) -> Result<Vec<T::Native>, ArtifactError> {
     let mut out = Vec::new();
     for b in batches {
         let col = b
             .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+            .and_then(|c| c.as_primitive_opt::<T>())
             .ok_or_else(|| {
-                ArtifactError::Invalid(format!("{}: no Float32 column `{name}`", path.display()))
+                ArtifactError::Invalid(format!(
+                    "{}: no {} column `{name}`",
+                    path.display(),
+                    T::DATA_TYPE
+                ))
             })?;
         out.extend_from_slice(col.values());
     }

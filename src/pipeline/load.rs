@@ -548,34 +548,6 @@ impl<'a> Checker<'a> {
         })
     }
 
-    /// The model a train (or evaluate) step names, from the table holding `model`
-    /// and that model's keys.
-    fn train_spec(
-        &mut self,
-        path: &str,
-        table: Spanned<DeTable<'a>>,
-        allowed: &[&str],
-        what: &str,
-    ) -> Option<ModelSpec> {
-        let span = table.span();
-        let mut table = table.into_inner();
-        let model = table
-            .get("model")
-            .and_then(|m| m.get_ref().as_str())
-            .unwrap_or_default()
-            .to_string();
-        table.remove("model");
-        let mut reader = TableReader {
-            own: Some(Spanned::new(span, table)),
-            model: None,
-            checker: self,
-            path,
-            allowed,
-            what,
-        };
-        ModelSpec::read(&model, &mut reader)
-    }
-
     /// The keys of the model a train step names; reports a missing or unknown model.
     fn model_fields(
         &mut self,
@@ -820,10 +792,19 @@ impl ReadTable for TableReader<'_, '_> {
 }
 
 impl SpecReader for TableReader<'_, '_> {
+    /// The model the table names, read from the rest of its keys.
     fn model(&mut self) -> Option<ModelSpec> {
         let table = self.model.take()?;
-        self.checker
-            .train_spec(self.path, table, self.allowed, self.what)
+        let span = table.span();
+        let mut table = table.into_inner();
+        let model = table
+            .get("model")
+            .and_then(|m| m.get_ref().as_str())
+            .unwrap_or_default()
+            .to_string();
+        table.remove("model");
+        self.own = Some(Spanned::new(span, table));
+        ModelSpec::read(&model, self)
     }
 }
 

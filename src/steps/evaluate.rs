@@ -11,11 +11,14 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, SpecReader, StepKind, create_output, refuse_flags};
+use super::kind::{
+    CheckContext, Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output,
+    refuse_flags,
+};
 use super::model::ModelSpec;
 use super::model::popular::PopularSpec;
 use super::train::ModelArgs;
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of};
+use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
 use crate::artifact::interactions;
 use crate::artifact::interactions::IdColumn;
@@ -91,8 +94,7 @@ pub struct EvaluateArgs {
 
 impl StepKind for EvaluateSpec {
     const NAME: &'static str = "evaluate";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> =
-        Some(&[(ArtifactKind::Interactions, 1, 1)]);
+    const INPUTS: Inputs = ON_INTERACTIONS;
     type Args = EvaluateArgs;
 
     fn keys() -> &'static [&'static str] {
@@ -126,25 +128,11 @@ impl StepKind for EvaluateSpec {
         )
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        _resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        let input = input_of(inputs, ArtifactKind::Interactions)?
-            .dir
-            .join(DATA_FILE);
-        let (spec, out, stop) = (self.clone(), out_dir.to_path_buf(), cx.stop.clone());
-        compute(&cx.pool, move || run(&spec, &input, &out, &stop)).await
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        step.from_interactions(self, run).await
     }
 
-    async fn run_alone(
-        a: EvaluateArgs,
-        _project_dir: &Path,
-        cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: EvaluateArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let spec = EvaluateSpec {
             split: a.split,
             test_fraction: a.test_fraction,
@@ -154,8 +142,8 @@ impl StepKind for EvaluateSpec {
         };
         refuse_flags(evaluate_problems(&spec))?;
         create_output(&a.output)?;
-        let stop = cx.stop.clone();
-        compute(&cx.pool, move || run(&spec, &a.input, &a.output, &stop)).await
+        cx.compute(move |stop| run(&spec, &a.input, &a.output, stop))
+            .await
     }
 }
 

@@ -9,8 +9,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, StepKind, parse_key_value, settings_of, typed_param};
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput};
+use super::kind::{
+    CheckContext, Inputs, Problem, StepKind, parse_key_value, settings_of, typed_param,
+};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::contract;
 use crate::artifact::{ArtifactKind, ParquetWriter, Role};
 use crate::config::Settings;
@@ -58,7 +60,7 @@ pub struct ExtractArgs {
 
 impl StepKind for ExtractSpec {
     const NAME: &'static str = "extract";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = None;
+    const INPUTS: Inputs = None;
     type Args = ExtractArgs;
 
     fn output(&self) -> ArtifactKind {
@@ -121,22 +123,9 @@ impl StepKind for ExtractSpec {
         )
     }
 
-    async fn run(
-        &self,
-        _inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        // Validation guarantees the name: a settings object without it is a bug.
-        let source = resources
-            .sources
-            .get(&self.source)
-            .cloned()
-            .ok_or_else(|| {
-                StepError::Internal(format!("source `{}` is not configured", self.source))
-            })?;
-        let sql_path = sql_path(&resources.settings, &self.sql).map_err(StepError::Data)?;
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let source = step.source(&self.source)?;
+        let sql_path = sql_path(&step.resources.settings, &self.sql).map_err(StepError::Data)?;
         let job = ExtractJob {
             source,
             sql_path,
@@ -144,14 +133,10 @@ impl StepKind for ExtractSpec {
             role: self.role,
             allow_empty: self.allow_empty.unwrap_or(self.role == Role::Filter),
         };
-        run(job, out_dir.join(DATA_FILE), cx).await
+        run(job, step.out_dir.join(DATA_FILE), step.cx).await
     }
 
-    async fn run_alone(
-        a: ExtractArgs,
-        project_dir: &Path,
-        cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: ExtractArgs, project_dir: &Path, cx: &StepContext) -> StepResult {
         let source = if a.table.is_empty() {
             let settings = settings_of(project_dir)?;
             let name = a

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::model::ModelSpec;
 pub use super::spec::{Problem, ReadTable};
-use super::{Input, Resources, StepContext, StepError, StepOutput};
+use super::{StepContext, StepError, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
 use crate::config::Settings;
 use crate::config::introspect::fields;
@@ -24,9 +24,8 @@ use crate::sources::ParamValue;
 pub trait StepKind: Sized + Clone + Serialize + DeserializeOwned {
     /// The `kind` key's value.
     const NAME: &'static str;
-    /// The artifacts it reads from its `needs`, as `(kind, min, max)`; `None`
-    /// means its needs only order it.
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]>;
+    /// The artifacts it reads from its `needs`.
+    const INPUTS: Inputs;
     /// `recpipe step <kind>`'s arguments.
     type Args: clap::Args;
 
@@ -69,22 +68,24 @@ pub trait StepKind: Sized + Clone + Serialize + DeserializeOwned {
     /// One line for `recpipe plan`.
     fn describe(&self) -> String;
 
-    /// Runs it in a pipeline: reads `inputs`, writes its artifact into `out_dir`.
-    fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        resources: &Resources,
-    ) -> impl Future<Output = Result<StepOutput, StepError>> + Send;
+    /// Runs it in a pipeline: reads its inputs, writes its artifact.
+    fn run(&self, step: &StepRun<'_>) -> impl Future<Output = StepResult> + Send;
 
-    /// Runs it alone from `recpipe step <kind>`'s arguments, file in, file out.
+    /// Runs it alone from `recpipe step <kind>`'s arguments, file in, file out;
+    /// `project_dir` holds the settings of the sources and sinks it may name.
     fn run_alone(
         args: Self::Args,
         project_dir: &Path,
         cx: &StepContext,
-    ) -> impl Future<Output = Result<StepOutput, StepError>> + Send;
+    ) -> impl Future<Output = StepResult> + Send;
 }
+
+/// The artifacts a kind reads from its `needs`, as `(kind, min, max)`; `None`
+/// means its needs only order it.
+pub type Inputs = Option<&'static [(ArtifactKind, usize, usize)]>;
+
+/// The inputs of the kinds that fit on the interactions (train, evaluate).
+pub const ON_INTERACTIONS: Inputs = Some(&[(ArtifactKind::Interactions, 1, 1)]);
 
 /// A step's table as the pipeline loader hands it to [`StepKind::read`]; the
 /// loader keeps the spans, so an error still points at its line.
@@ -206,7 +207,7 @@ macro_rules! step_kinds {
                 match self { $(StepSpec::$variant(_) => <$spec as StepKind>::NAME,)* }
             }
 
-            pub fn inputs(&self) -> Option<&'static [(ArtifactKind, usize, usize)]> {
+            pub fn inputs(&self) -> Inputs {
                 match self { $(StepSpec::$variant(_) => <$spec as StepKind>::INPUTS,)* }
             }
 
@@ -241,8 +242,9 @@ macro_rules! step_kinds {
                 out_dir: &Path,
                 cx: &StepContext,
                 resources: &Resources,
-            ) -> Result<StepOutput, StepError> {
-                match self { $(StepSpec::$variant(s) => s.run(inputs, out_dir, cx, resources).await,)* }
+            ) -> StepResult {
+                let step = StepRun { inputs, out_dir, cx, resources };
+                match self { $(StepSpec::$variant(s) => s.run(&step).await,)* }
             }
         }
 
@@ -254,7 +256,7 @@ macro_rules! step_kinds {
             }
 
             /// Runs the kind alone from its arguments.
-            pub async fn run(self, project_dir: &Path, cx: &StepContext) -> Result<StepOutput, StepError> {
+            pub async fn run(self, project_dir: &Path, cx: &StepContext) -> StepResult {
                 match self { $(StepCommand::$variant(a) => <$spec as StepKind>::run_alone(a, project_dir, cx).await,)* }
             }
         }

@@ -12,8 +12,8 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, StepKind, create_output, parse_key_value};
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, blocking};
+use super::kind::{CheckContext, Inputs, Problem, StepKind, create_output, parse_key_value};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
 use crate::artifact::filters::{MERGED_FILE, MergedMeta, err};
 use crate::artifact::{self, ArtifactKind, read_parquet};
 
@@ -63,7 +63,7 @@ pub struct MergeFiltersArgs {
 
 impl StepKind for MergeFiltersSpec {
     const NAME: &'static str = "merge_filters";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+    const INPUTS: Inputs = Some(&[
         (ArtifactKind::Filter, 0, usize::MAX),
         (ArtifactKind::Items, 0, 1),
     ]);
@@ -103,29 +103,20 @@ impl StepKind for MergeFiltersSpec {
         }
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        _cx: &StepContext,
-        _resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        let sources: Vec<FilterInput> = inputs
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let sources: Vec<FilterInput> = step
+            .inputs
             .iter()
             .map(|i| FilterInput {
                 step: i.step.clone(),
                 file: i.dir.join(DATA_FILE),
             })
             .collect();
-        let (spec, out) = (self.clone(), out_dir.to_path_buf());
+        let (spec, out) = (self.clone(), step.out_dir.to_path_buf());
         blocking(move || merge(&sources, &spec.allow, spec.groups.as_ref(), &out)).await
     }
 
-    async fn run_alone(
-        a: MergeFiltersArgs,
-        _project_dir: &Path,
-        _cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: MergeFiltersArgs, _project_dir: &Path, _cx: &StepContext) -> StepResult {
         let inputs: Vec<FilterInput> = a
             .input
             .into_iter()

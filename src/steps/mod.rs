@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::models::{StopFlag, Stopped};
 use crate::sinks::{AnySink, SinkError};
 use crate::sources::{AnySource, SourceError};
-use kind::{CheckContext, Problem, SpecReader, StepKind, Target, step_kinds};
+use kind::{CheckContext, Inputs, Problem, SpecReader, StepKind, Target, step_kinds};
 
 step_kinds! {
     /// Run an SQL file and store the checked result as Parquet.
@@ -80,6 +80,58 @@ impl Resources {
     }
 }
 
+/// What a step's run ends with.
+pub type StepResult = Result<StepOutput, StepError>;
+
+/// One step's run in a pipeline: what it reads, where it writes, its run and
+/// the configured stores.
+pub struct StepRun<'a> {
+    pub inputs: &'a [Input],
+    pub out_dir: &'a Path,
+    pub cx: &'a StepContext,
+    pub resources: &'a Resources,
+}
+
+impl StepRun<'_> {
+    /// The data file of the single input of `kind`.
+    pub fn data_of(&self, kind: ArtifactKind) -> Result<PathBuf, StepError> {
+        Ok(input_of(self.inputs, kind)?.dir.join(DATA_FILE))
+    }
+
+    /// Runs `job(spec, interactions, out_dir, stop)` on the compute pool: the
+    /// shape of the steps that fit on the interactions (train, evaluate).
+    pub async fn from_interactions<S>(
+        &self,
+        spec: &S,
+        job: fn(&S, &Path, &Path, &StopFlag) -> StepResult,
+    ) -> StepResult
+    where
+        S: Clone + Send + 'static,
+    {
+        let input = self.data_of(ArtifactKind::Interactions)?;
+        let (spec, out) = (spec.clone(), self.out_dir.to_path_buf());
+        self.cx
+            .compute(move |stop| job(&spec, &input, &out, stop))
+            .await
+    }
+
+    /// A configured source: validation guarantees the name, so a missing one is a bug.
+    pub fn source(&self, name: &str) -> Result<AnySource, StepError> {
+        let missing = || StepError::Internal(format!("source `{name}` is not configured"));
+        self.resources
+            .sources
+            .get(name)
+            .cloned()
+            .ok_or_else(missing)
+    }
+
+    /// A configured sink, as [`Self::source`].
+    pub fn sink(&self, name: &str) -> Result<AnySink, StepError> {
+        let missing = || StepError::Internal(format!("sink `{name}` is not configured"));
+        self.resources.sinks.get(name).cloned().ok_or_else(missing)
+    }
+}
+
 /// What a step knows about the run it belongs to.
 #[derive(Clone)]
 pub struct StepContext {
@@ -89,6 +141,18 @@ pub struct StepContext {
     pub logical_date: DateTime<Utc>,
     pub stop: StopFlag,
     pub pool: Arc<rayon::ThreadPool>,
+}
+
+impl StepContext {
+    /// Runs `f` on the compute pool with this step's stop flag.
+    pub async fn compute<T, F>(&self, f: F) -> Result<T, StepError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StopFlag) -> Result<T, StepError> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        compute(&self.pool, move || f(&stop)).await
+    }
 }
 
 /// An artifact a step reads: the folder another step wrote.

@@ -11,10 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, StepKind, refuse_flags};
-use super::{
-    DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of, model,
-};
+use super::kind::{CheckContext, Inputs, Problem, StepKind, refuse_flags};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of, model};
 use crate::artifact::lists::{self, ListShape, USER_LIST};
 use crate::artifact::{ArtifactKind, ParquetWriter, filters, interactions};
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
@@ -129,16 +127,16 @@ pub struct ListArgs {
 
 impl RecommendJob {
     /// A list step's job in a pipeline: the model and filters among its inputs.
-    pub fn of_inputs(
-        inputs: &[Input],
-        cx: &StepContext,
+    pub fn of_step(
+        step: &StepRun<'_>,
         top_n: usize,
         min_score: Option<f32>,
     ) -> Result<Self, StepError> {
         Ok(RecommendJob {
-            model_dir: input_of(inputs, ArtifactKind::Model)?.dir.clone(),
+            model_dir: input_of(step.inputs, ArtifactKind::Model)?.dir.clone(),
             interactions: None,
-            filters: inputs
+            filters: step
+                .inputs
                 .iter()
                 .filter(|i| i.kind == ArtifactKind::Filter)
                 .map(|i| i.dir.clone())
@@ -148,7 +146,7 @@ impl RecommendJob {
             min_score,
             min_coverage: 0.0,
             allow_empty: true,
-            run_id: cx.run_id.clone(),
+            run_id: step.cx.run_id.clone(),
             generated_at: Utc::now(),
         })
     }
@@ -174,7 +172,7 @@ impl RecommendJob {
 
 impl StepKind for RecommendSpec {
     const NAME: &'static str = "recommend";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+    const INPUTS: Inputs = Some(&[
         (ArtifactKind::Model, 1, 1),
         (ArtifactKind::Interactions, 0, 1),
         (ArtifactKind::Filter, 0, usize::MAX),
@@ -193,32 +191,18 @@ impl StepKind for RecommendSpec {
         format!("top {} per user", self.top_n)
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        _resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        let mut job = RecommendJob::of_inputs(inputs, cx, self.top_n, self.min_score)?;
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let mut job = RecommendJob::of_step(step, self.top_n, self.min_score)?;
         (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
         job.exclude_seen = self.exclude_seen;
-        job.interactions = inputs
-            .iter()
-            .find(|i| i.kind == ArtifactKind::Interactions)
-            .map(|i| i.dir.join(DATA_FILE));
-        let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
-        compute(&cx.pool, move || run(&job, &out, &stop)).await
+        job.interactions = step.data_of(ArtifactKind::Interactions).ok();
+        let out = step.out_dir.join(DATA_FILE);
+        step.cx.compute(move |stop| run(&job, &out, stop)).await
     }
 
-    async fn run_alone(
-        a: ListArgs,
-        _project_dir: &Path,
-        cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: ListArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let (job, out) = RecommendJob::of_args(a)?;
-        let stop = cx.stop.clone();
-        compute(&cx.pool, move || run(&job, &out, &stop)).await
+        cx.compute(move |stop| run(&job, &out, stop)).await
     }
 }
 

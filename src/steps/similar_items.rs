@@ -7,11 +7,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, StepKind};
+use super::kind::{CheckContext, Inputs, Problem, StepKind};
 use super::recommend::{
     ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems, write_lists,
 };
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, model};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, model};
 use crate::artifact::ArtifactKind;
 use crate::artifact::filters;
 use crate::artifact::lists::ITEM_LIST;
@@ -35,7 +35,7 @@ pub struct SimilarItemsSpec {
 
 impl StepKind for SimilarItemsSpec {
     const NAME: &'static str = "similar_items";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+    const INPUTS: Inputs = Some(&[
         (ArtifactKind::Model, 1, 1),
         (ArtifactKind::Filter, 0, usize::MAX),
     ]);
@@ -53,27 +53,16 @@ impl StepKind for SimilarItemsSpec {
         format!("top {} similar items per item", self.top_n)
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        _resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        let mut job = RecommendJob::of_inputs(inputs, cx, self.top_n, self.min_score)?;
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let mut job = RecommendJob::of_step(step, self.top_n, self.min_score)?;
         (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
-        let (out, stop) = (out_dir.join(DATA_FILE), cx.stop.clone());
-        compute(&cx.pool, move || similar(&job, &out, &stop)).await
+        let out = step.out_dir.join(DATA_FILE);
+        step.cx.compute(move |stop| similar(&job, &out, stop)).await
     }
 
-    async fn run_alone(
-        a: ListArgs,
-        _project_dir: &Path,
-        cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: ListArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let (job, out) = RecommendJob::of_args(a)?;
-        let stop = cx.stop.clone();
-        compute(&cx.pool, move || similar(&job, &out, &stop)).await
+        cx.compute(move |stop| similar(&job, &out, stop)).await
     }
 }
 

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::kind::{
-    Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
+    Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse,
+    toml_string,
 };
 use super::model::{self, ModelSpec};
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, compute, input_of};
+use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
 use crate::artifact::interactions;
 use crate::artifact::model::ModelMeta;
@@ -54,8 +55,7 @@ impl ModelArgs {
 
 impl StepKind for ModelSpec {
     const NAME: &'static str = "train";
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> =
-        Some(&[(ArtifactKind::Interactions, 1, 1)]);
+    const INPUTS: Inputs = ON_INTERACTIONS;
     type Args = TrainArgs;
 
     fn keys() -> &'static [&'static str] {
@@ -78,29 +78,15 @@ impl StepKind for ModelSpec {
         format!("model {}", self.model())
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        out_dir: &Path,
-        cx: &StepContext,
-        _resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        let input = input_of(inputs, ArtifactKind::Interactions)?
-            .dir
-            .join(DATA_FILE);
-        let (spec, out, stop) = (self.clone(), out_dir.to_path_buf(), cx.stop.clone());
-        compute(&cx.pool, move || run(&spec, &input, &out, &stop)).await
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        step.from_interactions(self, run).await
     }
 
-    async fn run_alone(
-        a: TrainArgs,
-        _project_dir: &Path,
-        cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: TrainArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let spec = a.model.spec()?;
         create_output(&a.output)?;
-        let stop = cx.stop.clone();
-        compute(&cx.pool, move || run(&spec, &a.input, &a.output, &stop)).await
+        cx.compute(move |stop| run(&spec, &a.input, &a.output, stop))
+            .await
     }
 }
 

@@ -23,8 +23,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::kind::{CheckContext, Problem, StepKind, Target, settings_of};
-use super::{DATA_FILE, Input, Resources, StepContext, StepError, StepOutput, blocking};
+use super::kind::{CheckContext, Inputs, Problem, StepKind, Target, settings_of};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
 use crate::artifact::ArtifactKind;
 use crate::config::diagnostic::{is_table_name, unknown_name};
 use crate::sinks::{AnySink, ListFile, Published};
@@ -104,7 +104,7 @@ fn is_list(kind: ArtifactKind) -> bool {
 impl StepKind for WriteSpec {
     const NAME: &'static str = "write";
     // One list, or one per entry of `tables` (see `input_problems`).
-    const INPUTS: Option<&'static [(ArtifactKind, usize, usize)]> = Some(&[
+    const INPUTS: Inputs = Some(&[
         (ArtifactKind::UserRecs, 0, 1),
         (ArtifactKind::ItemRecs, 0, 1),
     ]);
@@ -226,19 +226,11 @@ impl StepKind for WriteSpec {
         }
     }
 
-    async fn run(
-        &self,
-        inputs: &[Input],
-        _out_dir: &Path,
-        cx: &StepContext,
-        resources: &Resources,
-    ) -> Result<StepOutput, StepError> {
-        // Validation guarantees the sink and a table for every list among the
-        // inputs: their absence is a bug.
-        let sink = resources.sinks.get(&self.sink).cloned().ok_or_else(|| {
-            StepError::Internal(format!("sink `{}` is not configured", self.sink))
-        })?;
-        let list_steps: Vec<&str> = inputs
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let sink = step.sink(&self.sink)?;
+        // Validation guarantees a table for every list among the inputs.
+        let list_steps: Vec<&str> = step
+            .inputs
             .iter()
             .filter(|i| is_list(i.kind))
             .map(|i| i.step.as_str())
@@ -246,9 +238,9 @@ impl StepKind for WriteSpec {
         let lists = self
             .targets(&list_steps)
             .into_iter()
-            .map(|(step, table)| {
-                let input = inputs.iter().find(|i| i.step == step).ok_or_else(|| {
-                    StepError::Internal(format!("`tables` names `{step}`, which is not an input"))
+            .map(|(name, table)| {
+                let input = step.inputs.iter().find(|i| i.step == name).ok_or_else(|| {
+                    StepError::Internal(format!("`tables` names `{name}`, which is not an input"))
                 })?;
                 Ok(ListFile {
                     table: table.to_string(),
@@ -262,17 +254,13 @@ impl StepKind for WriteSpec {
         let job = WriteJob {
             sink,
             lists,
-            version: cx.run_id.clone(),
+            version: step.cx.run_id.clone(),
             allow_empty: self.allow_empty,
         };
         blocking(move || run(&job)).await
     }
 
-    async fn run_alone(
-        a: WriteArgs,
-        project_dir: &Path,
-        _cx: &StepContext,
-    ) -> Result<StepOutput, StepError> {
+    async fn run_alone(a: WriteArgs, project_dir: &Path, _cx: &StepContext) -> StepResult {
         let settings = settings_of(project_dir)?;
         let config = settings
             .sinks

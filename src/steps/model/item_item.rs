@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float32Array, UInt32Array};
+use arrow::array::{ArrayRef, Float32Array, UInt32Array};
+use arrow::datatypes::{Float32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Fit, Fitted, ModelKind, Trained};
 use crate::artifact::interactions;
-use crate::artifact::model::{Columns, ModelFiles, floats};
+use crate::artifact::model::{Columns, ModelFiles, values};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
 use crate::models::{Csr, Recommender, StopFlag};
 use crate::steps::spec::{Problem, between, whole};
@@ -109,19 +110,9 @@ impl ModelKind for ItemItemSpec {
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
         let (path, batches) = artifact.file(NEIGHBORS_FILE)?;
-        let (mut rows, mut cols) = (Vec::new(), Vec::new());
-        for b in &batches {
-            for (name, out) in [("item", &mut rows), ("neighbor", &mut cols)] {
-                let col = b
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
-                    .ok_or_else(|| {
-                        StepError::Data(format!("{}: no UInt32 column `{name}`", path.display()))
-                    })?;
-                out.extend_from_slice(col.values());
-            }
-        }
-        let scores = floats(&batches, "score", &path)?;
+        let rows = values::<UInt32Type>(&batches, "item", &path)?;
+        let cols = values::<UInt32Type>(&batches, "neighbor", &path)?;
+        let scores = values::<Float32Type>(&batches, "score", &path)?;
         let n = artifact.items.len();
         if rows.iter().chain(&cols).any(|&i| i as usize >= n) {
             return Err(StepError::Data(format!(
