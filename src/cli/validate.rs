@@ -7,6 +7,7 @@ use anyhow::anyhow;
 use chrono::Utc;
 use clap::Args;
 use recpipe::config::Settings;
+use recpipe::config::stores::StoreConfig;
 use recpipe::pipeline::load::Pipeline;
 use recpipe::sources::AnySource;
 use recpipe::sources::ParamValue;

@@ -21,11 +21,11 @@ use super::diagnostic::Diagnostics;
 use super::introspect::fields;
 use super::layers::Layers;
 use super::redact;
+use super::stores::stores;
 pub use super::stores::{
     BigQueryConfig, BigQuerySinkConfig, DataFusionSourceConfig, FileFormat, ParquetSinkConfig,
     PostgresConfig, SinkConfig, SourceConfig, TableFileConfig, TlsMode, is_pg_identifier,
 };
-use super::stores::{kind_of, named_tables};
 pub use super::values::{Secret, duration};
 
 /// Everything the daemon and the CLI read from `config/`.
@@ -234,49 +234,11 @@ impl Settings {
         settings.api = section(layers, &mut root, "api");
         settings.daemon = section(layers, &mut root, "daemon");
         settings.retention = section(layers, &mut root, "retention");
-        if let Some(t) = named_tables(layers, &mut root, "sources") {
-            settings.sources = t
-                .into_iter()
-                .filter_map(|(name, table)| {
-                    let kind = kind_of(
-                        layers,
-                        &format!("sources.{name}"),
-                        &table,
-                        SourceConfig::KINDS,
-                    )?;
-                    let mut allowed = match kind.as_str() {
-                        "datafusion" => fields::<DataFusionSourceConfig>(),
-                        "postgres" => fields::<PostgresConfig>(),
-                        _ => fields::<BigQueryConfig>(),
-                    }
-                    .to_vec();
-                    allowed.push("kind");
-                    let what = format!("a `{kind}` source");
-                    let path = format!("sources.{name}");
-                    let config = layers.deserialize(&path, table, &allowed, &what)?;
-                    Some((name, config))
-                })
-                .collect();
+        if let Some(sources) = stores(layers, &mut root, "sources") {
+            settings.sources = sources;
         }
-        if let Some(t) = named_tables(layers, &mut root, "sinks") {
-            settings.sinks = t
-                .into_iter()
-                .filter_map(|(name, table)| {
-                    let kind =
-                        kind_of(layers, &format!("sinks.{name}"), &table, SinkConfig::KINDS)?;
-                    let mut allowed = match kind.as_str() {
-                        "parquet" => fields::<ParquetSinkConfig>(),
-                        "postgres" => fields::<PostgresConfig>(),
-                        _ => fields::<BigQuerySinkConfig>(),
-                    }
-                    .to_vec();
-                    allowed.push("kind");
-                    let what = format!("a `{kind}` sink");
-                    let path = format!("sinks.{name}");
-                    let config = layers.deserialize(&path, table, &allowed, &what)?;
-                    Some((name, config))
-                })
-                .collect();
+        if let Some(sinks) = stores(layers, &mut root, "sinks") {
+            settings.sinks = sinks;
         }
         // What is left are the top-level keys; unknown ones are told apart from
         // the sections with the whole list of accepted keys.

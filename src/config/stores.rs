@@ -6,11 +6,54 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use super::diagnostic::{one_of, suggest};
+use super::introspect::fields;
 use super::layers::Layers;
 use super::values::{Secret, duration};
+
+/// A source or a sink as the settings configure it: a table per name whose
+/// `kind` picks the variant.
+pub trait StoreConfig: DeserializeOwned {
+    const KINDS: &[&str];
+    /// `source` or `sink`, for messages.
+    const WHAT: &str;
+    /// The keys of `kind` (one of [`Self::KINDS`]) besides `kind`.
+    fn keys_of(kind: &str) -> &'static [&'static str];
+    /// Its `kind`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Implements [`StoreConfig`] for an enum of store configs from its variants,
+/// each with its config type and `kind` name.
+macro_rules! store_config {
+    ($config:ident, $what:literal: $($variant:ident($spec:ty) = $name:literal),*) => {
+        impl StoreConfig for $config {
+            const KINDS: &[&str] = &[$($name),*];
+            const WHAT: &str = $what;
+
+            fn keys_of(kind: &str) -> &'static [&'static str] {
+                $(if kind == $name {
+                    return fields::<$spec>();
+                })*
+                &[]
+            }
+
+            fn kind(&self) -> &'static str {
+                match self {
+                    $($config::$variant(_) => $name,)*
+                }
+            }
+        }
+    };
+}
+
+store_config!(SourceConfig, "source": Datafusion(DataFusionSourceConfig) = "datafusion",
+    Postgres(PostgresConfig) = "postgres", Bigquery(BigQueryConfig) = "bigquery");
+store_config!(SinkConfig, "sink": Parquet(ParquetSinkConfig) = "parquet",
+    Postgres(PostgresConfig) = "postgres", Bigquery(BigQuerySinkConfig) = "bigquery");
 
 /// A named place extract steps read from.
 #[derive(Debug, Clone, Deserialize)]
@@ -22,18 +65,6 @@ pub enum SourceConfig {
     Postgres(PostgresConfig),
     /// The BigQuery warehouse (or its emulator).
     Bigquery(BigQueryConfig),
-}
-
-impl SourceConfig {
-    pub const KINDS: &[&str] = &["datafusion", "postgres", "bigquery"];
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Datafusion(_) => "datafusion",
-            SourceConfig::Postgres(_) => "postgres",
-            SourceConfig::Bigquery(_) => "bigquery",
-        }
-    }
 }
 
 /// A BigQuery project. Credentials: `key_file` (a service-account key), else the
@@ -159,18 +190,6 @@ pub struct BigQuerySinkConfig {
     pub cluster_by: Vec<String>,
 }
 
-impl SinkConfig {
-    pub const KINDS: &[&str] = &["parquet", "postgres", "bigquery"];
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Parquet(_) => "parquet",
-            SinkConfig::Postgres(_) => "postgres",
-            SinkConfig::Bigquery(_) => "bigquery",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
@@ -193,6 +212,26 @@ pub fn is_pg_identifier(s: &str) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && s.len() <= 63
+}
+
+/// The configured stores of section `name` (`sources` or `sinks`), each checked
+/// against its kind's keys; `None` when the section is absent or not a table.
+pub(super) fn stores<C: StoreConfig>(
+    layers: &mut Layers,
+    root: &mut Table,
+    name: &str,
+) -> Option<BTreeMap<String, C>> {
+    let tables = named_tables(layers, root, name)?;
+    let stores = tables.into_iter().filter_map(|(id, table)| {
+        let path = format!("{name}.{id}");
+        let kind = kind_of(layers, &path, &table, C::KINDS)?;
+        let mut allowed = C::keys_of(&kind).to_vec();
+        allowed.push("kind");
+        let what = format!("a `{kind}` {}", C::WHAT);
+        let config = layers.deserialize(&path, table, &allowed, &what)?;
+        Some((id, config))
+    });
+    Some(stores.collect())
 }
 
 /// `[sources.<name>]` or `[sinks.<name>]`: each entry a table.
