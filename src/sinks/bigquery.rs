@@ -59,6 +59,12 @@ type Labels = HashMap<String, String>;
 /// A failure: its message, and whether a retry could help.
 struct Failure(String, bool);
 
+impl super::ClientError for Failure {
+    fn split(self) -> (String, bool) {
+        (self.0, self.1)
+    }
+}
+
 fn transport(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure(format!("{what}: {e}"), true)
 }
@@ -75,15 +81,6 @@ impl BigQuerySink {
             name: name.to_string(),
             config,
         }
-    }
-
-    fn block_on<T>(
-        &self,
-        work: impl Future<Output = Result<T, Failure>> + Send,
-    ) -> Result<T, SinkError> {
-        super::block_on(&self.name, work, |Failure(message, retryable)| {
-            (message, retryable)
-        })
     }
 
     async fn access(&self) -> Result<(Access, Client), Failure> {
@@ -373,7 +370,7 @@ impl BigQuerySink {
 
 impl Sink for BigQuerySink {
     fn healthcheck(&self) -> Result<(), SinkError> {
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let (_, client) = self.access().await?;
             client
                 .dataset()
@@ -386,21 +383,14 @@ impl Sink for BigQuerySink {
 
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
         let sha256 = super::sha256_of(&self.name, input)?;
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let (access, client) = self.access().await?;
             let run = run_label(version);
-            let staged = |rows, unchanged, pruned| Staged {
-                table: table.to_string(),
-                version: version.to_string(),
-                rows,
-                sha256: sha256.clone(),
-                unchanged,
-                pruned,
-            };
+            let staged = Staged::of(table, version, &sha256);
             let rows = list_rows(input)?;
             if self.labels_of(&client, table).await? == Some(labels(&run, &sha256)) {
                 // Published by an earlier attempt of this run whose result was lost.
-                return Ok(staged(rows, true, Vec::new()));
+                return Ok::<_, Failure>(staged(rows, true, Vec::new()));
             }
             let pruned = self.drop_leftovers(&client, table).await?;
             self.load(&access, &client, &staging_name(table, &run), &run, input)
@@ -413,7 +403,7 @@ impl Sink for BigQuerySink {
         if staged.unchanged {
             return Ok(self.published(staged, Vec::new()));
         }
-        self.block_on(async {
+        super::block_on(&self.name, async {
             if failpoint::armed("bigquery.before_swap") {
                 return Err(Failure(
                     "failure point `bigquery.before_swap` armed".into(),
@@ -429,18 +419,22 @@ impl Sink for BigQuerySink {
     }
 
     fn rollback(&self, table: &str) -> Result<Published, SinkError> {
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let (_, client) = self.access().await?;
             let prev = format!("{table}{PREV}");
             let Some(current) = self.labels_of(&client, table).await? else {
                 return Err(Failure(
-                    format!("table `{table}` has never been published: nothing to roll back; publish a list first"),
+                    format!(
+                        "table `{table}` has never been published: nothing to roll back; publish a list first"
+                    ),
                     false,
                 ));
             };
             let Some(previous) = self.labels_of(&client, &prev).await? else {
                 return Err(Failure(
-                    format!("table `{table}` has no previous version (`{prev}`) to roll back to; a rollback needs two publishes"),
+                    format!(
+                        "table `{table}` has no previous version (`{prev}`) to roll back to; a rollback needs two publishes"
+                    ),
                     false,
                 ));
             };

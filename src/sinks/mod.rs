@@ -46,20 +46,30 @@ impl SinkError {
 
 /// Runs a database sink's async work to completion from the blocking thread the
 /// write step runs on (`spawn_blocking`); the connection's I/O runs on the SQL
-/// runtime. `failure` gives an error's message and whether a retry could help:
-/// retryable failures become `Io`, the rest `Rejected`.
-fn block_on<T, E>(
+/// runtime. Retryable failures become `Io`, the rest `Rejected`.
+fn block_on<T, E: ClientError>(
     sink: &str,
     work: impl Future<Output = Result<T, E>> + Send,
-    failure: impl FnOnce(E) -> (String, bool),
 ) -> Result<T, SinkError> {
     crate::sources::engine().block_on(work).map_err(|e| {
-        let (sink, (message, retryable)) = (sink.to_string(), failure(e));
+        let (sink, (message, retryable)) = (sink.to_string(), e.split());
         match retryable {
             true => SinkError::Io { sink, message },
             false => SinkError::Rejected { sink, message },
         }
     })
+}
+
+/// An error of a store's client.
+trait ClientError {
+    /// Its message, and whether a retry could help.
+    fn split(self) -> (String, bool);
+}
+
+impl ClientError for crate::pgconn::PgError {
+    fn split(self) -> (String, bool) {
+        (self.message, self.retryable)
+    }
 }
 
 /// A staged version, ready to swap in.
@@ -74,6 +84,25 @@ pub struct Staged {
     pub unchanged: bool,
     /// Leftovers of crashed publishes removed while staging.
     pub pruned: Vec<String>,
+}
+
+impl Staged {
+    /// `table` staged as `version` with content `sha256`, once its rows, whether
+    /// it was already there and what was pruned are known.
+    fn of<'a>(
+        table: &'a str,
+        version: &'a str,
+        sha256: &'a str,
+    ) -> impl Fn(u64, bool, Vec<String>) -> Staged + 'a {
+        move |rows, unchanged, pruned| Staged {
+            table: table.to_string(),
+            version: version.to_string(),
+            rows,
+            sha256: sha256.to_string(),
+            unchanged,
+            pruned,
+        }
+    }
 }
 
 /// Where a published list now lives.
@@ -101,6 +130,9 @@ pub struct ListFile {
     pub input: PathBuf,
 }
 
+/// What a sink's operations end with.
+pub type SinkResult<T> = Result<T, SinkError>;
+
 /// What every sink does.
 pub trait Sink {
     /// Checks the store is reachable and writable.
@@ -120,11 +152,7 @@ pub trait Sink {
     /// switched, so a failure while staging changes no table. This default then
     /// switches the tables one after another (each atomically); a sink that can
     /// switch them in one step overrides it.
-    fn publish_group(
-        &self,
-        lists: &[ListFile],
-        version: &str,
-    ) -> Result<Vec<Published>, SinkError> {
+    fn publish_group(&self, lists: &[ListFile], version: &str) -> SinkResult<Vec<Published>> {
         let staged = lists
             .iter()
             .map(|l| self.write_staging(&l.table, version, &l.input))

@@ -36,7 +36,7 @@ use futures::SinkExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio_postgres::{Client, GenericClient};
 
-use super::{ListFile, Published, Sink, SinkError, Staged};
+use super::{ListFile, Published, Sink, SinkError, SinkResult, Staged};
 use crate::config::settings::{PostgresConfig, is_pg_identifier};
 use crate::failpoint;
 use crate::pgconn::{PgError, Target, qualified};
@@ -62,13 +62,6 @@ impl PostgresSink {
             name: name.to_string(),
             config,
         }
-    }
-
-    fn block_on<T>(
-        &self,
-        work: impl Future<Output = Result<T, PgError>> + Send,
-    ) -> Result<T, SinkError> {
-        super::block_on(&self.name, work, |e| (e.message, e.retryable))
     }
 
     /// A connection holding the publish lock of every table in `tables`.
@@ -219,7 +212,7 @@ impl PostgresSink {
 
 impl Sink for PostgresSink {
     fn healthcheck(&self) -> Result<(), SinkError> {
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let target = Target::new(&self.config)?;
             let client = target.connect().await?;
             let row = client
@@ -241,19 +234,12 @@ impl Sink for PostgresSink {
 
     fn write_staging(&self, table: &str, version: &str, input: &Path) -> Result<Staged, SinkError> {
         let sha256 = super::sha256_of(&self.name, input)?;
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let schema = &self.config.schema;
             let (target, mut client) = self.connect(&[table]).await?;
-            let staged = |rows, unchanged, pruned| Staged {
-                table: table.to_string(),
-                version: version.to_string(),
-                rows,
-                sha256: sha256.clone(),
-                unchanged,
-                pruned,
-            };
+            let staged = Staged::of(table, version, &sha256);
             if let Some(rows) = holds(&client, schema, table, version, &sha256).await? {
-                return Ok(staged(rows, true, Vec::new()));
+                return Ok::<_, PgError>(staged(rows, true, Vec::new()));
             }
             let pruned = drop_leftovers(&client, schema, table).await?;
             let staging = staging_name(table, version);
@@ -286,11 +272,11 @@ impl Sink for PostgresSink {
         if staged.unchanged {
             return Ok(published(Vec::new()));
         }
-        self.block_on(async {
+        super::block_on(&self.name, async {
             let (_, mut client) = self.connect(&[table]).await?;
             let staging = staging_name(table, version);
             swap(&mut client, &self.config.schema, &[(staging, table)]).await?;
-            Ok(published(staged.pruned.clone()))
+            Ok::<_, PgError>(published(staged.pruned.clone()))
         })
     }
 
@@ -306,20 +292,16 @@ impl Sink for PostgresSink {
         })
     }
 
-    fn publish_group(
-        &self,
-        lists: &[ListFile],
-        version: &str,
-    ) -> Result<Vec<Published>, SinkError> {
+    fn publish_group(&self, lists: &[ListFile], version: &str) -> SinkResult<Vec<Published>> {
         let lists = lists
             .iter()
             .map(|l| Ok((l.clone(), super::sha256_of(&self.name, &l.input)?)))
             .collect::<Result<Vec<_>, SinkError>>()?;
-        self.block_on(self.publish_group_async(&lists, version))
+        super::block_on(&self.name, self.publish_group_async(&lists, version))
     }
 
     fn rollback(&self, table: &str) -> Result<Published, SinkError> {
-        let mut back = self.block_on(self.rollback_async(&[table]))?;
+        let mut back = super::block_on(&self.name, self.rollback_async(&[table]))?;
         back.pop().ok_or_else(|| SinkError::Io {
             sink: self.name.clone(),
             message: "nothing was rolled back".into(),
@@ -328,7 +310,7 @@ impl Sink for PostgresSink {
 
     fn rollback_group(&self, tables: &[String]) -> Result<Vec<Published>, SinkError> {
         let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-        self.block_on(self.rollback_async(&tables))
+        super::block_on(&self.name, self.rollback_async(&tables))
     }
 }
 
@@ -675,38 +657,21 @@ fn encode(columns: &[Column], batch: &RecordBatch, buf: &mut BytesMut) -> Result
                 buf.put_i32(-1);
                 continue;
             }
-            match column.kind {
-                Kind::Text => {
-                    let v = array.as_string::<i32>().value(row);
-                    buf.put_i32(v.len() as i32);
-                    buf.put_slice(v.as_bytes());
-                }
-                Kind::Int4 => {
-                    buf.put_i32(4);
-                    buf.put_i32(array.as_primitive::<Int32Type>().value(row));
-                }
-                Kind::Int8 => {
-                    buf.put_i32(8);
-                    buf.put_i64(array.as_primitive::<Int64Type>().value(row));
-                }
-                Kind::Float4 => {
-                    buf.put_i32(4);
-                    buf.put_f32(array.as_primitive::<Float32Type>().value(row));
-                }
-                Kind::Float8 => {
-                    buf.put_i32(8);
-                    buf.put_f64(array.as_primitive::<Float64Type>().value(row));
-                }
-                Kind::Bool => {
-                    buf.put_i32(1);
-                    buf.put_u8(array.as_boolean().value(row) as u8);
-                }
+            // Each field is its length, then its bytes in network order.
+            let field: &[u8] = match column.kind {
+                Kind::Text => array.as_string::<i32>().value(row).as_bytes(),
+                Kind::Int4 => &array.as_primitive::<Int32Type>().value(row).to_be_bytes(),
+                Kind::Int8 => &array.as_primitive::<Int64Type>().value(row).to_be_bytes(),
+                Kind::Float4 => &array.as_primitive::<Float32Type>().value(row).to_be_bytes(),
+                Kind::Float8 => &array.as_primitive::<Float64Type>().value(row).to_be_bytes(),
+                Kind::Bool => &[array.as_boolean().value(row) as u8],
                 Kind::Timestamp | Kind::Timestamptz => {
                     let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
-                    buf.put_i32(8);
-                    buf.put_i64(micros - PG_EPOCH_MICROS);
+                    &(micros - PG_EPOCH_MICROS).to_be_bytes()
                 }
-            }
+            };
+            buf.put_i32(field.len() as i32);
+            buf.put_slice(field);
         }
     }
     Ok(())

@@ -31,7 +31,7 @@ use gcp_bigquery_client::model::query_request::QueryRequest;
 use gcp_bigquery_client::model::table_row::TableRow;
 use gcp_bigquery_client::model::table_schema::TableSchema;
 
-use super::{QueryResult, Source, SourceError};
+use super::{Params, QueryResult, Source, SourceError};
 use crate::bqconn::Access;
 use crate::config::settings::BigQueryConfig;
 use crate::sources::ParamValue;
@@ -165,11 +165,7 @@ impl BigQuerySource {
 }
 
 impl Source for BigQuerySource {
-    async fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, ParamValue>,
-    ) -> Result<QueryResult, SourceError> {
+    async fn query(&self, sql: &str, params: &Params) -> Result<QueryResult, SourceError> {
         let client = self.client().await?;
         let first = self.first_page(&client, sql, params, false).await?;
         let columns = Column::all(first.schema.as_ref())?;

@@ -18,7 +18,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use super::{QueryResult, Source, SourceError};
+use super::{Params, QueryResult, Source, SourceError};
 use crate::config::settings::{DataFusionSourceConfig, FileFormat, TableFileConfig};
 use crate::sources::ParamValue;
 
@@ -142,11 +142,7 @@ fn empty_files(name: &str, path: &std::path::Path) -> Result<(), SourceError> {
 }
 
 impl Source for DataFusionSource {
-    async fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, ParamValue>,
-    ) -> Result<QueryResult, SourceError> {
+    async fn query(&self, sql: &str, params: &Params) -> Result<QueryResult, SourceError> {
         let ctx = self.context().await?;
         let values: Vec<(String, ScalarValue)> =
             params.iter().map(|(k, v)| (k.clone(), scalar(v))).collect();

@@ -53,13 +53,16 @@ pub struct QueryResult {
     pub batches: BatchStream,
 }
 
+/// Query parameters by name, bound (never pasted into the SQL text).
+pub type Params = BTreeMap<String, ParamValue>;
+
 /// What every source can do.
 pub trait Source {
     /// Runs `sql` with `params` bound by name.
     fn query(
         &self,
         sql: &str,
-        params: &BTreeMap<String, ParamValue>,
+        params: &Params,
     ) -> impl Future<Output = Result<QueryResult, SourceError>> + Send;
 }
 
@@ -86,11 +89,7 @@ impl AnySource {
         }
     }
 
-    pub async fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, ParamValue>,
-    ) -> Result<QueryResult, SourceError> {
+    pub async fn query(&self, sql: &str, params: &Params) -> Result<QueryResult, SourceError> {
         match self {
             AnySource::DataFusion(s) => s.query(sql, params).await,
             AnySource::Postgres(s) => s.query(sql, params).await,

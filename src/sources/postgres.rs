@@ -6,7 +6,6 @@
 //! with the types the server infers; rows stream from the socket into Arrow
 //! batches of 8192, so a large result is never held whole.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -20,7 +19,7 @@ use futures::StreamExt;
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::{QueryResult, Source, SourceError};
+use super::{Params, QueryResult, Source, SourceError};
 use crate::config::settings::PostgresConfig;
 use crate::pgconn::{PgError, Target};
 use crate::sources::ParamValue;
@@ -57,11 +56,7 @@ fn source_error(e: PgError) -> SourceError {
 }
 
 impl Source for PostgresSource {
-    async fn query(
-        &self,
-        sql: &str,
-        params: &BTreeMap<String, ParamValue>,
-    ) -> Result<QueryResult, SourceError> {
+    async fn query(&self, sql: &str, params: &Params) -> Result<QueryResult, SourceError> {
         let (sql, names) = positional(sql).map_err(SourceError::Query)?;
         let target = Target::new(&self.config).map_err(source_error)?;
         let client = target.connect().await.map_err(source_error)?;
