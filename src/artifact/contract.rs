@@ -170,17 +170,15 @@ mod tests {
         RecordBatch::try_from_iter(cols).unwrap()
     }
 
+    fn col(array: impl Array + 'static) -> ArrayRef {
+        Arc::new(array)
+    }
+
     #[test]
     fn interactions_are_cast_and_value_defaults_to_one() {
         let b = batch(vec![
-            (
-                "user_id",
-                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
-            ),
-            (
-                "item_id",
-                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
-            ),
+            ("user_id", col(Int32Array::from(vec![1, 2]))),
+            ("item_id", col(StringArray::from(vec!["a", "b"]))),
         ]);
         let target = conform_schema(Role::Interactions, &b.schema()).unwrap();
         let out = conform_batch(Role::Interactions, &b, &target, 0).unwrap();
@@ -195,10 +193,7 @@ mod tests {
 
     #[test]
     fn missing_column_is_named() {
-        let b = batch(vec![(
-            "user",
-            Arc::new(Int32Array::from(vec![1])) as ArrayRef,
-        )]);
+        let b = batch(vec![("user", col(Int32Array::from(vec![1])))]);
         let e = conform_schema(Role::Interactions, &b.schema()).unwrap_err();
         assert!(e.contains("missing column `user_id`"), "{e}");
         assert!(e.contains("the query returned `user`"), "{e}");
@@ -207,18 +202,9 @@ mod tests {
     #[test]
     fn nan_and_null_are_rejected_with_row() {
         let b = batch(vec![
-            (
-                "user_id",
-                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
-            ),
-            (
-                "item_id",
-                Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
-            ),
-            (
-                "value",
-                Arc::new(Float64Array::from(vec![1.0, f64::NAN])) as ArrayRef,
-            ),
+            ("user_id", col(Int32Array::from(vec![1, 2]))),
+            ("item_id", col(Int32Array::from(vec![1, 2]))),
+            ("value", col(Float64Array::from(vec![1.0, f64::NAN]))),
         ]);
         let target = conform_schema(Role::Interactions, &b.schema()).unwrap();
         let e = conform_batch(Role::Interactions, &b, &target, 10).unwrap_err();
@@ -229,7 +215,7 @@ mod tests {
 
         let b = batch(vec![(
             "item_id",
-            Arc::new(Int32Array::from(vec![Some(1), None])) as ArrayRef,
+            col(Int32Array::from(vec![Some(1), None])),
         )]);
         let target = conform_schema(Role::Filter, &b.schema()).unwrap();
         let e = conform_batch(Role::Filter, &b, &target, 0).unwrap_err();

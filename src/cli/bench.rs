@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use arrow::array::{Array, BooleanArray, Float32Array, Int64Array};
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
@@ -158,23 +159,10 @@ fn read_side(path: &Path, test: bool) -> Result<(Triplets, (usize, usize)), Stri
     let (mut n_users, mut n_items) = (0, 0);
     for b in reader {
         let b = b.map_err(|e| e.to_string())?;
-        let get = |n: &str| b.column_by_name(n).ok_or(format!("no column `{n}`"));
-        let uid = get("user_id")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or("user_id not Int64")?;
-        let iid = get("item_id")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or("item_id not Int64")?;
-        let rat = get("rating")?
-            .as_any()
-            .downcast_ref::<Float32Array>()
-            .ok_or("rating not Float32")?;
-        let tst = get("is_test")?
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or("is_test not bool")?;
+        let uid = column::<Int64Array>(&b, "user_id")?;
+        let iid = column::<Int64Array>(&b, "item_id")?;
+        let rat = column::<Float32Array>(&b, "rating")?;
+        let tst = column::<BooleanArray>(&b, "is_test")?;
         for row in 0..b.num_rows() {
             let (u, i) = (uid.value(row) as u32, iid.value(row) as u32);
             n_users = n_users.max(u as usize + 1);
@@ -187,6 +175,13 @@ fn read_side(path: &Path, test: bool) -> Result<(Triplets, (usize, usize)), Stri
         }
     }
     Ok((side, (n_users, n_items)))
+}
+
+/// Column `name` of `b` as an `A`.
+fn column<'a, A: Array + 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a A, String> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| format!("no column `{name}` of type {}", std::any::type_name::<A>()))
 }
 
 /// Rounds of the GEMM peak measurement, each about 10 ms: on a shared machine one
