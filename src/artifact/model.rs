@@ -52,7 +52,7 @@ pub struct ModelMeta {
     pub report: serde_json::Value,
 }
 
-/// A model artifact as it is read: what a model's [`ModelKind::load`] reads from.
+/// A model artifact as it is read: what each model's `load` (in `steps::model`) reads from.
 pub struct ModelFiles {
     pub dir: PathBuf,
     pub meta: ModelMeta,

@@ -1,5 +1,5 @@
 //! `merge_filters`: combines deny lists, allow lists and an item→group map into
-//! one filter artifact (its format is in [`super::filters`]), which `recommend`
+//! one filter artifact (its format is in [`crate::artifact::filters`]), which `recommend`
 //! and `similar_items` then apply.
 
 use std::path::{Path, PathBuf};
