@@ -237,7 +237,7 @@ impl Written {
     /// rows than `job` asks for: such a list comes from a degenerate model or
     /// filter (NaN factors, a `min_score` nothing reaches) and would replace a
     /// good list. The step fails, so the previous list stays published.
-    pub(crate) fn check(&self, job: &RecommendJob, of: usize, what: &str) -> Result<(), StepError> {
+    fn check(&self, job: &RecommendJob, of: usize, what: &str) -> Result<(), StepError> {
         if job.allow_empty {
             return Ok(());
         }
@@ -256,18 +256,17 @@ impl Written {
     }
 }
 
-/// Scores every row of `rows_ids` and streams the lists to `output`.
-#[allow(clippy::too_many_arguments)]
+/// Scores every row of `row_ids` and streams the lists to `output`, then checks
+/// that enough rows got one ([`Written::check`]).
 pub(crate) fn write_lists(
+    job: &RecommendJob,
     model: &dyn Recommender,
-    shape: &ListShape,
-    row_ids: &IdMap,
-    item_ids: &IdMap,
+    (shape, row_ids, item_ids): (&ListShape, &IdMap, &IdMap),
     selection: &Selection<'_>,
-    stamp: (&str, DateTime<Utc>),
     output: &Path,
     stop: &StopFlag,
 ) -> Result<Written, StepError> {
+    let stamp = (job.run_id.as_str(), job.generated_at);
     let schema = lists::schema(shape, row_ids, item_ids);
     let mut sink = ParquetWriter::create(output, schema.clone())?;
     let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
@@ -286,11 +285,18 @@ pub(crate) fn write_lists(
         written += batch.num_rows() as u64;
         sink.write(&batch)?;
     }
-    Ok(Written {
+    let written = Written {
         rows: written,
         covered,
         file: sink.finish()?,
-    })
+    };
+    let what = if shape.row_column == "user_id" {
+        "users"
+    } else {
+        "items"
+    };
+    written.check(job, row_ids.len(), what)?;
+    Ok(written)
 }
 
 /// User→item lists. Blocking: call through [`super::compute`] so scoring runs on
@@ -320,17 +326,8 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
         groups: filters.groups.as_ref(),
         ..Selection::default()
     };
-    let written = write_lists(
-        loaded.fitted.as_ref(),
-        &USER_LIST,
-        &loaded.users,
-        &loaded.items,
-        &selection,
-        (&job.run_id, job.generated_at),
-        output,
-        stop,
-    )?;
-    written.check(job, loaded.users.len(), "users")?;
+    let lists = (&USER_LIST, &loaded.users, &loaded.items);
+    let written = write_lists(job, loaded.fitted.as_ref(), lists, &selection, output, stop)?;
     Ok(StepOutput {
         rows: written.rows,
         details: json!({

@@ -89,17 +89,8 @@ pub fn similar(
         groups: filters.groups.as_ref(),
         ..Selection::default()
     };
-    let written = write_lists(
-        similarity.as_ref(),
-        &ITEM_LIST,
-        &loaded.items,
-        &loaded.items,
-        &selection,
-        (&job.run_id, job.generated_at),
-        output,
-        stop,
-    )?;
-    written.check(job, loaded.items.len(), "items")?;
+    let lists = (&ITEM_LIST, &loaded.items, &loaded.items);
+    let written = write_lists(job, similarity.as_ref(), lists, &selection, output, stop)?;
     Ok(StepOutput {
         rows: written.rows,
         details: json!({
