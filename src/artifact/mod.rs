@@ -30,26 +30,28 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    // The cause is part of the message, and deliberately not a `source`: a
+    // report that prints the chain would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{path}: {error}")]
     Parquet {
         path: PathBuf,
-        source: parquet::errors::ParquetError,
+        error: parquet::errors::ParquetError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Arrow {
         path: PathBuf,
-        source: arrow::error::ArrowError,
+        error: arrow::error::ArrowError,
     },
     /// The file is there but breaks its contract: a missing column, a null id,
     /// a NaN value …
     #[error("{0}")]
     Invalid(String),
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -57,7 +59,7 @@ impl ArtifactError {
     pub fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
         move |source| ArtifactError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }
@@ -92,7 +94,7 @@ impl ParquetWriter {
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
             ArtifactError::Parquet {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }
         })?;
         Ok(Self {
@@ -110,7 +112,7 @@ impl ParquetWriter {
             .write(batch)
             .map_err(|source| ArtifactError::Parquet {
                 path: self.path.clone(),
-                source,
+                error: source,
             })
     }
 
@@ -122,7 +124,7 @@ impl ParquetWriter {
             .into_inner()
             .map_err(|source| ArtifactError::Parquet {
                 path: self.path.clone(),
-                source,
+                error: source,
             })?;
         file.sync_all().map_err(ArtifactError::io(&self.tmp))?;
         drop(file);
@@ -153,7 +155,7 @@ pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), Artifa
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
         ArtifactError::Parquet {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     })?;
     let schema = builder.schema().clone();
@@ -163,13 +165,13 @@ pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), Artifa
             .build()
             .map_err(|source| ArtifactError::Parquet {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             })?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ArtifactError::Arrow {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     Ok((schema, batches))
 }
@@ -178,7 +180,7 @@ pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), Artifa
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<FileEntry, ArtifactError> {
     let text = serde_json::to_vec_pretty(value).map_err(|source| ArtifactError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     write_bytes(path, &text)?;
     describe(path)
@@ -188,7 +190,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Artif
     let text = fs::read(path).map_err(ArtifactError::io(path))?;
     serde_json::from_slice(&text).map_err(|source| ArtifactError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 

@@ -242,8 +242,8 @@ impl StepError {
             StepError::Source(e) => e.is_retryable(),
             StepError::Sink(e) => e.is_retryable(),
             // A file that is not there will not appear by retrying.
-            StepError::Artifact(ArtifactError::Io { source, .. }) => {
-                source.kind() != std::io::ErrorKind::NotFound
+            StepError::Artifact(ArtifactError::Io { error, .. }) => {
+                error.kind() != std::io::ErrorKind::NotFound
             }
             StepError::Memory(_) | StepError::Timeout(..) => true,
             StepError::Artifact(_)

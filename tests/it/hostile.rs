@@ -452,3 +452,30 @@ fn gen_data_refuses_sizes_it_cannot_make() {
         );
     }
 }
+
+/// A missing input file is invalid input (exit 2), and its cause is said once:
+/// the error's message holds it, so a report of the whole chain must not repeat it.
+#[test]
+fn a_missing_input_is_named_once() {
+    let dir = project();
+    let p = dir.path();
+    let missing = p.join("missing.parquet");
+    let out = recpipe(
+        p,
+        &[
+            "step",
+            "train",
+            "--input",
+            missing.to_str().unwrap(),
+            "--model",
+            "popular",
+            "--output",
+            p.join("model").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.parquet"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}
