@@ -803,8 +803,16 @@ impl SpecReader for TableReader<'_, '_> {
             .unwrap_or_default()
             .to_string();
         table.remove("model");
-        self.own = Some(Spanned::new(span, table));
-        ModelSpec::read(&model, self)
+        // A reader of its own, so the kind's own keys stay readable in any order.
+        let mut reader = TableReader {
+            checker: &mut *self.checker,
+            path: self.path,
+            allowed: self.allowed,
+            what: self.what,
+            own: Some(Spanned::new(span, table)),
+            model: None,
+        };
+        ModelSpec::read(&model, &mut reader)
     }
 }
 

@@ -131,6 +131,8 @@ impl RecommendJob {
         step: &StepRun<'_>,
         top_n: usize,
         min_score: Option<f32>,
+        min_coverage: f64,
+        allow_empty: bool,
     ) -> Result<Self, StepError> {
         Ok(RecommendJob {
             model_dir: input_of(step.inputs, ArtifactKind::Model)?.dir.clone(),
@@ -144,8 +146,8 @@ impl RecommendJob {
             top_n,
             exclude_seen: false,
             min_score,
-            min_coverage: 0.0,
-            allow_empty: true,
+            min_coverage,
+            allow_empty,
             run_id: step.cx.run_id.clone(),
             generated_at: Utc::now(),
         })
@@ -192,8 +194,13 @@ impl StepKind for RecommendSpec {
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
-        let mut job = RecommendJob::of_step(step, self.top_n, self.min_score)?;
-        (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
+        let mut job = RecommendJob::of_step(
+            step,
+            self.top_n,
+            self.min_score,
+            self.min_coverage,
+            self.allow_empty,
+        )?;
         job.exclude_seen = self.exclude_seen;
         job.interactions = step.data_of(ArtifactKind::Interactions).ok();
         let out = step.out_dir.join(DATA_FILE);

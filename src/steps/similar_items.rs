@@ -54,8 +54,13 @@ impl StepKind for SimilarItemsSpec {
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
-        let mut job = RecommendJob::of_step(step, self.top_n, self.min_score)?;
-        (job.min_coverage, job.allow_empty) = (self.min_coverage, self.allow_empty);
+        let job = RecommendJob::of_step(
+            step,
+            self.top_n,
+            self.min_score,
+            self.min_coverage,
+            self.allow_empty,
+        )?;
         let out = step.out_dir.join(DATA_FILE);
         step.cx.compute(move |stop| similar(&job, &out, stop)).await
     }
