@@ -1,6 +1,8 @@
 //! A seeded generator of example data: interactions with power-law item popularity
 //! and user activity plus planted topic structure (so a learned model can beat
-//! popularity), and items with a title, a category and an open/closed status.
+//! popularity), and items with a title (English and Japanese), a category, a
+//! prefecture and an open/closed status. A share of the items is new: no one
+//! has interacted with them yet, and only their content says whom they suit.
 //!
 //! Used by `recpipe gen-data`, by the example data in `data/example/` and by tests;
 //! the same seed always gives the same data.
@@ -25,6 +27,8 @@ pub struct SynthSpec {
     pub topics: usize,
     /// Probability that an event follows the user's topic rather than global taste.
     pub affinity: f64,
+    /// Items added after the events: listed with content, never interacted with.
+    pub new_items: usize,
     pub seed: u64,
 }
 
@@ -36,6 +40,7 @@ impl Default for SynthSpec {
             events: 40_000,
             topics: 12,
             affinity: 0.7,
+            new_items: 50,
             seed: 42,
         }
     }
@@ -44,9 +49,51 @@ impl Default for SynthSpec {
 pub struct SynthData {
     /// `user_id, item_id` (Int64), `value` (Float32), `ts` (Timestamp µs UTC).
     pub interactions: RecordBatch,
-    /// `item_id` (Int64), `title`, `category`, `status` (`open` | `closed`).
+    /// `item_id` (Int64), `title`, `category`, `status` (`open` | `closed`),
+    /// `title_ja`, `prefecture`; the new items come last.
     pub items: RecordBatch,
+    /// The planted topic (an index into the categories) of each user (id − 1)
+    /// and item (id − 1): the truth a model's lists are checked against.
+    pub user_topics: Vec<usize>,
+    pub item_topics: Vec<usize>,
 }
+
+/// Japanese job titles per topic, in the order of `TOPICS`.
+const TOPICS_JA: &[&[&str]] = &[
+    &[
+        "バックエンドエンジニア",
+        "サーバーサイド開発",
+        "インフラエンジニア",
+    ],
+    &[
+        "フロントエンドエンジニア",
+        "ウェブデザイナー",
+        "ＵＩエンジニア",
+    ],
+    &["データエンジニア", "機械学習エンジニア", "データ分析担当"],
+    &["法人営業", "営業マネージャー", "インサイドセールス"],
+    &["カスタマーサポート", "ヘルプデスク", "コールセンター"],
+    &[
+        "プロダクトデザイナー",
+        "イラストレーター",
+        "グラフィックデザイナー",
+    ],
+    &["倉庫スタッフ", "配送ドライバー", "フォークリフト作業"],
+    &["看護師", "介護スタッフ", "薬剤師"],
+    &["調理スタッフ", "バリスタ", "キッチン補助"],
+    &["経理事務", "一般事務", "人事担当"],
+    &["販売スタッフ", "レジ担当", "店長候補"],
+    &["塾講師", "家庭教師", "研修講師"],
+];
+const PREFECTURES: &[&str] = &["東京都", "大阪府", "愛知県", "福岡県", "北海道", "神奈川県"];
+/// Perks in the notations real postings mix: half-width katakana, full-width digits.
+const PERKS: &[&str] = &[
+    "未経験歓迎",
+    "週３日から",
+    "ﾘﾓｰﾄ可",
+    "年収500万円〜",
+    "正社員",
+];
 
 const TOPICS: &[(&str, &[&str])] = &[
     (
@@ -160,9 +207,11 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
     let start = 1_785_000_000_000_000i64; // 2026-07-25T17:20:00Z in µs
     let span = 90 * 24 * 3600 * 1_000_000i64;
     let mut counts: BTreeMap<(i64, i64), (f32, i64)> = BTreeMap::new();
+    let mut user_topics = Vec::with_capacity(spec.users);
     for (u, act) in activity.iter().enumerate() {
         let n = ((act / total) * spec.events as f64).round().max(3.0) as usize;
         let topic = rng.random_range(0..topics);
+        user_topics.push(topic);
         for _ in 0..n {
             let item = match (&by_topic[topic], &global) {
                 ((members, Some(dist)), _) if rng.random_bool(spec.affinity) => {
@@ -220,10 +269,37 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
             }
         })
         .collect();
+    // The new items and the Japanese columns come from a second generator, so
+    // the interactions and the columns above stay what they were.
+    let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x6a61);
+    let mut item_topic = item_topic;
+    let (mut titles, mut status) = (titles, status);
+    for _ in 0..spec.new_items {
+        let t = rng.random_range(0..topics);
+        item_topic.push(t);
+        let roles = TOPICS[t].1;
+        titles.push(format!(
+            "{} in {}",
+            roles[rng.random_range(0..roles.len())],
+            PLACES[rng.random_range(0..PLACES.len())]
+        ));
+        status.push("open");
+    }
+    let pick = |rng: &mut StdRng, from: &[&'static str]| from[rng.random_range(0..from.len())];
+    let (titles_ja, prefectures): (Vec<String>, Vec<&str>) = item_topic
+        .iter()
+        .map(|&t| {
+            let role = pick(&mut rng, TOPICS_JA[t]);
+            let place = pick(&mut rng, PREFECTURES);
+            let perk = pick(&mut rng, PERKS);
+            (format!("{role}【{place}】{perk}"), place)
+        })
+        .unzip();
+    let n_items = item_topic.len() as i64;
     let items = RecordBatch::try_from_iter([
         (
             "item_id",
-            Arc::new(Int64Array::from_iter_values(1..=spec.items as i64)) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(1..=n_items)) as ArrayRef,
         ),
         ("title", Arc::new(StringArray::from(titles)) as ArrayRef),
         (
@@ -233,11 +309,21 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
             )) as ArrayRef,
         ),
         ("status", Arc::new(StringArray::from(status)) as ArrayRef),
+        (
+            "title_ja",
+            Arc::new(StringArray::from(titles_ja)) as ArrayRef,
+        ),
+        (
+            "prefecture",
+            Arc::new(StringArray::from(prefectures)) as ArrayRef,
+        ),
     ])
     .expect("columns have equal length");
     SynthData {
         interactions,
         items,
+        user_topics,
+        item_topics: item_topic,
     }
 }
 

@@ -7,6 +7,7 @@
 //! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
 
 pub mod contract;
+pub mod features;
 pub mod filters;
 pub mod interactions;
 pub mod lists;
@@ -268,6 +269,7 @@ fn temp_path(path: &Path) -> PathBuf {
 pub enum ArtifactKind {
     Interactions,
     Items,
+    ItemFeatures,
     Filter,
     Model,
     UserRecs,
@@ -281,6 +283,7 @@ impl ArtifactKind {
         match self {
             ArtifactKind::Interactions => "interactions",
             ArtifactKind::Items => "items",
+            ArtifactKind::ItemFeatures => "item_features",
             ArtifactKind::Filter => "filter",
             ArtifactKind::Model => "model",
             ArtifactKind::UserRecs => "user_recs",

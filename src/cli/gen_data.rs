@@ -18,6 +18,9 @@ pub struct GenDataArgs {
     pub items: usize,
     #[arg(long, default_value_t = 40_000)]
     pub events: usize,
+    /// Items listed after the events, with content but no interactions.
+    #[arg(long, default_value_t = 50)]
+    pub new_items: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -32,6 +35,7 @@ pub fn run(args: &GenDataArgs) -> Result<(), Failure> {
         ("--users", args.users, MAX_USERS_OR_ITEMS),
         ("--items", args.items, MAX_USERS_OR_ITEMS),
         ("--events", args.events, MAX_EVENTS),
+        ("--new-items", args.new_items.max(1), MAX_USERS_OR_ITEMS),
     ] {
         if !(1..=max).contains(&value) {
             return Err(Failure::BadInput(anyhow!(
@@ -43,6 +47,7 @@ pub fn run(args: &GenDataArgs) -> Result<(), Failure> {
         users: args.users,
         items: args.items,
         events: args.events,
+        new_items: args.new_items,
         seed: args.seed,
         ..Default::default()
     };

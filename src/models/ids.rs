@@ -84,6 +84,24 @@ impl IdMap {
         &self.ids
     }
 
+    /// The id at dense index `i`.
+    pub fn id(&self, i: usize) -> IdRef<'_> {
+        match &self.ids {
+            Ids::Int(v) => IdRef::Int(v[i]),
+            Ids::Str(v) => IdRef::Str(&v[i]),
+        }
+    }
+
+    /// The ids of both maps, as a new map (ids of the other type are left out).
+    pub fn union(&self, other: &IdMap) -> IdMap {
+        let ids = match (&self.ids, &other.ids) {
+            (Ids::Int(a), Ids::Int(b)) => Ids::Int(a.iter().chain(b).copied().collect()),
+            (Ids::Str(a), Ids::Str(b)) => Ids::Str(a.iter().chain(b).cloned().collect()),
+            (a, _) => a.clone(),
+        };
+        IdMap::from_ids(ids)
+    }
+
     /// The dense index of `id`, if the id is known; an id of the other type is unknown.
     pub fn index(&self, id: IdRef<'_>) -> Option<u32> {
         match id {

@@ -6,10 +6,12 @@
 pub mod als;
 pub mod csr;
 pub mod dense;
+pub mod fm;
 pub mod ids;
 pub mod item_item;
 pub mod popular;
 pub mod similarity;
+pub mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,8 +15,8 @@ use super::kind::{
     CheckContext, Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output,
     refuse_flags,
 };
-use super::model::ModelSpec;
 use super::model::popular::PopularSpec;
+use super::model::{ModelSpec, TrainData};
 use super::train::ModelArgs;
 use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
@@ -233,7 +233,16 @@ pub fn run(
     }
     let popular = Popular::fit(&train_m, false);
     let baseline = eval::evaluate(&popular, &train_m, &test_m, spec.k, stop)?;
-    let model = spec.model.fit(&train_m, stop)?.model;
+    let model = spec
+        .model
+        .fit(
+            &TrainData {
+                matrix: &train_m,
+                item_features: None,
+            },
+            stop,
+        )?
+        .model;
     let metrics = eval::evaluate(model.as_ref(), &train_m, &test_m, spec.k, stop)?;
     let lift = |m: &Metrics, b: &Metrics| if b.ndcg > 0.0 { m.ndcg / b.ndcg } else { 0.0 };
     let details = json!({

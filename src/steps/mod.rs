@@ -17,6 +17,7 @@ pub mod recommend;
 pub mod similar_items;
 pub mod spec;
 pub mod train;
+pub mod vectorize;
 pub mod write;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ use kind::{CheckContext, Inputs, Problem, SpecReader, StepKind, Target, step_kin
 step_kinds! {
     /// Run an SQL file and store the checked result as Parquet.
     Extract(extract::ExtractSpec),
+    /// Turn item text and categories into weighted features (Japanese too).
+    Vectorize(vectorize::VectorizeSpec),
     /// Fit a model on an interactions file.
     Train(model::ModelSpec),
     /// Top-N items per user from a model, seen items and filters removed.

@@ -52,6 +52,19 @@ pub struct RecommendSpec {
     /// An empty list is a failure unless this is set.
     #[serde(default)]
     pub allow_empty: bool,
+    /// Which items may be recommended: `all`, or `no_interactions` (items no
+    /// one has interacted with yet, such as today's new postings; an `fm` model
+    /// scores them from their features).
+    #[serde(default)]
+    pub candidates: Candidates,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Candidates {
+    #[default]
+    All,
+    NoInteractions,
 }
 
 pub(crate) fn default_min_coverage() -> f64 {
@@ -113,6 +126,10 @@ pub struct ListArgs {
     /// Keep items the user already interacted with (`recommend` only).
     #[arg(long)]
     keep_seen: bool,
+    /// Which items to rank (`recommend` only): `no-interactions` ranks only
+    /// items without a row in the interactions (the model's, or `--interactions`).
+    #[arg(long, value_enum, default_value_t = Candidates::All)]
+    candidates: Candidates,
     /// Fail when fewer than this share of users (items) get a list.
     #[arg(long, default_value_t = 0.5)]
     min_coverage: f64,
@@ -145,6 +162,7 @@ impl RecommendJob {
                 .collect(),
             top_n,
             exclude_seen: false,
+            candidates: Candidates::All,
             min_score,
             min_coverage,
             allow_empty,
@@ -162,6 +180,7 @@ impl RecommendJob {
             filters: a.filter,
             top_n: a.top_n,
             exclude_seen: !a.keep_seen,
+            candidates: a.candidates,
             min_score: a.min_score,
             min_coverage: a.min_coverage,
             allow_empty: a.allow_empty,
@@ -202,6 +221,7 @@ impl StepKind for RecommendSpec {
             self.allow_empty,
         )?;
         job.exclude_seen = self.exclude_seen;
+        job.candidates = self.candidates;
         job.interactions = step.data_of(ArtifactKind::Interactions).ok();
         let out = step.out_dir.join(DATA_FILE);
         step.cx.compute(move |stop| run(&job, &out, stop)).await
@@ -222,6 +242,7 @@ pub struct RecommendJob {
     pub filters: Vec<PathBuf>,
     pub top_n: usize,
     pub exclude_seen: bool,
+    pub candidates: Candidates,
     pub min_score: Option<f32>,
     /// Fail when fewer than this share of rows (users, or items) get a list.
     pub min_coverage: f64,
@@ -310,7 +331,8 @@ pub(crate) fn write_lists(
 /// the compute pool.
 pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOutput, StepError> {
     let loaded = model::load(&job.model_dir)?;
-    let seen = if job.exclude_seen {
+    let new_only = job.candidates == Candidates::NoInteractions;
+    let history = if job.exclude_seen || new_only {
         let path = job
             .interactions
             .clone()
@@ -323,11 +345,18 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
     } else {
         None
     };
+    let seen = history.as_ref().filter(|_| job.exclude_seen);
     let filters = filters::load(&job.filters, &loaded.users, &loaded.items)?;
+    let mut blocked = filters.blocked_items.clone();
+    if let Some(history) = history.as_ref().filter(|_| new_only) {
+        blocked.extend(&history.indices);
+        blocked.sort_unstable();
+        blocked.dedup();
+    }
     let selection = Selection {
         k: job.top_n,
-        seen: seen.as_ref(),
-        blocked_items: &filters.blocked_items,
+        seen,
+        blocked_items: &blocked,
         denied_pairs: (filters.pairs.nnz() > 0).then_some(&filters.pairs),
         min_score: job.min_score,
         groups: filters.groups.as_ref(),
@@ -342,7 +371,8 @@ pub fn run(job: &RecommendJob, output: &Path, stop: &StopFlag) -> Result<StepOut
             "users_covered": written.covered,
             "items": loaded.items.len(),
             "top_n": job.top_n,
-            "excluded_seen": seen.as_ref().map_or(0, Csr::nnz),
+            "excluded_seen": seen.map_or(0, Csr::nnz),
+            "candidates": loaded.items.len() - blocked.len(),
             "denied_items": filters.blocked_items.len(),
             "denied_pairs": filters.pairs.nnz(),
             "filters": filters.provenance,

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::kind::{CheckContext, Inputs, Problem, StepKind};
 use super::recommend::{
-    ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems, write_lists,
+    Candidates, ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems,
+    write_lists,
 };
 use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, model};
 use crate::artifact::ArtifactKind;
@@ -78,10 +79,15 @@ pub fn similar(
     output: &Path,
     stop: &StopFlag,
 ) -> Result<StepOutput, StepError> {
+    if job.candidates != Candidates::All {
+        return Err(StepError::Data(
+            "--candidates is for `recommend`; restrict similar items with an allow list".into(),
+        ));
+    }
     let loaded = model::load(&job.model_dir)?;
     let similarity = loaded.fitted.similarity().ok_or_else(|| {
         StepError::Data(format!(
-            "model `{}` has no item similarity; train `als` or `item_item` for similar items",
+            "model `{}` has no item similarity; train `als`, `item_item` or `fm` for similar items",
             loaded.meta.model
         ))
     })?;

@@ -5,22 +5,26 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use std::time::Instant;
+
 use super::kind::{
-    Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse,
-    toml_string,
+    Inputs, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
 };
-use super::model::{self, ModelSpec};
-use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
-use crate::artifact::ArtifactKind;
-use crate::artifact::interactions;
+use super::model::{self, ModelSpec, TrainData};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of};
+use crate::artifact::interactions::{self, Interactions, ids_type_name};
 use crate::artifact::model::ModelMeta;
-use crate::models::StopFlag;
+use crate::artifact::{ArtifactKind, features};
+use crate::models::{Csr, StopFlag};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// An interactions Parquet file.
     #[arg(long)]
     input: PathBuf,
+    /// A `vectorize` output folder, for models that learn from item features (`fm`).
+    #[arg(long)]
+    item_features: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// Folder for the model artifact.
@@ -31,7 +35,7 @@ pub struct TrainArgs {
 /// A model on the command line: `--model` and its keys, as a pipeline file writes them.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// The model: `popular`, `als` or `item_item`.
+    /// The model: `popular`, `als`, `item_item` or `fm`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
@@ -55,7 +59,10 @@ impl ModelArgs {
 
 impl StepKind for ModelSpec {
     const NAME: &'static str = "train";
-    const INPUTS: Inputs = ON_INTERACTIONS;
+    const INPUTS: Inputs = Some(&[
+        (ArtifactKind::Interactions, 1, 1),
+        (ArtifactKind::ItemFeatures, 0, 1),
+    ]);
     type Args = TrainArgs;
 
     fn keys() -> &'static [&'static str] {
@@ -74,40 +81,79 @@ impl StepKind for ModelSpec {
         self.problems()
     }
 
+    fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
+        let features = given
+            .iter()
+            .find(|(_, k)| *k == ArtifactKind::ItemFeatures)?;
+        (!self.uses_item_features()).then(|| {
+            vec![format!(
+                "`{}` gives item features, which model `{}` does not use (`fm` does); \
+                 remove it from `needs`",
+                features.0,
+                self.model()
+            )]
+        })
+    }
+
     fn describe(&self) -> String {
         format!("model {}", self.model())
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
-        step.from_interactions(self, run).await
+        let input = step.data_of(ArtifactKind::Interactions)?;
+        let features = input_of(step.inputs, ArtifactKind::ItemFeatures)
+            .ok()
+            .map(|i| i.dir.clone());
+        let (spec, out) = (self.clone(), step.out_dir.to_path_buf());
+        step.cx
+            .compute(move |stop| run(&spec, &input, features.as_deref(), &out, stop))
+            .await
     }
 
     async fn run_alone(a: TrainArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let spec = a.model.spec()?;
+        if a.item_features.is_some() && !spec.uses_item_features() {
+            return Err(StepError::Data(format!(
+                "--item-features: model `{}` does not use item features (`fm` does)",
+                spec.model()
+            )));
+        }
         create_output(&a.output)?;
-        cx.compute(move |stop| run(&spec, &a.input, &a.output, stop))
+        cx.compute(move |stop| run(&spec, &a.input, a.item_features.as_deref(), &a.output, stop))
             .await
     }
 }
 
-/// Fits `spec` on the interactions in `input` and writes the model into `out_dir`.
-/// Blocking: call through [`super::compute`].
+/// Fits `spec` on the interactions in `input` (and the item features of a
+/// `vectorize` output) and writes the model into `out_dir`. Blocking: call
+/// through [`super::compute`].
 pub fn run(
     spec: &ModelSpec,
     input: &Path,
+    item_features: Option<&Path>,
     out_dir: &Path,
     stop: &StopFlag,
 ) -> Result<StepOutput, StepError> {
-    let data = interactions::load(input)?;
+    let mut data = interactions::load(input)?;
     if data.matrix.nnz() == 0 {
         return Err(StepError::Data(format!(
             "{}: no interactions to train on",
             input.display()
         )));
     }
+    let content = match item_features {
+        Some(dir) => Some(with_item_features(&mut data, input, dir)?),
+        None => None,
+    };
     let trained_on: PathBuf =
         std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
-    let fit = spec.fit(&data.matrix, stop)?;
+    let started = Instant::now();
+    let train = TrainData {
+        matrix: &data.matrix,
+        item_features: content.as_ref(),
+    };
+    let fit = spec.fit(&train, stop)?;
+    let fit_seconds = started.elapsed().as_secs_f64();
     let meta = ModelMeta {
         model: spec.model().to_string(),
         params: serde_json::to_value(spec).unwrap_or_default(),
@@ -125,8 +171,41 @@ pub fn run(
             "users": data.users.len(),
             "items": data.items.len(),
             "interactions": data.matrix.nnz(),
+            "fit_seconds": fit_seconds,
             "report": fit.report,
         }),
         files,
     })
+}
+
+/// Adds the items of the features in `dir` to `data` (as items without
+/// interactions) and returns their features in `data`'s item indices.
+fn with_item_features(data: &mut Interactions, input: &Path, dir: &Path) -> Result<Csr, StepError> {
+    let features = features::read(dir)?;
+    let file = dir.join(DATA_FILE);
+    let (ours, theirs) = (ids_type_name(&data.items), ids_type_name(&features.items));
+    if features.items.is_empty() || ours != theirs {
+        return Err(StepError::Data(format!(
+            "{}: column `item_id` is {theirs} but the interactions' `item_id` ({}) is {ours}; \
+             cast one of them in its SQL",
+            file.display(),
+            input.display()
+        )));
+    }
+    let shared = (0..data.items.len())
+        .filter(|&i| features.items.index(data.items.id(i)).is_some())
+        .count();
+    if shared == 0 {
+        return Err(StepError::Data(format!(
+            "{}: none of the {} items of the interactions ({}) has features there: do the \
+             `item_id`s of the two extracts match?",
+            file.display(),
+            data.items.len(),
+            input.display()
+        )));
+    }
+    let items = data.items.union(&features.items);
+    data.matrix = interactions::load_with(input, &data.users, &items)?;
+    data.items = items;
+    Ok(features::align(&features, &data.items))
 }

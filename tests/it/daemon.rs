@@ -81,7 +81,10 @@ async fn api_requires_the_token_to_act_and_lists_runs() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["example", "example-als", "example-postgres"]);
+    assert_eq!(
+        names,
+        vec!["example", "example-als", "example-fm", "example-postgres"]
+    );
     assert!(body["pipelines"][0]["next_fire"].is_string());
 
     for token in [None, Some("wrong"), Some("s3cre")] {
@@ -304,7 +307,11 @@ fn real_daemon_keeps_its_schedule_through_a_broken_file_and_drains_on_sigterm() 
     let project = common::project();
     let pipelines = project.path().join("pipelines");
     // Only one pipeline, on a one-second schedule.
-    for other in ["example_als.toml", "example_postgres.toml"] {
+    for other in [
+        "example_als.toml",
+        "example_fm.toml",
+        "example_postgres.toml",
+    ] {
         std::fs::remove_file(pipelines.join(other)).unwrap();
     }
     let example = std::fs::read_to_string(pipelines.join("example.toml")).unwrap();
@@ -565,7 +572,7 @@ async fn web_ui_renders_in_headless_chromium() {
         let errors = b.open(&format!("{base}/"));
         assert!(errors.is_empty(), "{errors:?}");
         let links = b.eval("[...document.querySelectorAll('#pipelines a[href^=\"/ui/pipelines/\"]')].map(a => a.textContent)");
-        assert_eq!(links, serde_json::json!(["example", "example-als", "example-postgres"]));
+        assert_eq!(links, serde_json::json!(["example", "example-als", "example-fm", "example-postgres"]));
 
         let errors = b.open(&format!("{base}/ui/runs/example/{run_id}"));
         assert!(errors.is_empty(), "{errors:?}");

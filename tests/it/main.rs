@@ -2,6 +2,7 @@
 
 mod bigquery;
 mod common;
+mod content;
 mod daemon;
 mod extract;
 mod history;

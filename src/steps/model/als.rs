@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, Trained};
+use super::{Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::model::{Columns, ModelFiles, factors_array};
 use crate::models::als::{self, AlsModel, AlsParams, Solver};
 use crate::models::similarity::CosineSimilarity;
@@ -148,7 +148,8 @@ impl ModelKind for AlsSpec {
         problems
     }
 
-    fn fit(&self, matrix: &Csr, stop: &StopFlag) -> Result<Fit, StepError> {
+    fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError> {
+        let matrix = data.matrix;
         let (model, report) = self.fit_als(matrix, stop)?;
         Ok(Fit {
             model: Box::new(model),

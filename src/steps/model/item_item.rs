@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, Trained};
+use super::{Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::interactions;
 use crate::artifact::model::{Columns, ModelFiles, values};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
@@ -82,7 +82,8 @@ impl ModelKind for ItemItemSpec {
     }
 
     /// Fits item-item neighbours after checking they fit in memory.
-    fn fit(&self, matrix: &Csr, stop: &StopFlag) -> Result<Fit, StepError> {
+    fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError> {
+        let matrix = data.matrix;
         // Kept lists, the transposed matrix and a dense accumulator per thread.
         let items = matrix.n_cols as u64;
         let bytes = items * self.neighbors.min(matrix.n_cols) as u64 * 8

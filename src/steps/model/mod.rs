@@ -5,6 +5,7 @@
 //! The artifact format is in [`crate::artifact::model`].
 
 pub mod als;
+pub mod fm;
 pub mod item_item;
 pub mod popular;
 
@@ -31,13 +32,24 @@ pub trait ModelKind: Sized + Clone + Serialize + DeserializeOwned {
         Vec::new()
     }
 
-    /// Fits the model on a users × items matrix; the report (training facts)
-    /// goes into the step's manifest. Blocking and CPU-heavy: runs on the
-    /// compute pool.
-    fn fit(&self, matrix: &Csr, stop: &StopFlag) -> Result<Fit, StepError>;
+    /// Whether it learns from item features (a `vectorize` step among its needs).
+    const ITEM_FEATURES: bool = false;
+
+    /// Fits the model; the report (training facts) goes into the step's
+    /// manifest. Blocking and CPU-heavy: runs on the compute pool.
+    fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError>;
 
     /// Reads the fitted model back from its artifact.
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError>;
+}
+
+/// What a model is fitted on.
+pub struct TrainData<'a> {
+    /// Users × items.
+    pub matrix: &'a Csr,
+    /// Items × features in the matrix's item indices, when the step has them;
+    /// the items include those with features but no interactions.
+    pub item_features: Option<&'a Csr>,
 }
 
 /// A fitted model and the facts of its training.
@@ -99,8 +111,12 @@ macro_rules! model_kinds {
                 match self { $(ModelSpec::$variant(s) => s.problems(),)* }
             }
 
-            pub fn fit(&self, matrix: &Csr, stop: &StopFlag) -> Result<Fit, StepError> {
-                match self { $(ModelSpec::$variant(s) => s.fit(matrix, stop),)* }
+            pub fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError> {
+                match self { $(ModelSpec::$variant(s) => s.fit(data, stop),)* }
+            }
+
+            pub fn uses_item_features(&self) -> bool {
+                match self { $(ModelSpec::$variant(_) => <$spec as ModelKind>::ITEM_FEATURES,)* }
             }
 
             fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
@@ -121,6 +137,7 @@ model_kinds! {
     Popular(popular::PopularSpec),
     Als(als::AlsSpec),
     ItemItem(item_item::ItemItemSpec),
+    Fm(fm::FmSpec),
 }
 
 /// A model read back from its artifact.

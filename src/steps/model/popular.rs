@@ -6,10 +6,10 @@ use arrow::array::Float32Array;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, Trained};
+use super::{Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::model::{Columns, ModelFiles};
+use crate::models::StopFlag;
 use crate::models::popular::Popular;
-use crate::models::{Csr, StopFlag};
 use crate::steps::StepError;
 
 /// Most-interacted items: the baseline every learned model must beat.
@@ -34,7 +34,8 @@ impl ModelKind for PopularSpec {
 
     /// Refuses scores that overflowed: summed `value`s of a popular item can
     /// exceed what a float holds.
-    fn fit(&self, matrix: &Csr, _stop: &StopFlag) -> Result<Fit, StepError> {
+    fn fit(&self, data: &TrainData, _stop: &StopFlag) -> Result<Fit, StepError> {
+        let matrix = data.matrix;
         let model = Popular::fit(matrix, self.by == PopularBy::Value);
         if !model.scores.iter().all(|s| s.is_finite()) {
             return Err(StepError::Data(
