@@ -307,8 +307,6 @@ print()
 print("fm and LightFM: WARP, 64 factors, lr 0.05, 30 epochs, max_sampled 10, seed 42, 2 threads; "
       "LightFM negatives = train items. Cold = split seed 42; the five draws are seeds 42-46. "
       "id = identity features, G/D/T = genre/decade/title.")
-if dagger or mark:
-    print("† wall time of `recpipe step train` (no fit_seconds in its report).")
 feat = json.load(open(f"{out}/log/features_check.json"))
 for groups, v in feat.items():
     verdict = "exact" if v["exact"] else f"DIFFERENT: {v['missing']} missing, {v['extra']} extra"

@@ -9,7 +9,7 @@
 //! update by the rank that implies) or BPR (one negative, logistic loss).
 //!
 //! Parallel in the Hogwild style: rayon threads take chunks of the shuffled
-//! positives and update the shared parameters without locks ([`Shared`]). With
+//! positives and update the shared parameters without locks (see `Shared`). With
 //! one thread a seed gives the same model every time; with more, threads
 //! interleave differently from run to run and the figures vary a little (as
 //! LightFM's do).
