@@ -72,6 +72,23 @@ score() {
     > "$OUT/scores/$1.json"
 }
 
+# recpipe trains on items renamed to their place in the kit's `tiebreak` order, so
+# that its ties (new items with equal features score exactly alike) break in that
+# order, as the protocol asks, not by item id (ml-100k's ids follow popularity).
+# `unrelabel NAME` maps a list's ids back before scoring.
+unrelabel() {
+  python - "$SPLIT/items.parquet" "$OUT/recs/$1.parquet" <<'PY'
+import sys
+import pandas as pd
+items, path = sys.argv[1:]
+it = pd.read_parquet(items)
+back = dict(zip(it["tiebreak"], it["item_id"]))
+r = pd.read_parquet(path)
+r["item_id"] = r["item_id"].map(back).astype("int64")
+r.to_parquet(path, index=False)
+PY
+}
+
 echo "# splits and the kit's features -> $SPLIT"
 "${COLDSTART[@]}" --write-split "$SPLIT" --write-cold-seeds 43,44,45,46 > "$OUT/log/split.txt"
 
@@ -143,11 +160,30 @@ PY
 # positives: rating >= 4, binary as LightFM trains (value 1); ALS keeps the rating
 # (confidence 1 + r, as anchors.py). `train` is the split's train.parquet.
 cat > "$OUT/sql/positives.sql" <<'SQL'
-SELECT user_id, item_id, CAST(1.0 AS FLOAT) AS value FROM train WHERE value >= 4
+SELECT t.user_id, i.tiebreak AS item_id, CAST(1.0 AS FLOAT) AS value
+FROM train t JOIN items i ON t.item_id = i.item_id WHERE t.value >= 4
 SQL
 cat > "$OUT/sql/positives_rated.sql" <<'SQL'
-SELECT user_id, item_id, value FROM train WHERE value >= 4
+SELECT t.user_id, i.tiebreak AS item_id, t.value
+FROM train t JOIN items i ON t.item_id = i.item_id WHERE t.value >= 4
 SQL
+cat > "$OUT/sql/seen.sql" <<'SQL'
+SELECT t.user_id, i.tiebreak AS item_id, t.value
+FROM train t JOIN items i ON t.item_id = i.item_id
+SQL
+# the items table in tiebreak ids, for the features fm trains on
+cat > "$OUT/sql/items_tb.sql" <<'SQL'
+SELECT i.tiebreak AS item_id, f.title, f.year, f.genres
+FROM features f JOIN items i ON f.item_id = i.item_id
+SQL
+step extract_items_tb extract --table "items=$SPLIT/items.parquet" \
+  --table "features=$OUT/work/items.parquet" --sql "$OUT/sql/items_tb.sql" --role items \
+  --output "$OUT/work/items_tb.parquet"
+VEC_TB=(--input "$OUT/work/items_tb.parquet" --set 'weighting="binary"' --set 'normalize="none"')
+step vectorize_gd_tb vectorize "${VEC_TB[@]}" --set "$GENRE" --set "$DECADE" \
+  --output "$OUT/work/features_gd_tb"
+step vectorize_gdt_tb vectorize "${VEC_TB[@]}" --set "$GENRE" --set "$DECADE" --set "$TITLE" \
+  --output "$OUT/work/features_gdt_tb"
 
 # `fm SPLIT CONFIG [--candidates no-interactions]`: fit, recommend, score one fm run.
 fm() {
@@ -156,20 +192,23 @@ fm() {
   local feats=()
   case $cfg in
     id) ;;
-    id+G+D) feats=(--item-features "$OUT/work/features_gd" "${FM_EXTRA[@]}") ;;
-    id+G+D+T) feats=(--item-features "$OUT/work/features_gdt" "${FM_EXTRA[@]}") ;;
+    id+G+D) feats=(--item-features "$OUT/work/features_gd_tb" "${FM_EXTRA[@]}") ;;
+    id+G+D+T) feats=(--item-features "$OUT/work/features_gdt_tb" "${FM_EXTRA[@]}") ;;
   esac
   step "train_$name" train --input "$OUT/work/$s/positives.parquet" "${feats[@]}" "${FM[@]}" \
     --output "$OUT/models/$name"
   step "recommend_$name" recommend --model "$OUT/models/$name" \
-    --interactions "$SPLIT/$s/train.parquet" "$@" --top-n 10 --output "$OUT/recs/$name.parquet"
+    --interactions "$OUT/work/$s/seen.parquet" "$@" --top-n 10 --output "$OUT/recs/$name.parquet"
+  unrelabel "$name"
   score "$name" "$s"
 }
 
 for s in "${COLD_SPLITS[@]}" warm; do
   mkdir -p "$OUT/work/$s"
-  step "extract_$s" extract --table "train=$SPLIT/$s/train.parquet" --sql "$OUT/sql/positives.sql" \
-    --role interactions --output "$OUT/work/$s/positives.parquet"
+  step "extract_$s" extract --table "train=$SPLIT/$s/train.parquet" --table "items=$SPLIT/items.parquet" \
+    --sql "$OUT/sql/positives.sql" --role interactions --output "$OUT/work/$s/positives.parquet"
+  step "extract_seen_$s" extract --table "train=$SPLIT/$s/train.parquet" --table "items=$SPLIT/items.parquet" \
+    --sql "$OUT/sql/seen.sql" --role interactions --output "$OUT/work/$s/seen.parquet"
 done
 
 for s in "${COLD_SPLITS[@]}"; do
@@ -182,11 +221,12 @@ fm warm id
 fm warm id+G+D
 fm warm id+G+D+T
 step extract_warm_rated extract --table "train=$SPLIT/warm/train.parquet" \
-  --sql "$OUT/sql/positives_rated.sql" --role interactions --output "$OUT/work/warm/positives_rated.parquet"
+  --table "items=$SPLIT/items.parquet" --sql "$OUT/sql/positives_rated.sql" --role interactions --output "$OUT/work/warm/positives_rated.parquet"
 step train_warm_als train --input "$OUT/work/warm/positives_rated.parquet" --model als \
   --output "$OUT/models/warm_als"
 step recommend_warm_als recommend --model "$OUT/models/warm_als" \
-  --interactions "$SPLIT/warm/train.parquet" --top-n 10 --output "$OUT/recs/warm_als.parquet"
+  --interactions "$OUT/work/warm/seen.parquet" --top-n 10 --output "$OUT/recs/warm_als.parquet"
+unrelabel warm_als
 score warm_als warm
 
 # ---------------------------------------------------------------- 4. anchors

@@ -4,6 +4,7 @@
 //! a cancelled or timed-out run stops within one iteration.
 
 pub mod als;
+pub mod content;
 pub mod csr;
 pub mod dense;
 pub mod fm;

@@ -16,7 +16,7 @@ use super::kind::{
     refuse_flags,
 };
 use super::model::popular::PopularSpec;
-use super::model::{ModelSpec, TrainData};
+use super::model::{FeatureUse, ModelSpec, TrainData};
 use super::train::ModelArgs;
 use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
@@ -116,6 +116,15 @@ impl StepKind for EvaluateSpec {
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
         let mut problems = self.model.problems();
         problems.extend(evaluate_problems(self));
+        if self.model.item_features() == FeatureUse::Required {
+            problems.push(Problem::new(
+                "model",
+                format!(
+                    "`evaluate` fits on interactions alone; model `{}` needs item features",
+                    self.model.model()
+                ),
+            ));
+        }
         problems
     }
 

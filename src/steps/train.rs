@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::kind::{
     Inputs, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
 };
-use super::model::{self, ModelSpec, TrainData};
+use super::model::{self, FeatureUse, ModelSpec, TrainData};
 use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of};
 use crate::artifact::interactions::{self, Interactions, ids_type_name};
 use crate::artifact::model::ModelMeta;
@@ -35,7 +35,7 @@ pub struct TrainArgs {
 /// A model on the command line: `--model` and its keys, as a pipeline file writes them.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// The model: `popular`, `als`, `item_item` or `fm`.
+    /// The model: `popular`, `als`, `item_item`, `fm` or `content`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
@@ -82,17 +82,20 @@ impl StepKind for ModelSpec {
     }
 
     fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
-        let features = given
-            .iter()
-            .find(|(_, k)| *k == ArtifactKind::ItemFeatures)?;
-        (!self.uses_item_features()).then(|| {
-            vec![format!(
-                "`{}` gives item features, which model `{}` does not use (`fm` does); \
-                 remove it from `needs`",
-                features.0,
+        let features = given.iter().find(|(_, k)| *k == ArtifactKind::ItemFeatures);
+        let problem = match (features, self.item_features()) {
+            (Some((step, _)), FeatureUse::No) => format!(
+                "`{step}` gives item features, which model `{}` does not use (`fm` and \
+                 `content` do); remove it from `needs`",
                 self.model()
-            )]
-        })
+            ),
+            (None, FeatureUse::Required) => format!(
+                "model `{}` needs item features: add a `vectorize` step to `needs`",
+                self.model()
+            ),
+            _ => return None,
+        };
+        Some(vec![problem])
     }
 
     fn describe(&self) -> String {
@@ -112,11 +115,21 @@ impl StepKind for ModelSpec {
 
     async fn run_alone(a: TrainArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let spec = a.model.spec()?;
-        if a.item_features.is_some() && !spec.uses_item_features() {
-            return Err(StepError::Data(format!(
-                "--item-features: model `{}` does not use item features (`fm` does)",
-                spec.model()
-            )));
+        match (&a.item_features, spec.item_features()) {
+            (Some(_), FeatureUse::No) => {
+                return Err(StepError::Data(format!(
+                    "--item-features: model `{}` does not use item features (`fm` and \
+                     `content` do)",
+                    spec.model()
+                )));
+            }
+            (None, FeatureUse::Required) => {
+                return Err(StepError::Data(format!(
+                    "--item-features: model `{}` needs a `vectorize` output",
+                    spec.model()
+                )));
+            }
+            _ => {}
         }
         create_output(&a.output)?;
         cx.compute(move |stop| run(&spec, &a.input, a.item_features.as_deref(), &a.output, stop))

@@ -95,6 +95,35 @@ fn fm_recommends_new_jobs_that_suit_each_user() {
         precision > 3.0 * random && recall > 0.8,
         "fm on new items: precision {precision:.3} (random {random:.3}), recall {recall:.3}"
     );
+
+    // Similar jobs by content: a new job's list holds jobs of its own category
+    // (its category is one of its features, and titles follow the category).
+    let list = p.join("state/published/example_fm_similar_jobs_by_content/current/data.parquet");
+    let (_, batches) = read_parquet(&list).unwrap();
+    let (mut same, mut pairs, mut listed) = (0usize, 0usize, HashSet::new());
+    for b in &batches {
+        for (i, j) in i64s(b, "item_id")
+            .into_iter()
+            .zip(i64s(b, "similar_item_id"))
+        {
+            assert_ne!(i, j);
+            if new.contains(&i) {
+                listed.insert(i);
+                pairs += 1;
+                same += usize::from(topic_of_item(i) == topic_of_item(j));
+            }
+        }
+    }
+    assert!(
+        listed.len() == new.len(),
+        "{} of {} new jobs have similar jobs",
+        listed.len(),
+        new.len()
+    );
+    assert!(
+        same as f64 > 0.9 * pairs as f64,
+        "{same} of {pairs} similar jobs share the category"
+    );
 }
 
 #[test]
@@ -323,4 +352,36 @@ fn bad_content_input_is_named() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_content_model_without_features_is_refused_at_validation() {
+    let dir = project();
+    let p = dir.path();
+    crate::common::edit(
+        p,
+        "example_fm.toml",
+        "needs = [\"interactions\", \"features\"]\nmodel = \"content\"",
+        "needs = [\"interactions\"]\nmodel = \"content\"",
+    );
+    crate::common::edit(
+        p,
+        "example_fm.toml",
+        "needs = [\"interactions\", \"features\"]\nmodel = \"fm\"",
+        "needs = [\"interactions\", \"features\"]\nmodel = \"als\"",
+    );
+    let out = recpipe(p, &["validate"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("steps.content.needs: model `content` needs item features"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "steps.fm.needs: `features` gives item features, which model `als` does not use"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("example_fm.toml:"), "{all}");
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Fit, Fitted, ModelKind, TrainData, Trained};
+use super::{FeatureUse, Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::model::{Columns, ModelFiles, factors_array};
 use crate::models::fm::{self, FmInput, FmModel, FmParams, Loss};
 use crate::models::similarity::CosineSimilarity;
@@ -124,7 +124,7 @@ impl FmSpec {
 
 impl ModelKind for FmSpec {
     const NAME: &'static str = "fm";
-    const ITEM_FEATURES: bool = true;
+    const ITEM_FEATURES: FeatureUse = FeatureUse::Optional;
 
     fn problems(&self) -> Vec<Problem> {
         [

@@ -5,6 +5,7 @@
 //! The artifact format is in [`crate::artifact::model`].
 
 pub mod als;
+pub mod content;
 pub mod fm;
 pub mod item_item;
 pub mod popular;
@@ -33,7 +34,7 @@ pub trait ModelKind: Sized + Clone + Serialize + DeserializeOwned {
     }
 
     /// Whether it learns from item features (a `vectorize` step among its needs).
-    const ITEM_FEATURES: bool = false;
+    const ITEM_FEATURES: FeatureUse = FeatureUse::No;
 
     /// Fits the model; the report (training facts) goes into the step's
     /// manifest. Blocking and CPU-heavy: runs on the compute pool.
@@ -41,6 +42,14 @@ pub trait ModelKind: Sized + Clone + Serialize + DeserializeOwned {
 
     /// Reads the fitted model back from its artifact.
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError>;
+}
+
+/// How a model uses item features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureUse {
+    No,
+    Optional,
+    Required,
 }
 
 /// What a model is fitted on.
@@ -115,7 +124,7 @@ macro_rules! model_kinds {
                 match self { $(ModelSpec::$variant(s) => s.fit(data, stop),)* }
             }
 
-            pub fn uses_item_features(&self) -> bool {
+            pub fn item_features(&self) -> FeatureUse {
                 match self { $(ModelSpec::$variant(_) => <$spec as ModelKind>::ITEM_FEATURES,)* }
             }
 
@@ -138,6 +147,7 @@ model_kinds! {
     Als(als::AlsSpec),
     ItemItem(item_item::ItemItemSpec),
     Fm(fm::FmSpec),
+    Content(content::ContentSpec),
 }
 
 /// A model read back from its artifact.
