@@ -14,16 +14,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::AsArray;
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray};
-use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, StringArray, UInt32Array,
+};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Float32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::interactions::IdColumn;
 use super::{ArtifactError, FileEntry};
 use crate::artifact;
-use crate::models::IdMap;
 use crate::models::ids::Ids;
+use crate::models::{Csr, IdMap};
 
 pub const META_FILE: &str = "model.json";
 pub const USERS_FILE: &str = "users.parquet";
@@ -172,6 +174,51 @@ pub fn read(dir: &Path) -> Result<ModelFiles, ArtifactError> {
         user_batches,
         item_batches,
     })
+}
+
+/// A sparse matrix as a file of a model: one row per entry, the row and column
+/// (dense indices, UInt32) and the value (Float32) under `names`.
+pub fn sparse_batch(m: &Csr, names: [&str; 3]) -> Result<RecordBatch, ArtifactError> {
+    let rows: Vec<u32> = (0..m.n_rows)
+        .flat_map(|r| std::iter::repeat_n(r as u32, m.row(r).0.len()))
+        .collect();
+    RecordBatch::try_from_iter([
+        (names[0], Arc::new(UInt32Array::from(rows)) as ArrayRef),
+        (
+            names[1],
+            Arc::new(UInt32Array::from(m.indices.clone())) as ArrayRef,
+        ),
+        (
+            names[2],
+            Arc::new(Float32Array::from(m.data.clone())) as ArrayRef,
+        ),
+    ])
+    .map_err(|e| ArtifactError::Invalid(e.to_string()))
+}
+
+impl ModelFiles {
+    /// Reads back a [`sparse_batch`] file as a matrix of one row per item and
+    /// `n_cols` columns (`None`: as many as its largest column index needs).
+    pub fn sparse(
+        &self,
+        file: &str,
+        names: [&str; 3],
+        n_cols: Option<usize>,
+    ) -> Result<Csr, ArtifactError> {
+        let (path, batches) = self.file(file)?;
+        let rows = values::<UInt32Type>(&batches, names[0], &path)?;
+        let cols = values::<UInt32Type>(&batches, names[1], &path)?;
+        let vals = values::<Float32Type>(&batches, names[2], &path)?;
+        let n = self.items.len();
+        let n_cols = n_cols.unwrap_or_else(|| cols.iter().max().map_or(0, |&c| c as usize + 1));
+        if rows.iter().any(|&r| r as usize >= n) || cols.iter().any(|&c| c as usize >= n_cols) {
+            return Err(ArtifactError::Invalid(format!(
+                "{}: index out of range",
+                path.display()
+            )));
+        }
+        Ok(Csr::from_triplets(n, n_cols, &rows, &cols, &vals))
+    }
 }
 
 /// The values of primitive column `name` (of type `T`) across `batches`.

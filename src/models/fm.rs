@@ -509,6 +509,20 @@ mod tests {
         (positives, users, items, (0..20).collect())
     }
 
+    fn input<'a>(
+        positives: &'a Csr,
+        users: &'a Csr,
+        items: &'a Csr,
+        negatives: &'a [u32],
+    ) -> FmInput<'a> {
+        FmInput {
+            positives,
+            user_features: users,
+            item_features: items,
+            negatives,
+        }
+    }
+
     fn params(loss: Loss) -> FmParams {
         FmParams {
             factors: 8,
@@ -525,12 +539,7 @@ mod tests {
     #[test]
     fn a_new_item_reaches_the_users_of_its_features_and_losses_fall() {
         let (positives, users, items, negatives) = planted();
-        let input = FmInput {
-            positives: &positives,
-            user_features: &users,
-            item_features: &items,
-            negatives: &negatives,
-        };
+        let input = input(&positives, &users, &items, &negatives);
         for loss in [Loss::Warp, Loss::Bpr] {
             let (model, report) = fit(&input, &params(loss), &StopFlag::default()).unwrap();
             assert!(model.is_finite());
@@ -553,12 +562,7 @@ mod tests {
     #[test]
     fn one_thread_and_one_seed_give_one_model() {
         let (positives, users, items, negatives) = planted();
-        let input = FmInput {
-            positives: &positives,
-            user_features: &users,
-            item_features: &items,
-            negatives: &negatives,
-        };
+        let input = input(&positives, &users, &items, &negatives);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -576,12 +580,7 @@ mod tests {
     #[test]
     fn a_stop_ends_the_fit() {
         let (positives, users, items, negatives) = planted();
-        let input = FmInput {
-            positives: &positives,
-            user_features: &users,
-            item_features: &items,
-            negatives: &negatives,
-        };
+        let input = input(&positives, &users, &items, &negatives);
         let stop = StopFlag::default();
         stop.stop();
         assert_eq!(fit(&input, &params(Loss::Bpr), &stop).unwrap_err(), Stopped);

@@ -3,22 +3,18 @@
 //! an item to get similar items. Its artifact adds `features.parquet`: `item,
 //! feature` (dense indices, UInt32) and `weight`.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float32Array, UInt32Array};
-use arrow::datatypes::{Float32Type, UInt32Type};
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{FeatureUse, Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::interactions;
-use crate::artifact::model::{Columns, ModelFiles, values};
+use crate::artifact::model::{Columns, ModelFiles, sparse_batch};
 use crate::models::content::{ContentModel, ContentSimilarity};
-use crate::models::{Csr, Recommender, StopFlag};
+use crate::models::{Recommender, StopFlag};
 use crate::steps::StepError;
 
 pub const FEATURES_FILE: &str = "features.parquet";
+const FEATURE_COLUMNS: [&str; 3] = ["item", "feature", "weight"];
 
 /// Content similarity; it has no keys of its own.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -46,19 +42,7 @@ impl ModelKind for ContentSpec {
     }
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
-        let (path, batches) = artifact.file(FEATURES_FILE)?;
-        let rows = values::<UInt32Type>(&batches, "item", &path)?;
-        let cols = values::<UInt32Type>(&batches, "feature", &path)?;
-        let weights = values::<Float32Type>(&batches, "weight", &path)?;
-        let n = artifact.items.len();
-        if rows.iter().any(|&i| i as usize >= n) {
-            return Err(StepError::Data(format!(
-                "{}: item index out of range",
-                path.display()
-            )));
-        }
-        let n_features = cols.iter().max().map_or(0, |&f| f as usize + 1);
-        let items = Csr::from_triplets(n, n_features, &rows, &cols, &weights);
+        let items = artifact.sparse(FEATURES_FILE, FEATURE_COLUMNS, None)?;
         // Users are scored through their training interactions.
         let user_items =
             interactions::load_with(&artifact.meta.trained_on, &artifact.users, &artifact.items)?;
@@ -72,22 +56,7 @@ impl Trained for ContentModel {
     }
 
     fn columns(&self) -> Result<Columns, StepError> {
-        let m = &self.items;
-        let rows: Vec<u32> = (0..m.n_rows)
-            .flat_map(|r| std::iter::repeat_n(r as u32, m.row(r).0.len()))
-            .collect();
-        let batch = RecordBatch::try_from_iter([
-            ("item", Arc::new(UInt32Array::from(rows)) as ArrayRef),
-            (
-                "feature",
-                Arc::new(UInt32Array::from(m.indices.clone())) as ArrayRef,
-            ),
-            (
-                "weight",
-                Arc::new(Float32Array::from(m.data.clone())) as ArrayRef,
-            ),
-        ])
-        .map_err(|e| StepError::Data(e.to_string()))?;
+        let batch = sparse_batch(&self.items, FEATURE_COLUMNS)?;
         Ok(Columns {
             files: vec![(FEATURES_FILE, batch)],
             ..Columns::default()

@@ -2,23 +2,19 @@
 //! which needs no factorization. Its artifact adds `neighbors.parquet`: `item,
 //! neighbor` (dense item indices, UInt32) and `score`.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Float32Array, UInt32Array};
-use arrow::datatypes::{Float32Type, UInt32Type};
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::interactions;
-use crate::artifact::model::{Columns, ModelFiles, values};
+use crate::artifact::model::{Columns, ModelFiles, sparse_batch};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
-use crate::models::{Csr, Recommender, StopFlag};
+use crate::models::{Recommender, StopFlag};
 use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
 pub const NEIGHBORS_FILE: &str = "neighbors.parquet";
+const NEIGHBOR_COLUMNS: [&str; 3] = ["item", "neighbor", "score"];
 /// The most neighbours the bounds accept per item.
 pub const MAX_NEIGHBORS: usize = 10_000;
 
@@ -110,18 +106,8 @@ impl ModelKind for ItemItemSpec {
     }
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
-        let (path, batches) = artifact.file(NEIGHBORS_FILE)?;
-        let rows = values::<UInt32Type>(&batches, "item", &path)?;
-        let cols = values::<UInt32Type>(&batches, "neighbor", &path)?;
-        let scores = values::<Float32Type>(&batches, "score", &path)?;
         let n = artifact.items.len();
-        if rows.iter().chain(&cols).any(|&i| i as usize >= n) {
-            return Err(StepError::Data(format!(
-                "{}: item index out of range",
-                path.display()
-            )));
-        }
-        let neighbors = Csr::from_triplets(n, n, &rows, &cols, &scores);
+        let neighbors = artifact.sparse(NEIGHBORS_FILE, NEIGHBOR_COLUMNS, Some(n))?;
         // Users are scored through their training interactions.
         let user_items =
             interactions::load_with(&artifact.meta.trained_on, &artifact.users, &artifact.items)?;
@@ -138,22 +124,7 @@ impl Trained for ItemItemModel {
     }
 
     fn columns(&self) -> Result<Columns, StepError> {
-        let n = &self.neighbors;
-        let rows: Vec<u32> = (0..n.n_rows)
-            .flat_map(|r| std::iter::repeat_n(r as u32, n.row(r).0.len()))
-            .collect();
-        let batch = RecordBatch::try_from_iter([
-            ("item", Arc::new(UInt32Array::from(rows)) as ArrayRef),
-            (
-                "neighbor",
-                Arc::new(UInt32Array::from(n.indices.clone())) as ArrayRef,
-            ),
-            (
-                "score",
-                Arc::new(Float32Array::from(n.data.clone())) as ArrayRef,
-            ),
-        ])
-        .map_err(|e| StepError::Data(e.to_string()))?;
+        let batch = sparse_batch(&self.neighbors, NEIGHBOR_COLUMNS)?;
         Ok(Columns {
             files: vec![(NEIGHBORS_FILE, batch)],
             ..Columns::default()
