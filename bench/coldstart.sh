@@ -13,7 +13,8 @@
 #      genre/decade/title groups, title min_df 2, min_length 2, the kit's stop words)
 #      must give exactly the kit's items_features.parquet; the differences are printed.
 #   2. cold (split seed 42) and the same split drawn with seeds 43-46: fm WARP, 64
-#      factors, lr 0.05, 30 epochs, max_sampled 10, on the training positives (rating
+#      factors, lr 0.05, 30 epochs (as LightFM; then again at fm's defaults, 10 epochs),
+#      max_sampled 10, on the training positives (rating
 #      >= 4, binary) with item features id+G+D and id+G+D+T; `recommend --candidates
 #      no-interactions` ranks only the cold items; seen = every training row.
 #   3. warm (the anchors' random 80/20 split): fm id only, fm id+G+D, fm id+G+D+T and
@@ -187,7 +188,7 @@ step vectorize_gdt_tb vectorize "${VEC_TB[@]}" --set "$GENRE" --set "$DECADE" --
 
 # `fm SPLIT CONFIG [--candidates no-interactions]`: fit, recommend, score one fm run.
 fm() {
-  local s=$1 cfg=$2 name="$1_fm_$2"
+  local s=$1 cfg=$2 name="$1_${VARIANT}_$2"
   shift 2
   local feats=()
   case $cfg in
@@ -195,7 +196,7 @@ fm() {
     id+G+D) feats=(--item-features "$OUT/work/features_gd_tb" "${FM_EXTRA[@]}") ;;
     id+G+D+T) feats=(--item-features "$OUT/work/features_gdt_tb" "${FM_EXTRA[@]}") ;;
   esac
-  step "train_$name" train --input "$OUT/work/$s/positives.parquet" "${feats[@]}" "${FM[@]}" \
+  step "train_$name" train --input "$OUT/work/$s/positives.parquet" "${feats[@]}" "${FM_RUN[@]}" \
     --output "$OUT/models/$name"
   step "recommend_$name" recommend --model "$OUT/models/$name" \
     --interactions "$OUT/work/$s/seen.parquet" "$@" --top-n 10 --output "$OUT/recs/$name.parquet"
@@ -211,15 +212,20 @@ for s in "${COLD_SPLITS[@]}" warm; do
     --sql "$OUT/sql/seen.sql" --role interactions --output "$OUT/work/$s/seen.parquet"
 done
 
-for s in "${COLD_SPLITS[@]}"; do
-  echo "# recpipe fm on $s"
-  fm "$s" id+G+D --candidates no-interactions
-  fm "$s" id+G+D+T --candidates no-interactions
+# fm at LightFM's settings (equal epochs, for the fit-time ratio), then at its defaults
+for VARIANT in fm fmdef; do
+  if [ "$VARIANT" = fm ]; then FM_RUN=("${FM[@]}"); else FM_RUN=(--model fm --set seed=42); fi
+  for s in "${COLD_SPLITS[@]}"; do
+    echo "# recpipe $VARIANT on $s"
+    fm "$s" id+G+D --candidates no-interactions
+    fm "$s" id+G+D+T --candidates no-interactions
+  done
+  echo "# recpipe $VARIANT on warm"
+  fm warm id
+  fm warm id+G+D
+  fm warm id+G+D+T
 done
-echo "# recpipe fm and ALS on warm"
-fm warm id
-fm warm id+G+D
-fm warm id+G+D+T
+echo "# recpipe ALS on warm"
 step extract_warm_rated extract --table "train=$SPLIT/warm/train.parquet" \
   --table "items=$SPLIT/items.parquet" --sql "$OUT/sql/positives_rated.sql" --role interactions --output "$OUT/work/warm/positives_rated.parquet"
 step train_warm_als train --input "$OUT/work/warm/positives_rated.parquet" --model als \
@@ -340,6 +346,11 @@ for feats in ("id", "id+G+D", "id+G+D+T"):
     row(f"recpipe fm warp {feats}", ours,
         (fo.get("cold", (None,))[0], fo.get("warm", (None,))[0]), vs)
     row(f"LightFM warp {feats}", theirs, (fl.get("cold"), fl.get("warm")))
+for feats in ("id", "id+G+D", "id+G+D+T"):
+    fo = {s: fit_s(f"{s}_fmdef_{feats}")[0] for s in colds + ["warm"]
+          if os.path.exists(f"{out}/log/train_{s}_fmdef_{feats}.json")}
+    row(f"recpipe fm defaults (10 epochs) {feats}", lambda s, f=feats: scores.get(f"{s}_fmdef_{f}"),
+        (fo.get("cold"), fo.get("warm")))
 als_fit, mark = fit_s("warm_als")
 row(f"recpipe ALS (defaults){' ' + mark if mark else ''}", lambda s: scores.get(f"{s}_als"),
     (None, als_fit))
