@@ -11,6 +11,7 @@ use arrow::array::{Array, Float64Array, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -22,7 +23,7 @@ use crate::artifact::features::{self, ItemFeatures, Vectorizer, Vocabulary};
 use crate::artifact::interactions::IdColumn;
 use crate::artifact::{ArtifactKind, read_parquet};
 use crate::models::text::{self, Corpus, Norm, Pruning, Tokenizer, Weighting};
-use crate::models::{Csr, IdMap, StopFlag};
+use crate::models::{Csr, IdMap, StopFlag, Stopped};
 
 /// The most features a column may keep, and the longest `min_length`: far above
 /// any useful value, they keep out settings that exhaust memory.
@@ -168,44 +169,65 @@ impl ColumnSpec {
         problems
     }
 
-    /// The terms of every item (by row of `values`), prefixed.
-    fn terms(&self, column: &str, values: &ColumnValues) -> Vec<Vec<String>> {
+    /// The terms of every row of `values`, prefixed; tokenised in parallel.
+    fn terms(
+        &self,
+        column: &str,
+        values: &ColumnValues,
+        stop: &StopFlag,
+    ) -> Result<Vec<Vec<String>>, Stopped> {
         let prefix = self.prefix(column);
+        let tokenizer = (self.kind == ColumnType::Text).then(|| {
+            Tokenizer::new(
+                self.min_length.unwrap_or(DEFAULT_MIN_LENGTH),
+                &self.stop_words,
+            )
+        });
+        let rows: Vec<usize> = (0..values.len()).collect();
+        let chunks: Result<Vec<Vec<Vec<String>>>, Stopped> = rows
+            .par_chunks(4096)
+            .map(|chunk| match stop.is_stopped() {
+                true => Err(Stopped),
+                false => Ok(chunk
+                    .iter()
+                    .map(|&r| self.row_terms(prefix, tokenizer.as_ref(), values, r))
+                    .collect()),
+            })
+            .collect();
+        Ok(chunks?.into_iter().flatten().collect())
+    }
+
+    fn row_terms(
+        &self,
+        prefix: &str,
+        tokenizer: Option<&Tokenizer>,
+        values: &ColumnValues,
+        row: usize,
+    ) -> Vec<String> {
         let named = |t: &str| format!("{prefix}:{t}");
-        match values {
-            ColumnValues::Text(strings) => {
-                let tokenizer = match self.kind {
-                    ColumnType::Text => Some(Tokenizer::new(
-                        self.min_length.unwrap_or(DEFAULT_MIN_LENGTH),
-                        &self.stop_words,
-                    )),
-                    _ => None,
-                };
-                strings
-                    .iter()
-                    .map(|s| match (s, &tokenizer) {
-                        (None, _) => Vec::new(),
-                        (Some(s), Some(t)) => t.tokens(s).iter().map(|t| named(t)).collect(),
-                        (Some(s), None) => {
-                            let parts: Vec<&str> = match &self.separator {
-                                Some(sep) => s.split(sep.as_str()).collect(),
-                                None => vec![s],
-                            };
-                            parts
-                                .into_iter()
-                                .map(str::trim)
-                                .filter(|p| !p.is_empty())
-                                .map(named)
-                                .collect()
-                        }
-                    })
-                    .collect()
+        match (values, tokenizer) {
+            (ColumnValues::Numbers(numbers), _) => {
+                vec![named(&bucket_label(
+                    numbers[row],
+                    self.bucket.unwrap_or(1.0),
+                ))]
             }
-            ColumnValues::Numbers(numbers) => {
-                let width = self.bucket.unwrap_or(1.0);
-                numbers
-                    .iter()
-                    .map(|v| vec![named(&bucket_label(*v, width))])
+            (ColumnValues::Text(strings), _) if strings[row].is_none() => Vec::new(),
+            (ColumnValues::Text(strings), Some(t)) => {
+                let text = strings[row].as_deref().unwrap_or_default();
+                t.tokens(text).iter().map(|t| named(t)).collect()
+            }
+            (ColumnValues::Text(strings), None) => {
+                let value = strings[row].as_deref().unwrap_or_default();
+                let parts: Vec<&str> = match &self.separator {
+                    Some(sep) => value.split(sep.as_str()).collect(),
+                    None => vec![value],
+                };
+                parts
+                    .into_iter()
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(named)
                     .collect()
             }
         }
@@ -231,6 +253,15 @@ fn bucket_label(value: Option<f64>, width: f64) -> String {
 enum ColumnValues {
     Text(Vec<Option<String>>),
     Numbers(Vec<Option<f64>>),
+}
+
+impl ColumnValues {
+    fn len(&self) -> usize {
+        match self {
+            ColumnValues::Text(v) => v.len(),
+            ColumnValues::Numbers(v) => v.len(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -334,12 +365,13 @@ pub fn run(
     let mut counts: Vec<HashMap<String, f32>> = vec![HashMap::new(); n];
     let mut per_column = serde_json::Map::new();
     for (column, col_spec) in &spec.columns {
-        if stop.is_stopped() {
-            return Err(crate::models::Stopped.into());
-        }
         let values = column_values(&batches, column, col_spec.kind, input)?;
         let mut docs: Vec<Vec<String>> = vec![Vec::new(); n];
-        for (row, terms) in col_spec.terms(column, &values).into_iter().enumerate() {
+        for (row, terms) in col_spec
+            .terms(column, &values, stop)?
+            .into_iter()
+            .enumerate()
+        {
             docs[rows[row] as usize].extend(terms);
         }
         if docs.iter().all(Vec::is_empty) {
@@ -495,4 +527,31 @@ fn column_values(
         ColumnType::Numeric => ColumnValues::Numbers(numbers),
         _ => ColumnValues::Text(text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_column() -> ColumnSpec {
+        toml::from_str("type = \"text\"").unwrap()
+    }
+
+    #[test]
+    fn a_stop_ends_tokenising() {
+        let values = ColumnValues::Text(vec![Some("rust engineer".into()); 10_000]);
+        let stop = StopFlag::default();
+        let terms = text_column().terms("title", &values, &stop).unwrap();
+        assert_eq!(terms[9_999], ["title:rust", "title:engineer"]);
+        stop.stop();
+        assert!(text_column().terms("title", &values, &stop).is_err());
+    }
+
+    #[test]
+    fn buckets_read_as_decades_or_ranges() {
+        assert_eq!(bucket_label(Some(1994.0), 10.0), "1990s");
+        assert_eq!(bucket_label(Some(0.7), 0.5), "0.5-1");
+        assert_eq!(bucket_label(Some(f64::NAN), 10.0), "unknown");
+        assert_eq!(bucket_label(None, 10.0), "unknown");
+    }
 }

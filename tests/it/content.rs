@@ -385,3 +385,43 @@ fn a_content_model_without_features_is_refused_at_validation() {
     );
     assert!(all.contains("example_fm.toml:"), "{all}");
 }
+
+#[test]
+fn content_settings_out_of_bounds_are_refused_with_their_line() {
+    let dir = project();
+    let p = dir.path();
+    let edits = [
+        (
+            "columns.title_ja = { type = \"text\", min_df = 2 }",
+            "columns.title_ja = { type = \"text\", max_df = 2.0, bucket = 10 }",
+        ),
+        (
+            "columns.prefecture = { type = \"categorical\" }",
+            "columns.prefecture = { type = \"numeric\" }",
+        ),
+        (
+            "factors = 32\nepochs = 20",
+            "factors = 0\nepochs = 20\nmax_sampled = 0\nlearning_rate = -1.0",
+        ),
+    ];
+    for (from, to) in edits {
+        crate::common::edit(p, "example_fm.toml", from, to);
+    }
+    let out = recpipe(p, &["validate"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    for key in [
+        "steps.features.columns.title_ja.max_df",
+        "steps.features.columns.title_ja.bucket",
+        "steps.features.columns.prefecture.bucket",
+        "steps.fm.factors",
+        "steps.fm.max_sampled",
+        "steps.fm.learning_rate",
+    ] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains("example_fm.toml:") && l.contains(key)),
+            "{key} not refused:\n{all}"
+        );
+    }
+}
