@@ -57,6 +57,23 @@ impl ModelArgs {
     }
 }
 
+impl ModelSpec {
+    /// What is wrong with giving this model item features, or with not giving them.
+    fn item_features_problem(&self, given: bool) -> Option<String> {
+        match (given, self.item_features()) {
+            (true, FeatureUse::No) => Some(format!(
+                "model `{}` does not use item features (`fm` and `content` do)",
+                self.model()
+            )),
+            (false, FeatureUse::Required) => Some(format!(
+                "model `{}` needs item features (a `vectorize` step)",
+                self.model()
+            )),
+            _ => None,
+        }
+    }
+}
+
 impl StepKind for ModelSpec {
     const NAME: &'static str = "train";
     const INPUTS: Inputs = Some(&[
@@ -83,19 +100,12 @@ impl StepKind for ModelSpec {
 
     fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
         let features = given.iter().find(|(_, k)| *k == ArtifactKind::ItemFeatures);
-        let problem = match (features, self.item_features()) {
-            (Some((step, _)), FeatureUse::No) => format!(
-                "`{step}` gives item features, which model `{}` does not use (`fm` and \
-                 `content` do); remove it from `needs`",
-                self.model()
-            ),
-            (None, FeatureUse::Required) => format!(
-                "model `{}` needs item features: add a `vectorize` step to `needs`",
-                self.model()
-            ),
-            _ => return None,
+        let problem = self.item_features_problem(features.is_some())?;
+        let fix = match features {
+            Some((step, _)) => format!("remove `{step}` from `needs`"),
+            None => "add one to `needs`".to_string(),
         };
-        Some(vec![problem])
+        Some(vec![format!("{problem}: {fix}")])
     }
 
     fn describe(&self) -> String {
@@ -115,21 +125,8 @@ impl StepKind for ModelSpec {
 
     async fn run_alone(a: TrainArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
         let spec = a.model.spec()?;
-        match (&a.item_features, spec.item_features()) {
-            (Some(_), FeatureUse::No) => {
-                return Err(StepError::Data(format!(
-                    "--item-features: model `{}` does not use item features (`fm` and \
-                     `content` do)",
-                    spec.model()
-                )));
-            }
-            (None, FeatureUse::Required) => {
-                return Err(StepError::Data(format!(
-                    "--item-features: model `{}` needs a `vectorize` output",
-                    spec.model()
-                )));
-            }
-            _ => {}
+        if let Some(problem) = spec.item_features_problem(a.item_features.is_some()) {
+            return Err(StepError::Data(format!("--item-features: {problem}")));
         }
         create_output(&a.output)?;
         cx.compute(move |stop| run(&spec, &a.input, a.item_features.as_deref(), &a.output, stop))

@@ -374,12 +374,12 @@ fn a_content_model_without_features_is_refused_at_validation() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let all = text(&out);
     assert!(
-        all.contains("steps.content.needs: model `content` needs item features"),
+        all.contains("steps.content.needs: model `content` needs item features (a `vectorize` step): add one to `needs`"),
         "{all}"
     );
     assert!(
         all.contains(
-            "steps.fm.needs: `features` gives item features, which model `als` does not use"
+            "steps.fm.needs: model `als` does not use item features (`fm` and `content` do): remove `features` from `needs`"
         ),
         "{all}"
     );
