@@ -213,8 +213,12 @@ for s in "${COLD_SPLITS[@]}" warm; do
 done
 
 # fm at LightFM's settings (equal epochs, for the fit-time ratio), then at its defaults
-for VARIANT in fm fmdef; do
-  if [ "$VARIANT" = fm ]; then FM_RUN=("${FM[@]}"); else FM_RUN=(--model fm --set seed=42); fi
+for VARIANT in fm fmdef fmcontent; do
+  case $VARIANT in
+    fm) FM_RUN=("${FM[@]}") ;;
+    fmdef) FM_RUN=(--model fm --set seed=42) ;;
+    fmcontent) FM_RUN=(--model fm --set seed=42 --set 'normalize="content"') ;;
+  esac
   for s in "${COLD_SPLITS[@]}"; do
     echo "# recpipe $VARIANT on $s"
     fm "$s" id+G+D --candidates no-interactions
@@ -346,11 +350,12 @@ for feats in ("id", "id+G+D", "id+G+D+T"):
     row(f"recpipe fm warp {feats}", ours,
         (fo.get("cold", (None,))[0], fo.get("warm", (None,))[0]), vs)
     row(f"LightFM warp {feats}", theirs, (fl.get("cold"), fl.get("warm")))
-for feats in ("id", "id+G+D", "id+G+D+T"):
-    fo = {s: fit_s(f"{s}_fmdef_{feats}")[0] for s in colds + ["warm"]
-          if os.path.exists(f"{out}/log/train_{s}_fmdef_{feats}.json")}
-    row(f"recpipe fm defaults (10 epochs) {feats}", lambda s, f=feats: scores.get(f"{s}_fmdef_{f}"),
-        (fo.get("cold"), fo.get("warm")))
+for variant, label in (("fmdef", "defaults (10 epochs)"), ("fmcontent", 'normalize="content"')):
+    for feats in ("id", "id+G+D", "id+G+D+T"):
+        fo = {s: fit_s(f"{s}_{variant}_{feats}")[0] for s in colds + ["warm"]
+              if os.path.exists(f"{out}/log/train_{s}_{variant}_{feats}.json")}
+        row(f"recpipe fm {label} {feats}",
+            lambda s, f=feats, v=variant: scores.get(f"{s}_{v}_{f}"), (fo.get("cold"), fo.get("warm")))
 als_fit, mark = fit_s("warm_als")
 row(f"recpipe ALS (defaults){' ' + mark if mark else ''}", lambda s: scores.get(f"{s}_als"),
     (None, als_fit))
