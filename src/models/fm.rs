@@ -212,6 +212,24 @@ impl Shared<'_> {
         }
     }
 
+    /// Asks the CPU to start loading feature `f`'s parameters: the next
+    /// negative's row is random, and its load otherwise stalls the loop.
+    fn prefetch(&self, f: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if (f as usize) < self.rows {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            for line in (0..self.w).step_by(16) {
+                // SAFETY: the address is inside the table (checked above); a
+                // prefetch reads nothing the program sees.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        self.param.add(f as usize * self.w + line) as *const i8
+                    )
+                };
+            }
+        }
+    }
+
     /// `out = Σ x_f · param_f` over a row of features; `row` is scratch.
     fn represent(&self, features: (&[u32], &[f32]), out: &mut [f32], row: &mut [f32]) {
         out.fill(0.0);
@@ -353,10 +371,26 @@ pub fn fit(input: &FmInput, p: &FmParams, stop: &StopFlag) -> Result<(FmModel, F
                         return Err(Stopped);
                     }
                     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(c as u64));
-                    Ok(chunk
-                        .iter()
-                        .map(|&(u, i)| sample(input, p, (&users, &items), (u, i), s, &mut rng))
-                        .sum())
+                    let mut loss = 0.0;
+                    for (at, &(u, i)) in chunk.iter().enumerate() {
+                        // The next positive's rows load while this one trains.
+                        if let Some(&(u2, i2)) = chunk.get(at + 1) {
+                            input
+                                .user_features
+                                .row(u2 as usize)
+                                .0
+                                .iter()
+                                .for_each(|&f| users.prefetch(f));
+                            input
+                                .item_features
+                                .row(i2 as usize)
+                                .0
+                                .iter()
+                                .for_each(|&f| items.prefetch(f));
+                        }
+                        loss += sample(input, p, (&users, &items), (u, i), s, &mut rng);
+                    }
+                    Ok(loss)
                 },
             )
             .collect();
@@ -395,8 +429,13 @@ fn sample(
     s.next_user();
     let positive = s.score(items, input.item_features.row(i as usize), k);
     let mut found = None;
+    let mut next = input.negatives[rng.random_range(0..n)];
     for sampled in 1..=p.max_sampled.max(1) {
-        let j = input.negatives[rng.random_range(0..n)];
+        let j = next;
+        next = input.negatives[rng.random_range(0..n)];
+        for &f in input.item_features.row(next as usize).0 {
+            items.prefetch(f);
+        }
         if seen.binary_search(&j).is_ok() {
             continue;
         }
