@@ -285,7 +285,13 @@ def load(path):
 
 def fit_s(name):
     """`train` reports the fit alone (details.fit_seconds), without reading and writing."""
-    return load(f"{out}/log/train_{name}.json")["details"]["fit_seconds"], ""
+    return load(f"{out}/log/train_{name}.json")["details"]["fit_seconds"]
+
+
+def fits(variant, feats):
+    """Fit seconds of one fm variant per split it ran on."""
+    return {s: fit_s(f"{s}_{variant}_{feats}") for s in colds + ["warm"]
+            if os.path.exists(f"{out}/log/train_{s}_{variant}_{feats}.json")}
 
 
 lfm = {}
@@ -337,29 +343,22 @@ def row(label, get, fit=None, vs=""):
 
 
 row("popularity", lambda s: scores.get(f"{s}_pop"))
-dagger = False
 for feats in ("id", "id+G+D", "id+G+D+T"):
     ours = lambda s, f=feats: scores.get(f"{s}_fm_{f}")
     theirs = lambda s, f=feats: lfm.get((s, f))
-    fo = {s: fit_s(f"{s}_fm_{feats}") for s in colds + ["warm"]
-          if os.path.exists(f"{out}/log/train_{s}_fm_{feats}.json")}
-    dagger |= any(m for _, m in fo.values())
+    fo = fits("fm", feats)
     fl = {s: theirs(s)["fit_s"] for s in colds + ["warm"] if theirs(s)}
-    cold_ratios = [fo[s][0] / fl[s] for s in colds if s in fo and s in fl]
+    cold_ratios = [fo[s] / fl[s] for s in colds if s in fo and s in fl]
     vs = (f"{statistics.median(cold_ratios):.2f}×" if cold_ratios else "—") + " / " + \
-        ratio(fo.get("warm", (None,))[0], fl.get("warm"))
-    row(f"recpipe fm warp {feats}", ours,
-        (fo.get("cold", (None,))[0], fo.get("warm", (None,))[0]), vs)
+        ratio(fo.get("warm"), fl.get("warm"))
+    row(f"recpipe fm warp {feats}", ours, (fo.get("cold"), fo.get("warm")), vs)
     row(f"LightFM warp {feats}", theirs, (fl.get("cold"), fl.get("warm")))
 for variant, label in (("fmdef", "defaults (10 epochs)"), ("fmnone", 'normalize="none"')):
     for feats in ("id", "id+G+D", "id+G+D+T"):
-        fo = {s: fit_s(f"{s}_{variant}_{feats}")[0] for s in colds + ["warm"]
-              if os.path.exists(f"{out}/log/train_{s}_{variant}_{feats}.json")}
+        fo = fits(variant, feats)
         row(f"recpipe fm {label} {feats}",
             lambda s, f=feats, v=variant: scores.get(f"{s}_{v}_{f}"), (fo.get("cold"), fo.get("warm")))
-als_fit, mark = fit_s("warm_als")
-row(f"recpipe ALS (defaults){' ' + mark if mark else ''}", lambda s: scores.get(f"{s}_als"),
-    (None, als_fit))
+row("recpipe ALS (defaults)", lambda s: scores.get(f"{s}_als"), (None, fit_s("warm_als")))
 print()
 print("fm and LightFM: WARP, 64 factors, lr 0.05, 30 epochs, max_sampled 10, seed 42, 2 threads; "
       "LightFM negatives = train items. Cold = split seed 42; the five draws are seeds 42-46. "
