@@ -142,27 +142,6 @@ impl Table {
         }
     }
 
-    /// `out = Σ x_f · param_f` over a row of features.
-    fn represent(&self, features: (&[u32], &[f32]), out: &mut [f32]) {
-        out.fill(0.0);
-        for (&f, &x) in features.0.iter().zip(features.1) {
-            axpy(
-                x,
-                &self.param[f as usize * self.w..(f as usize + 1) * self.w],
-                out,
-            );
-        }
-    }
-
-    /// Each row's representation, `k + 1` wide.
-    fn all(&self, features: &Csr) -> Vec<f32> {
-        let mut out = vec![0f32; features.n_rows * self.w];
-        for (r, chunk) in out.chunks_exact_mut(self.w).enumerate() {
-            self.represent(features.row(r), chunk);
-        }
-        out
-    }
-
     fn shared(&mut self) -> Shared<'_> {
         Shared {
             w: self.w,
@@ -228,6 +207,16 @@ impl Shared<'_> {
                 };
             }
         }
+    }
+
+    /// Each row's representation, `k + 1` wide.
+    fn all(&self, features: &Csr) -> Vec<f32> {
+        let mut out = vec![0f32; features.n_rows * self.w];
+        let mut row = vec![0f32; self.w];
+        for (r, chunk) in out.chunks_exact_mut(self.w).enumerate() {
+            self.represent(features.row(r), chunk, &mut row);
+        }
+        out
     }
 
     /// `out = Σ x_f · param_f` over a row of features; `row` is scratch.
@@ -397,14 +386,14 @@ pub fn fit(input: &FmInput, p: &FmParams, stop: &StopFlag) -> Result<(FmModel, F
         let total: f32 = losses?.iter().sum();
         report.losses.push(total / pairs.len().max(1) as f32);
     }
-    let mut user_repr = user_table.all(input.user_features);
+    let mut user_repr = users.all(input.user_features);
     for row in user_repr.chunks_exact_mut(k + 1) {
         row[k] = 1.0;
     }
     let model = FmModel {
         factors: k,
         users: user_repr,
-        items: item_table.all(input.item_features),
+        items: items.all(input.item_features),
     };
     Ok((model, report))
 }
