@@ -98,7 +98,7 @@ pub struct Confidence<'a> {
 
 impl Confidence<'_> {
     /// Column indices and `c − 1` weights (before `alpha`) of row `r`.
-    fn row(&self, r: usize) -> (&[u32], &[f32]) {
+    pub(crate) fn row(&self, r: usize) -> (&[u32], &[f32]) {
         self.matrix.row(r)
     }
 }
@@ -163,8 +163,8 @@ pub fn fit(
     let mut y = init(cui.matrix.n_cols);
     let mut report = FitReport::default();
     for _ in 0..params.iterations {
-        solve_side(&cui, &y, &mut x, k, params, stop)?;
-        solve_side(&ciu, &x, &mut y, k, params, stop)?;
+        solve_side(&cui, &y, &mut x, None, params, stop)?;
+        solve_side(&ciu, &x, &mut y, None, params, stop)?;
         if params.loss {
             report.losses.push(loss(&cui, &ciu, &x, &y, k, params));
         }
@@ -180,14 +180,18 @@ pub fn fit(
 }
 
 /// Solves every row of `x` given the fixed factors `fixed` of the other side.
-fn solve_side(
+/// With a `prior` (rows like `x`'s), the penalty pulls each row toward its
+/// prior row instead of toward zero: `λ‖x − prior‖²` (`fm`'s `als` loss
+/// shrinks a known item toward what its content predicts).
+pub(crate) fn solve_side(
     conf: &Confidence,
     fixed: &[f32],
     x: &mut [f32],
-    k: usize,
+    prior: Option<&[f32]>,
     params: &AlsParams,
     stop: &StopFlag,
 ) -> Result<(), Stopped> {
+    let k = params.factors;
     let mut yty = gram(fixed, k);
     if !params.scale_regularization {
         for d in 0..k {
@@ -218,6 +222,13 @@ fn solve_side(
                 items,
                 w,
                 alpha: a,
+                prior: prior.map(|p| {
+                    let weight = match params.scale_regularization {
+                        true => extra,
+                        false => params.regularization,
+                    };
+                    (&p[row * k..(row + 1) * k], weight)
+                }),
             };
             #[cfg(target_arch = "x86_64")]
             if let (Solver::ConjugateGradient { steps }, Some(kernel)) = (params.solver, kernel) {
@@ -262,6 +273,7 @@ unsafe fn cg_row_avx2(sys: &RowSystem, x: &mut [f32], steps: usize, scratch: &mu
 /// One row's regularised least-squares system `(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀC p`:
 /// `yty` holds `YᵀY` (plus λI unless scaled), `extra` the row's own diagonal
 /// term, `y` the fixed factors, and `C − I` is `alpha · w` on the row's `items`.
+/// A `prior` row `q` with its weight `λ` adds `λq` to the right-hand side.
 #[derive(Clone, Copy)]
 struct RowSystem<'a> {
     yty: &'a [f32],
@@ -270,6 +282,7 @@ struct RowSystem<'a> {
     items: &'a [u32],
     w: &'a [f32],
     alpha: f32,
+    prior: Option<(&'a [f32], f32)>,
 }
 
 /// A few conjugate-gradient steps on the row's system, from the current `x`.
@@ -282,6 +295,7 @@ fn cg_row<const FMA: bool>(sys: &RowSystem, x: &mut [f32], steps: usize, scratch
         items,
         w,
         alpha,
+        prior,
     } = *sys;
     let k = x.len();
     let (r, rest) = scratch.split_at_mut(k);
@@ -290,6 +304,9 @@ fn cg_row<const FMA: bool>(sys: &RowSystem, x: &mut [f32], steps: usize, scratch
     symv::<FMA>(yty, x, r);
     axpy_with::<FMA>(extra, x, r);
     r.iter_mut().for_each(|v| *v = -*v);
+    if let Some((q, weight)) = prior {
+        axpy_with::<FMA>(weight, q, r);
+    }
     for (n, (&i, &wi)) in items.iter().zip(w).enumerate() {
         if let Some(&ahead) = items.get(n + PREFETCH_AHEAD) {
             prefetch_row(&y[ahead as usize * k..(ahead as usize + 1) * k]);
@@ -351,12 +368,18 @@ fn cholesky_row(sys: &RowSystem, x: &mut [f32]) {
         items,
         w,
         alpha,
+        prior,
     } = *sys;
     let k = x.len();
     let mut a = nalgebra::DMatrix::<f64>::from_fn(k, k, |i, j| {
         f64::from(yty[i * k + j]) + if i == j { f64::from(extra) } else { 0.0 }
     });
     let mut b = nalgebra::DVector::<f64>::zeros(k);
+    if let Some((q, weight)) = prior {
+        for r in 0..k {
+            b[r] += f64::from(weight) * f64::from(q[r]);
+        }
+    }
     for (&i, &wi) in items.iter().zip(w) {
         let yi = &y[i as usize * k..(i as usize + 1) * k];
         let cm1 = f64::from(alpha) * f64::from(wi);
@@ -492,6 +515,7 @@ mod tests {
                 items,
                 w,
                 alpha: conf.alpha,
+                prior: None,
             };
             let mut exact = vec![0f32; k];
             cholesky_row(&sys, &mut exact);
@@ -532,6 +556,7 @@ mod tests {
             let row: Vec<u32> = (0..items as u32).filter(|_| rng.random_bool(0.4)).collect();
             let w: Vec<f32> = row.iter().map(|_| rng.random_range(1..5) as f32).collect();
             let x0: Vec<f32> = (0..k).map(|_| rng.random::<f32>() * 0.1).collect();
+            let prior: Vec<f32> = (0..k).map(|_| rng.random::<f32>() - 0.5).collect();
             let sys = RowSystem {
                 yty: &yty,
                 extra: 2.0,
@@ -539,6 +564,7 @@ mod tests {
                 items: &row,
                 w: &w,
                 alpha: 0.7,
+                prior: Some((&prior, 1.5)),
             };
             for steps in [3, 60] {
                 let (mut fast, mut slow) = (x0.clone(), x0.clone());

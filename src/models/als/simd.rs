@@ -258,6 +258,7 @@ unsafe fn solve<R: Lanes, const N: usize>(sys: &RowSystem, x_out: &mut [f32], st
         items,
         w,
         alpha,
+        prior,
     } = *sys;
     let k = N * R::L;
     let row = |i: u32| &y[i as usize * k..(i as usize + 1) * k];
@@ -268,6 +269,9 @@ unsafe fn solve<R: Lanes, const N: usize>(sys: &RowSystem, x_out: &mut [f32], st
         let minus = R::splat(-1.0);
         for v in &mut r {
             *v = R::mul(minus, *v);
+        }
+        if let Some((q, weight)) = prior {
+            axpy(weight, &load::<R, N>(q), &mut r);
         }
         for (n, (&i, &wi)) in items.iter().zip(w).enumerate() {
             if let Some(&ahead) = items.get(n + super::PREFETCH_AHEAD) {
