@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Item cold start on MovieLens 100K: recpipe's factorization model with item features
-# (`--model fm`, WARP) against LightFM on the kit's splits, in the same run, on this
-# machine. Not part of CI.
+# (`--model fm`, its `als` and `warp` losses) against LightFM on the kit's splits, in the
+# same run, on this machine. Not part of CI.
 #
 #   bench/coldstart.sh
 #   RECPIPE_BENCH_OUT=/tmp/cs bench/coldstart.sh     keep the outputs there (or OUT=...)
@@ -12,14 +12,16 @@
 #      `recpipe step vectorize` with the kit's settings (binary, no normalisation,
 #      genre/decade/title groups, title min_df 2, min_length 2, the kit's stop words)
 #      must give exactly the kit's items_features.parquet; the differences are printed.
-#   2. cold (split seed 42) and the same split drawn with seeds 43-46: fm WARP, 64
-#      factors, lr 0.05, 30 epochs (as LightFM; then at fm's defaults, 10 epochs, and
-#      with normalize = "none"),
-#      max_sampled 10, on the training positives (rating
-#      >= 4, binary) with item features id+G+D and id+G+D+T; `recommend --candidates
-#      no-interactions` ranks only the cold items; seen = every training row.
-#   3. warm (the anchors' random 80/20 split): fm id only, fm id+G+D, fm id+G+D+T and
-#      ALS (defaults), over all items, seen removed.
+#   2. cold (split seed 42) and the same split drawn with seeds 43-46, with item
+#      features id+G+D and id+G+D+T; `recommend --candidates no-interactions` ranks only
+#      the cold items; seen = every training row. Three fm runs each:
+#      - WARP as LightFM: 64 factors, lr 0.05, 30 epochs, max_sampled 10, on the
+#        training positives (rating >= 4, binary);
+#      - WARP at fm's defaults for it (10 epochs), same positives;
+#      - fm's defaults (`loss = "als"`), on the positives with their rating as value,
+#        as the `als` model trains.
+#   3. warm (the anchors' random 80/20 split): the same fm runs with id only, id+G+D and
+#      id+G+D+T, and ALS (defaults), over all items, seen removed.
 #   4. LightFM with the same settings on the same splits (coldstart.py --out, suites
 #      configs and seeds, negatives = train items, one seed) and popularity (train
 #      positives, ties by the kit's tiebreak order).
@@ -187,7 +189,8 @@ step vectorize_gd_tb vectorize "${VEC_TB[@]}" --set "$GENRE" --set "$DECADE" \
 step vectorize_gdt_tb vectorize "${VEC_TB[@]}" --set "$GENRE" --set "$DECADE" --set "$TITLE" \
   --output "$OUT/work/features_gdt_tb"
 
-# `fm SPLIT CONFIG [--candidates no-interactions]`: fit, recommend, score one fm run.
+# `fm SPLIT CONFIG [--candidates no-interactions]`: fit, recommend, score one fm run
+# of $VARIANT (its settings FM_RUN, its positives POSITIVES).
 fm() {
   local s=$1 cfg=$2 name="$1_${VARIANT}_$2"
   shift 2
@@ -197,7 +200,7 @@ fm() {
     id+G+D) feats=(--item-features "$OUT/work/features_gd_tb" "${FM_EXTRA[@]}") ;;
     id+G+D+T) feats=(--item-features "$OUT/work/features_gdt_tb" "${FM_EXTRA[@]}") ;;
   esac
-  step "train_$name" train --input "$OUT/work/$s/positives.parquet" "${feats[@]}" "${FM_RUN[@]}" \
+  step "train_$name" train --input "$OUT/work/$s/$POSITIVES.parquet" "${feats[@]}" "${FM_RUN[@]}" \
     --output "$OUT/models/$name"
   step "recommend_$name" recommend --model "$OUT/models/$name" \
     --interactions "$OUT/work/$s/seen.parquet" "$@" --top-n 10 --output "$OUT/recs/$name.parquet"
@@ -209,16 +212,20 @@ for s in "${COLD_SPLITS[@]}" warm; do
   mkdir -p "$OUT/work/$s"
   step "extract_$s" extract --table "train=$SPLIT/$s/train.parquet" --table "items=$SPLIT/items.parquet" \
     --sql "$OUT/sql/positives.sql" --role interactions --output "$OUT/work/$s/positives.parquet"
+  step "extract_rated_$s" extract --table "train=$SPLIT/$s/train.parquet" \
+    --table "items=$SPLIT/items.parquet" --sql "$OUT/sql/positives_rated.sql" --role interactions \
+    --output "$OUT/work/$s/positives_rated.parquet"
   step "extract_seen_$s" extract --table "train=$SPLIT/$s/train.parquet" --table "items=$SPLIT/items.parquet" \
     --sql "$OUT/sql/seen.sql" --role interactions --output "$OUT/work/$s/seen.parquet"
 done
 
-# fm at LightFM's settings (equal epochs, for the fit-time ratio), then at its defaults
-for VARIANT in fm fmdef fmnone; do
+# fm WARP at LightFM's settings (equal epochs, for the fit-time ratio), WARP at its
+# defaults, and fm's defaults
+for VARIANT in fm fmwarp fmdef; do
   case $VARIANT in
-    fm) FM_RUN=("${FM[@]}") ;;
-    fmdef) FM_RUN=(--model fm --set seed=42) ;;
-    fmnone) FM_RUN=(--model fm --set seed=42 --set 'normalize="none"') ;;
+    fm) FM_RUN=("${FM[@]}") POSITIVES=positives ;;
+    fmwarp) FM_RUN=(--model fm --set 'loss="warp"' --set seed=42) POSITIVES=positives ;;
+    fmdef) FM_RUN=(--model fm --set seed=42) POSITIVES=positives_rated ;;
   esac
   for s in "${COLD_SPLITS[@]}"; do
     echo "# recpipe $VARIANT on $s"
@@ -231,8 +238,6 @@ for VARIANT in fm fmdef fmnone; do
   fm warm id+G+D+T
 done
 echo "# recpipe ALS on warm"
-step extract_warm_rated extract --table "train=$SPLIT/warm/train.parquet" \
-  --table "items=$SPLIT/items.parquet" --sql "$OUT/sql/positives_rated.sql" --role interactions --output "$OUT/work/warm/positives_rated.parquet"
 step train_warm_als train --input "$OUT/work/warm/positives_rated.parquet" --model als \
   --output "$OUT/models/warm_als"
 step recommend_warm_als recommend --model "$OUT/models/warm_als" \
@@ -353,16 +358,17 @@ for feats in ("id", "id+G+D", "id+G+D+T"):
         ratio(fo.get("warm"), fl.get("warm"))
     row(f"recpipe fm warp {feats}", ours, (fo.get("cold"), fo.get("warm")), vs)
     row(f"LightFM warp {feats}", theirs, (fl.get("cold"), fl.get("warm")))
-for variant, label in (("fmdef", "defaults (10 epochs)"), ("fmnone", 'normalize="none"')):
+for variant, label in (("fmwarp", "warp, 10 epochs"), ("fmdef", "defaults (als)")):
     for feats in ("id", "id+G+D", "id+G+D+T"):
         fo = fits(variant, feats)
         row(f"recpipe fm {label} {feats}",
             lambda s, f=feats, v=variant: scores.get(f"{s}_{v}_{f}"), (fo.get("cold"), fo.get("warm")))
 row("recpipe ALS (defaults)", lambda s: scores.get(f"{s}_als"), (None, fit_s("warm_als")))
 print()
-print("fm and LightFM: WARP, 64 factors, lr 0.05, 30 epochs, max_sampled 10, seed 42, 2 threads; "
-      "LightFM negatives = train items. Cold = split seed 42; the five draws are seeds 42-46. "
-      "id = identity features, G/D/T = genre/decade/title.")
+print("fm warp and LightFM: WARP, 64 factors, lr 0.05, 30 epochs, max_sampled 10, seed 42, "
+      "2 threads, binary positives; LightFM negatives = train items. fm defaults: loss als, "
+      "15 epochs, positives with their rating as value (as ALS). Cold = split seed 42; the "
+      "five draws are seeds 42-46. id = identity features, G/D/T = genre/decade/title.")
 feat = json.load(open(f"{out}/log/features_check.json"))
 for groups, v in feat.items():
     verdict = "exact" if v["exact"] else f"DIFFERENT: {v['missing']} missing, {v['extra']} extra"

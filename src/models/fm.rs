@@ -4,15 +4,19 @@
 //! a user is `user · item + item bias`. Items with no interactions still have
 //! content features, so they get a representation and can be recommended.
 //!
-//! Trained on implicit positives by SGD with Adagrad, with WARP (sample
-//! negatives until one outranks the positive, up to `max_sampled`, and weigh the
-//! update by the rank that implies) or BPR (one negative, logistic loss).
+//! This module trains on implicit positives by SGD with Adagrad, with WARP
+//! (sample negatives until one outranks the positive, up to `max_sampled`, and
+//! weigh the update by the rank that implies) or BPR (one negative, logistic
+//! loss). [`als`] fits the same kind of model to implicit ALS's weighted
+//! squared error instead.
 //!
 //! Parallel in the Hogwild style: rayon threads take chunks of the shuffled
 //! positives and update the shared parameters without locks (see `Shared`). With
 //! one thread a seed gives the same model every time; with more, threads
 //! interleave differently from run to run and the figures vary a little (as
 //! LightFM's do).
+
+pub mod als;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -53,48 +53,59 @@ fn features(dir: &Path) -> HashMap<(i64, String), f32> {
 fn fm_recommends_new_jobs_that_suit_each_user() {
     let dir = project();
     let p = dir.path();
-    let out = recpipe(p, &["run", "example-fm", "--run-id", "c1"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-
     // The example data is `gen-data`'s default: the planted topics are the truth.
     let spec = SynthSpec::default();
     let data = generate(&spec);
     let new: HashSet<i64> =
         (spec.items as i64 + 1..=(spec.items + spec.new_items) as i64).collect();
     let topic_of_item = |i: i64| data.item_topics[i as usize - 1];
-    let list = p.join("state/published/example_fm_new_jobs/current/data.parquet");
-    let (_, batches) = read_parquet(&list).unwrap();
-    let (mut hits, mut total, mut users) = (0usize, 0usize, HashSet::new());
-    for b in &batches {
-        for (u, i) in i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")) {
-            assert!(
-                new.contains(&i),
-                "item {i} has interactions; only new items were asked for"
+    // Both losses: the example's `als` (the default) and `warp`.
+    for (run, loss) in [("c1", "als"), ("c2", "warp")] {
+        if loss == "warp" {
+            crate::common::edit(
+                p,
+                "example_fm.toml",
+                "model = \"fm\"\n",
+                "model = \"fm\"\nloss = \"warp\"\n",
             );
-            users.insert(u);
-            total += 1;
-            hits += usize::from(topic_of_item(i) == data.user_topics[u as usize - 1]);
         }
+        let out = recpipe(p, &["run", "example-fm", "--run-id", run], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let list = p.join("state/published/example_fm_new_jobs/current/data.parquet");
+        let (_, batches) = read_parquet(&list).unwrap();
+        let (mut hits, mut total, mut users) = (0usize, 0usize, HashSet::new());
+        for b in &batches {
+            for (u, i) in i64s(b, "user_id").into_iter().zip(i64s(b, "item_id")) {
+                assert!(
+                    new.contains(&i),
+                    "{loss}: item {i} has interactions; only new items were asked for"
+                );
+                users.insert(u);
+                total += 1;
+                hits += usize::from(topic_of_item(i) == data.user_topics[u as usize - 1]);
+            }
+        }
+        assert_eq!(users.len(), spec.users, "{loss}: every user gets new jobs");
+        // A random pick of new items matches a user's topic about once in twelve;
+        // popularity cannot rank items without interactions at all.
+        let per_topic = |t: usize| new.iter().filter(|&&i| topic_of_item(i) == t).count();
+        let random: f64 = data
+            .user_topics
+            .iter()
+            .map(|&t| per_topic(t) as f64 / new.len() as f64)
+            .sum::<f64>()
+            / spec.users as f64;
+        let precision = hits as f64 / total as f64;
+        // With ~4 new items per topic, a perfect list holds all of them: recall
+        // says how close the lists come.
+        let suited: usize = data.user_topics.iter().map(|&t| per_topic(t).min(10)).sum();
+        let recall = hits as f64 / suited as f64;
+        eprintln!("fm {loss}: precision {precision:.3} (random {random:.3}), recall {recall:.3}");
+        assert!(
+            precision > 3.0 * random && recall > 0.8,
+            "fm {loss} on new items: precision {precision:.3} (random {random:.3}), recall {recall:.3}"
+        );
     }
-    assert_eq!(users.len(), spec.users, "every user gets new jobs");
-    // A random pick of new items matches a user's topic about once in twelve;
-    // popularity cannot rank items without interactions at all.
-    let per_topic = |t: usize| new.iter().filter(|&&i| topic_of_item(i) == t).count();
-    let random: f64 = data
-        .user_topics
-        .iter()
-        .map(|&t| per_topic(t) as f64 / new.len() as f64)
-        .sum::<f64>()
-        / spec.users as f64;
-    let precision = hits as f64 / total as f64;
-    // With ~4 new items per topic, a perfect list holds all of them: recall says
-    // how close the lists come.
-    let suited: usize = data.user_topics.iter().map(|&t| per_topic(t).min(10)).sum();
-    let recall = hits as f64 / suited as f64;
-    assert!(
-        precision > 3.0 * random && recall > 0.8,
-        "fm on new items: precision {precision:.3} (random {random:.3}), recall {recall:.3}"
-    );
 
     // Similar jobs by content: a new job's list holds jobs of its own category
     // (its category is one of its features, and titles follow the category).
@@ -401,7 +412,8 @@ fn content_settings_out_of_bounds_are_refused_with_their_line() {
         ),
         (
             "factors = 32\nepochs = 20",
-            "factors = 0\nepochs = 20\nmax_sampled = 0\nlearning_rate = -1.0",
+            "factors = 0\nepochs = 20\nmax_sampled = 0\nlearning_rate = -1.0\n\
+             regularization = -1.0\nnormalize = \"all\"",
         ),
     ];
     for (from, to) in edits {
@@ -417,6 +429,8 @@ fn content_settings_out_of_bounds_are_refused_with_their_line() {
         "steps.fm.factors",
         "steps.fm.max_sampled",
         "steps.fm.learning_rate",
+        "steps.fm.regularization",
+        "steps.fm.normalize",
     ] {
         assert!(
             all.lines()
