@@ -50,9 +50,13 @@ enum Command {
     Plan { pipeline: String },
     /// Run a pipeline once, now; rerunning a run id resumes it.
     Run(cli::run::RunArgs),
-    /// Run one step kind alone, file in / file out.
+    /// Run one step kind alone, file in / file out; or (`step run`) one step of a
+    /// pipeline in a run directory.
     #[command(subcommand)]
-    Step(recpipe::steps::StepCommand),
+    Step(cli::step::StepCli),
+    /// Write a pipeline as manifests for another engine (Argo Workflows).
+    #[command(subcommand)]
+    Export(cli::export::ExportCommand),
     /// Time ALS fit, rec-all and sim-all and score p@10/nDCG@10 on a split written by
     /// the benchmark anchors (`anchors.py --write-split`); prints one JSON line.
     Bench(cli::bench::BenchArgs),
@@ -110,7 +114,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let p = cli::find_pipeline(&settings, &args.pipeline)?;
             cli::run::run(settings, p, args.run_id, args.logical_date).await
         }
-        Command::Step(step) => cli::step::run_step(&project_dir, step).await,
+        Command::Step(step) => cli::step::dispatch(&project_dir, step).await,
+        Command::Export(command) => cli::export::run(&*settings()?, command),
         Command::Bench(args) => cli::bench::run(args),
         Command::GenData(args) => cli::gen_data::run(&args),
     }

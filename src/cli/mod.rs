@@ -15,6 +15,7 @@ use recpipe::steps::ErrorClass;
 
 pub mod bench;
 pub mod daemon;
+pub mod export;
 pub mod gen_data;
 pub mod plan;
 pub mod rollback;
@@ -46,6 +47,26 @@ impl Failure {
         let class = e.class();
         Failure::of_class(class, anyhow!(e).context(what.to_string()))
     }
+}
+
+/// Raises `stop` on Ctrl-C or SIGTERM (a Kubernetes pod's deadline, `timeout`),
+/// after printing `message`.
+pub fn stop_on_signal(
+    stop: &recpipe::models::StopFlag,
+    message: &'static str,
+) -> Result<(), Failure> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Failed(e.into()))?;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("{message}");
+        stop.stop();
+    });
+    Ok(())
 }
 
 impl From<anyhow::Error> for Failure {

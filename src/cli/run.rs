@@ -46,17 +46,10 @@ pub async fn run(
     let stop = StopFlag::default();
     // Ctrl-C, or SIGTERM from a supervisor (a Kubernetes Job, `timeout`): the run
     // stops, is recorded as cancelled and can be resumed.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::Failed(e.into()))?;
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("interrupted: stopping; rerun with the same --run-id to resume");
-        signal_stop.stop();
-    });
+    super::stop_on_signal(
+        &stop,
+        "interrupted: stopping; rerun with the same --run-id to resume",
+    )?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = tokio::spawn(show_progress(rx, pipeline.steps.len() as u64));
     let request = RunRequest {

@@ -1,15 +1,111 @@
 //! `recpipe step <kind>`: one step kind alone, file in / file out, running the
 //! same code a pipeline runs. Each kind's arguments and run live with the kind
-//! (`steps/<kind>.rs`).
+//! (`steps/<kind>.rs`). `recpipe step run`: one step of a pipeline in its run
+//! directory, as one pod of an Argo Workflow runs it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
+use anyhow::anyhow;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use recpipe::config::Settings;
 use recpipe::models::StopFlag;
-use recpipe::steps::{self, StepCommand, StepContext};
+use recpipe::pipeline::executor::{ExecutorError, StepOutcome};
+use recpipe::pipeline::{Executor, RunRequest};
+use recpipe::steps::{self, Resources, StepCommand, StepContext};
+use serde_json::json;
 
 use super::Failure;
+
+#[derive(Subcommand)]
+pub enum StepCli {
+    /// Run one step of a pipeline in a run's directory, with the inputs its needs
+    /// left there: what one Argo pod does. Idempotent: a step that already
+    /// finished in the run is not run again. One attempt; exit 75 asks for a retry.
+    Run(StepRunArgs),
+    #[command(flatten)]
+    Kind(StepCommand),
+}
+
+#[derive(Args)]
+pub struct StepRunArgs {
+    /// A pipeline name or the path of its file.
+    #[arg(long)]
+    pub pipeline: String,
+    /// The step's id (its `[steps.<id>]` table).
+    #[arg(long)]
+    pub step: String,
+    #[arg(long)]
+    pub run_id: String,
+    /// The date the run is for (RFC 3339), bound as `$logical_date`. Every step
+    /// of a run must get the same one; default now.
+    #[arg(long)]
+    pub logical_date: Option<DateTime<Utc>>,
+    /// Where run directories live, instead of the settings' `state_dir`.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+pub async fn dispatch(project_dir: &Path, command: StepCli) -> Result<(), Failure> {
+    match command {
+        StepCli::Run(args) => {
+            let mut settings =
+                Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
+            if let Some(store) = args.store.clone() {
+                settings.state_dir = settings.resolve(&store);
+            }
+            run_pipeline_step(Arc::new(settings), args).await
+        }
+        StepCli::Kind(kind) => run_step(project_dir, kind).await,
+    }
+}
+
+async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result<(), Failure> {
+    let pipeline = super::find_pipeline(&settings, &args.pipeline)?;
+    let pool = steps::compute_pool(settings.runtime.compute_threads)
+        .map_err(|e| Failure::Failed(e.into()))?;
+    let executor = Executor::new(Arc::new(Resources::new(settings.clone())), Arc::new(pool));
+    let stop = StopFlag::default();
+    super::stop_on_signal(
+        &stop,
+        "interrupted: stopping the step; run it again to retry",
+    )?;
+    let request = RunRequest {
+        pipeline,
+        run_id: args.run_id.clone(),
+        logical_date: args.logical_date.unwrap_or_else(Utc::now),
+        stop: stop.clone(),
+    };
+    let what = format!("step {} of run {}", args.step, args.run_id);
+    let outcome = executor
+        .run_step(request, &args.step)
+        .await
+        .map_err(|e| match e {
+            ExecutorError::RunDir(_)
+            | ExecutorError::StepBusy { .. }
+            | ExecutorError::Busy { .. } => Failure::Transient(anyhow!(e).context(what.clone())),
+            ExecutorError::RunId(_)
+            | ExecutorError::UnknownStep { .. }
+            | ExecutorError::NeedNotDone { .. } => {
+                Failure::BadInput(anyhow!(e).context(what.clone()))
+            }
+        })?;
+    let (status, manifest) = match outcome {
+        StepOutcome::Reused(m) => ("reused", m),
+        StepOutcome::Succeeded(m) => ("succeeded", m),
+        // SIGTERM to a pod is its node draining: another attempt elsewhere may finish.
+        StepOutcome::Failed(e) if stop.is_stopped() => {
+            return Err(Failure::Transient(
+                anyhow!(e).context(format!("{what} (stopped by a signal)")),
+            ));
+        }
+        StepOutcome::Failed(e) => return Err(Failure::step(&what, e)),
+    };
+    let summary = json!({"step": manifest.step, "status": status, "rows": manifest.rows});
+    println!("{summary}");
+    Ok(())
+}
 
 pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Failure> {
     let pool = Arc::new(steps::compute_pool(0).map_err(|e| Failure::Failed(e.into()))?);

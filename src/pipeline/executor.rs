@@ -39,6 +39,32 @@ pub enum ExecutorError {
     RunDir(#[from] ArtifactError),
     #[error("run `{run_id}` is being run by {holder}; stopped while waiting for it")]
     Busy { run_id: String, holder: String },
+    #[error("pipeline `{pipeline}` has no step `{step}` (its steps: {known})")]
+    UnknownStep {
+        pipeline: String,
+        step: String,
+        known: String,
+    },
+    #[error(
+        "step `{step}` needs `{need}`, which has not finished in run `{run_id}` (or was \
+         defined differently when it did): run `{need}` first"
+    )]
+    NeedNotDone {
+        step: String,
+        need: String,
+        run_id: String,
+    },
+    #[error("step `{step}` of run `{run_id}` is running in another process")]
+    StepBusy { step: String, run_id: String },
+}
+
+/// How `recpipe step run` ended.
+pub enum StepOutcome {
+    /// The step had finished in this run, with the same definition and after
+    /// its inputs: nothing to do.
+    Reused(StepManifest),
+    Succeeded(StepManifest),
+    Failed(StepError),
 }
 
 /// Progress of a run, for the CLI's progress display and the daemon's logs.
@@ -347,6 +373,93 @@ impl Executor {
         rundir.write_record(&record)?;
         info!(pipeline = %req.pipeline.name, run_id = %req.run_id, status = ?record.status, "run finished");
         Ok(record)
+    }
+}
+
+impl Executor {
+    /// Runs one step of a run, alone: its inputs are the manifests its needs
+    /// left in the run directory, written by earlier invocations (one Argo pod
+    /// per step). One attempt: the caller (Argo's `retryStrategy`) retries on
+    /// exit 75. A step that already finished with the same definition, after
+    /// every input it read, is not run again.
+    pub async fn run_step(
+        &self,
+        req: RunRequest,
+        step_id: &str,
+    ) -> Result<StepOutcome, ExecutorError> {
+        if !is_valid_run_id(&req.run_id) {
+            return Err(ExecutorError::RunId(req.run_id));
+        }
+        let pipeline = &req.pipeline;
+        let settings = &self.resources.settings;
+        let step = pipeline
+            .step(step_id)
+            .ok_or_else(|| ExecutorError::UnknownStep {
+                pipeline: pipeline.name.clone(),
+                step: step_id.to_string(),
+                known: pipeline
+                    .steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let rundir = RunDir::new(&settings.state_dir, &pipeline.name, &req.run_id);
+        let mut inputs = Vec::with_capacity(step.needs.len());
+        let mut newest_input = None;
+        for need in &step.needs {
+            let hash = pipeline.step(need).map(|n| spec_hash(n, settings));
+            let manifest = rundir
+                .manifest(need)
+                .filter(|m| Some(&m.spec_hash) == hash.as_ref())
+                .ok_or_else(|| ExecutorError::NeedNotDone {
+                    step: step.id.clone(),
+                    need: need.clone(),
+                    run_id: req.run_id.clone(),
+                })?;
+            newest_input = newest_input.max(Some(manifest.finished_at));
+            inputs.push(Input {
+                step: need.clone(),
+                kind: manifest.output,
+                dir: rundir.step_dir(need),
+            });
+        }
+        let _lock = rundir
+            .try_lock_step(&step.id)?
+            .ok_or_else(|| ExecutorError::StepBusy {
+                step: step.id.clone(),
+                run_id: req.run_id.clone(),
+            })?;
+        let hash = spec_hash(step, settings);
+        if let Some(m) = rundir
+            .manifest(&step.id)
+            .filter(|m| m.spec_hash == hash && newest_input.is_none_or(|t| t <= m.started_at))
+        {
+            info!(pipeline = %pipeline.name, run_id = %req.run_id, step = %step.id, "step already finished in this run");
+            return Ok(StepOutcome::Reused(m));
+        }
+        let task = StepTask {
+            executor: self.clone(),
+            step: Step {
+                retries: 0,
+                ..step.clone()
+            },
+            inputs,
+            rundir,
+            cx: StepContext {
+                pipeline: pipeline.name.clone(),
+                run_id: req.run_id.clone(),
+                logical_date: req.logical_date,
+                stop: req.stop.child(),
+                pool: self.pool.clone(),
+            },
+            hash,
+            events: None,
+        };
+        Ok(match task.run().await.result {
+            Ok(m) => StepOutcome::Succeeded(m),
+            Err(e) => StepOutcome::Failed(e),
+        })
     }
 }
 

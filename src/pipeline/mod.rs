@@ -1,10 +1,11 @@
 //! Pipeline files and runs: loading and validating a pipeline file into a DAG,
 //! the executor that walks it, the run directory where each step leaves its
-//! artifact and manifest, the run history, and the retention that prunes old run
-//! directories.
+//! artifact and manifest, the run history, the retention that prunes old run
+//! directories, and the export of a pipeline to Argo Workflows.
 
 pub mod dag;
 pub mod executor;
+pub mod export;
 pub mod history;
 pub mod load;
 pub mod retention;

@@ -235,10 +235,22 @@ impl RunDir {
     /// this one) holds it. The lock dies with its process, so a killed runner
     /// never leaves a run locked.
     pub fn try_lock(&self) -> Result<Option<RunLock>, ArtifactError> {
+        self.lock_file(LOCK_FILE)
+    }
+
+    /// Takes one step's lock (`.<step>.lock`), as [`RunDir::try_lock`] does the
+    /// run's: `recpipe step run` runs the steps of one run in separate processes
+    /// (Argo pods), and two attempts of one step must never write its folder at
+    /// once.
+    pub fn try_lock_step(&self, step: &str) -> Result<Option<RunLock>, ArtifactError> {
+        self.lock_file(&format!(".{step}.lock"))
+    }
+
+    fn lock_file(&self, name: &str) -> Result<Option<RunLock>, ArtifactError> {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         fs::create_dir_all(&self.root).map_err(ArtifactError::io(&self.root))?;
-        let path = self.root.join(LOCK_FILE);
+        let path = self.root.join(name);
         let mut file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
