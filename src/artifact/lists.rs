@@ -101,3 +101,120 @@ pub fn to_batch(
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| ArtifactError::Invalid(e.to_string()))
 }
+
+/// The most parts a list step may be split into (`shards`).
+pub const MAX_SHARDS: usize = 1024;
+
+/// One part of a list step split into `count` (`shards = count`): part `index`
+/// holds the lists of the query rows (users, or items) in
+/// [`Shard::rows`], so the parts in order are the unsplit list row for row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// `k/N`, as `recpipe step run --shard` and Argo's fan-out write it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a shard: write `k/N` with 0 ≤ k < N ≤ {MAX_SHARDS}");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index >= count || count > MAX_SHARDS {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Its slice of `n` query rows: contiguous, sizes differing by at most one.
+    pub fn rows(&self, n: usize) -> std::ops::Range<usize> {
+        n * self.index / self.count..n * (self.index + 1) / self.count
+    }
+
+    /// Its file's name in the step's folder, without the extension.
+    pub fn stem(&self) -> String {
+        format!("part-{:05}-of-{:05}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The data files of a list folder in row order: its `data.parquet`, or the
+/// parts its shards wrote.
+pub fn files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, ArtifactError> {
+    let whole = dir.join(super::DATA_FILE);
+    match std::fs::metadata(&whole) {
+        Ok(_) => return Ok(vec![whole]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ArtifactError::io(&whole)(e)),
+    }
+    let mut parts: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(ArtifactError::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect();
+    parts.sort();
+    Ok(parts)
+}
+
+/// The one file a list folder's rows are in: its `data.parquet`, or its parts
+/// copied in order into `joined` (a sink publishes one file).
+pub fn joined(
+    dir: &std::path::Path,
+    joined: &std::path::Path,
+) -> Result<std::path::PathBuf, ArtifactError> {
+    let parts = files(dir)?;
+    match parts.as_slice() {
+        [one] => return Ok(one.clone()),
+        [] => return Ok(dir.join(super::DATA_FILE)),
+        _ => {}
+    }
+    let mut writer: Option<super::ParquetWriter> = None;
+    for part in &parts {
+        super::for_each_batch(part, |schema, batch| {
+            if writer.is_none() {
+                writer = Some(super::ParquetWriter::create(joined, schema.clone())?);
+            }
+            writer.as_mut().map_or(Ok(()), |w| w.write(&batch))
+        })?;
+    }
+    match writer {
+        Some(w) => w.finish().map(|_| joined.to_path_buf()),
+        // Every part is empty: so is the list (and the write step says so).
+        None => Ok(parts[0].clone()),
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_rows_in_order_and_parse_strictly() {
+        for (n, count) in [(10, 3), (3, 4), (0, 2), (1_000_003, 7)] {
+            let mut next = 0;
+            for index in 0..count {
+                let r = Shard { index, count }.rows(n);
+                assert_eq!(r.start, next);
+                assert!(r.len() <= n / count + 1);
+                next = r.end;
+            }
+            assert_eq!(next, n);
+        }
+        assert_eq!(Shard::parse("2/4").unwrap(), Shard { index: 2, count: 4 });
+        for bad in ["4/4", "1", "-1/4", "1/0", "a/b", "1/2000"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -177,6 +177,28 @@ pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), Artifa
     Ok((schema, batches))
 }
 
+/// Streams the batches of a Parquet file to `each`, one at a time.
+pub fn for_each_batch(
+    path: &Path,
+    mut each: impl FnMut(&SchemaRef, RecordBatch) -> Result<(), ArtifactError>,
+) -> Result<(), ArtifactError> {
+    let parquet = |source| ArtifactError::Parquet {
+        path: path.to_path_buf(),
+        error: source,
+    };
+    let file = File::open(path).map_err(ArtifactError::io(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
+    let schema = builder.schema().clone();
+    for batch in builder.with_batch_size(65_536).build().map_err(parquet)? {
+        let batch = batch.map_err(|source| ArtifactError::Arrow {
+            path: path.to_path_buf(),
+            error: source,
+        })?;
+        each(&schema, batch)?;
+    }
+    Ok(())
+}
+
 /// Writes `value` as pretty JSON atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<FileEntry, ArtifactError> {
     let text = serde_json::to_vec_pretty(value).map_err(|source| ArtifactError::Json {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use recpipe::artifact::lists::Shard;
 use recpipe::config::Settings;
 use recpipe::models::StopFlag;
 use recpipe::pipeline::executor::{ExecutorError, StepOutcome};
@@ -45,6 +46,9 @@ pub struct StepRunArgs {
     /// Where run directories live, instead of the settings' `state_dir`.
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Make part `k` of a list step split into `N` (`shards = N`): `k/N`.
+    #[arg(long, value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
 }
 
 pub async fn dispatch(project_dir: &Path, command: StepCli) -> Result<(), Failure> {
@@ -79,7 +83,7 @@ async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result
     };
     let what = format!("step {} of run {}", args.step, args.run_id);
     let outcome = executor
-        .run_step(request, &args.step)
+        .run_step(request, &args.step, args.shard)
         .await
         .map_err(|e| match e {
             ExecutorError::RunDir(_)
@@ -87,7 +91,8 @@ async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result
             | ExecutorError::Busy { .. } => Failure::Transient(anyhow!(e).context(what.clone())),
             ExecutorError::RunId(_)
             | ExecutorError::UnknownStep { .. }
-            | ExecutorError::NeedNotDone { .. } => {
+            | ExecutorError::NeedNotDone { .. }
+            | ExecutorError::NoSuchShard { .. } => {
                 Failure::BadInput(anyhow!(e).context(what.clone()))
             }
         })?;
@@ -115,6 +120,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
         logical_date: Utc::now(),
         stop: StopFlag::default(),
         pool,
+        shard: None,
     };
     let name = command.name();
     let output = command

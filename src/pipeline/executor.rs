@@ -25,6 +25,7 @@ use super::rundir::{
     is_valid_run_id,
 };
 use crate::artifact::ArtifactError;
+use crate::artifact::lists::Shard;
 use crate::config::Settings;
 use crate::config::redact::redact;
 use crate::models::StopFlag;
@@ -56,6 +57,14 @@ pub enum ExecutorError {
     },
     #[error("step `{step}` of run `{run_id}` is running in another process")]
     StepBusy { step: String, run_id: String },
+    #[error(
+        "step `{step}` is split into {shards} part(s) (`shards`), so `--shard {shard}` names none of them"
+    )]
+    NoSuchShard {
+        step: String,
+        shards: usize,
+        shard: Shard,
+    },
 }
 
 /// How `recpipe step run` ended.
@@ -268,6 +277,7 @@ impl Executor {
                         logical_date: req.logical_date,
                         stop: req.stop.child(),
                         pool: self.pool.clone(),
+                        shard: None,
                     };
                     let task = StepTask {
                         executor: self.clone(),
@@ -382,10 +392,12 @@ impl Executor {
     /// per step). One attempt: the caller (Argo's `retryStrategy`) retries on
     /// exit 75. A step that already finished with the same definition, after
     /// every input it read, is not run again.
+    /// With a `shard`, runs that part of a split list step alone.
     pub async fn run_step(
         &self,
         req: RunRequest,
         step_id: &str,
+        shard: Option<Shard>,
     ) -> Result<StepOutcome, ExecutorError> {
         if !is_valid_run_id(&req.run_id) {
             return Err(ExecutorError::RunId(req.run_id));
@@ -404,13 +416,22 @@ impl Executor {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        if let Some(shard) = shard.filter(|s| s.count != step.spec.shards()) {
+            return Err(ExecutorError::NoSuchShard {
+                step: step.id.clone(),
+                shards: step.spec.shards(),
+                shard,
+            });
+        }
         let rundir = RunDir::new(&settings.state_dir, &pipeline.name, &req.run_id);
         let mut inputs = Vec::with_capacity(step.needs.len());
         let mut newest_input = None;
         for need in &step.needs {
-            let hash = pipeline.step(need).map(|n| spec_hash(n, settings));
+            let need_step = pipeline.step(need);
+            let hash = need_step.map(|n| spec_hash(n, settings));
+            let shards = need_step.map_or(1, |n| n.spec.shards());
             let manifest = rundir
-                .manifest(need)
+                .finished(need, shards)
                 .filter(|m| Some(&m.spec_hash) == hash.as_ref())
                 .ok_or_else(|| ExecutorError::NeedNotDone {
                     step: step.id.clone(),
@@ -424,16 +445,23 @@ impl Executor {
                 dir: rundir.step_dir(need),
             });
         }
+        let lock_name = match shard {
+            Some(s) => format!("{}.{}", step.id, s.stem()),
+            None => step.id.clone(),
+        };
         let _lock = rundir
-            .try_lock_step(&step.id)?
+            .try_lock_step(&lock_name)?
             .ok_or_else(|| ExecutorError::StepBusy {
                 step: step.id.clone(),
                 run_id: req.run_id.clone(),
             })?;
         let hash = spec_hash(step, settings);
-        if let Some(m) = rundir
-            .manifest(&step.id)
-            .filter(|m| m.spec_hash == hash && newest_input.is_none_or(|t| t <= m.started_at))
+        let done = match shard {
+            Some(s) => rundir.shard_manifest(&step.id, s),
+            None => rundir.manifest(&step.id),
+        };
+        if let Some(m) =
+            done.filter(|m| m.spec_hash == hash && newest_input.is_none_or(|t| t <= m.started_at))
         {
             info!(pipeline = %pipeline.name, run_id = %req.run_id, step = %step.id, "step already finished in this run");
             return Ok(StepOutcome::Reused(m));
@@ -452,6 +480,7 @@ impl Executor {
                 logical_date: req.logical_date,
                 stop: req.stop.child(),
                 pool: self.pool.clone(),
+                shard,
             },
             hash,
             events: None,
@@ -511,7 +540,8 @@ fn step_record(
     }
 }
 
-/// One step with its retries, run as its own task.
+/// One step with its retries, run as its own task (or one part of a split
+/// list step: `cx.shard`).
 struct StepTask {
     executor: Executor,
     step: Step,
@@ -567,7 +597,7 @@ impl StepTask {
                         details: output.details,
                     };
                     self.rundir
-                        .write_manifest(&manifest)
+                        .write_manifest(&manifest, self.cx.shard)
                         .map(|()| manifest)
                         .map_err(StepError::from)
                 }
@@ -635,7 +665,10 @@ impl StepTask {
     /// a timed-out attempt that did not end is not retried, so two attempts of a
     /// step never run at once.
     async fn attempt(&self) -> Result<steps::StepOutput, StepError> {
-        let dir = self.rundir.reset_step(&self.step.id)?;
+        let dir = match self.cx.shard {
+            Some(shard) => self.rundir.reset_shard(&self.step.id, shard)?,
+            None => self.rundir.reset_step(&self.step.id)?,
+        };
         let cx = StepContext {
             stop: self.cx.stop.child(),
             ..self.cx.clone()

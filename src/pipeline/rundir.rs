@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::ArtifactKind;
+use crate::artifact::lists::Shard;
 use crate::artifact::{self, ArtifactError, FileEntry};
 use crate::steps::ErrorClass;
 
@@ -190,8 +191,78 @@ impl RunDir {
         artifact::read_json(&self.step_dir(step).join(MANIFEST)).ok()
     }
 
-    pub fn write_manifest(&self, manifest: &StepManifest) -> Result<(), ArtifactError> {
-        artifact::write_json(&self.step_dir(&manifest.step).join(MANIFEST), manifest).map(|_| ())
+    /// Writes a finished step's manifest, or a finished part's beside its file.
+    pub fn write_manifest(
+        &self,
+        manifest: &StepManifest,
+        shard: Option<Shard>,
+    ) -> Result<(), ArtifactError> {
+        let name = shard.map_or(MANIFEST.to_string(), |s| format!("{}.json", s.stem()));
+        artifact::write_json(&self.step_dir(&manifest.step).join(name), manifest).map(|_| ())
+    }
+
+    /// The manifest of one finished part of a split step.
+    pub fn shard_manifest(&self, step: &str, shard: Shard) -> Option<StepManifest> {
+        artifact::read_json(&self.step_dir(step).join(format!("{}.json", shard.stem()))).ok()
+    }
+
+    /// What a step that needs `step` reads: its manifest, or, for a step split
+    /// into `shards` parts, the parts' manifests taken together once every part
+    /// has finished with one definition (rows summed, times spanning them all).
+    pub fn finished(&self, step: &str, shards: usize) -> Option<StepManifest> {
+        if let Some(m) = self.manifest(step) {
+            return Some(m);
+        }
+        if shards < 2 {
+            return None;
+        }
+        let parts: Option<Vec<StepManifest>> = (0..shards)
+            .map(|index| {
+                self.shard_manifest(
+                    step,
+                    Shard {
+                        index,
+                        count: shards,
+                    },
+                )
+            })
+            .collect();
+        let parts = parts?;
+        let first = parts.first()?.clone();
+        if parts.iter().any(|p| p.spec_hash != first.spec_hash) {
+            return None;
+        }
+        Some(StepManifest {
+            files: parts.iter().flat_map(|p| p.files.clone()).collect(),
+            rows: parts.iter().map(|p| p.rows).sum(),
+            attempts: parts.iter().map(|p| p.attempts).max().unwrap_or(1),
+            started_at: parts.iter().map(|p| p.started_at).min()?,
+            finished_at: parts.iter().map(|p| p.finished_at).max()?,
+            duration_ms: parts.iter().map(|p| p.duration_ms).sum(),
+            details: serde_json::json!({ "shards": shards }),
+            ..first
+        })
+    }
+
+    /// Clears one part's files for a fresh attempt of it, and a whole list an
+    /// unsplit run left (the parts replace it); the other parts stay.
+    pub fn reset_shard(&self, step: &str, shard: Shard) -> Result<PathBuf, ArtifactError> {
+        let dir = self.step_dir(step);
+        fs::create_dir_all(&dir).map_err(ArtifactError::io(&dir))?;
+        let stem = shard.stem();
+        for name in [
+            format!("{stem}.parquet"),
+            format!("{stem}.json"),
+            artifact::DATA_FILE.to_string(),
+            MANIFEST.to_string(),
+        ] {
+            match fs::remove_file(dir.join(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArtifactError::io(&dir.join(name))(e)),
+            }
+        }
+        Ok(dir)
     }
 
     /// Empties a step's folder for a fresh attempt.

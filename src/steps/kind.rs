@@ -68,6 +68,12 @@ pub trait StepKind: Sized + Clone + Serialize + DeserializeOwned {
     /// One line for `recpipe plan`.
     fn describe(&self) -> String;
 
+    /// How many parts it may be split into (`shards`), each run by its own
+    /// process; 1 for kinds that cannot be split.
+    fn shards(&self) -> usize {
+        1
+    }
+
     /// Runs it in a pipeline: reads its inputs, writes its artifact.
     fn run(&self, step: &StepRun<'_>) -> impl Future<Output = StepResult> + Send;
 
@@ -233,6 +239,10 @@ macro_rules! step_kinds {
 
             pub fn describe(&self) -> String {
                 match self { $(StepSpec::$variant(s) => s.describe(),)* }
+            }
+
+            pub fn shards(&self) -> usize {
+                match self { $(StepSpec::$variant(s) => s.shards(),)* }
             }
 
             /// Runs the step: reads `inputs`, writes its artifact into `out_dir`.

@@ -144,6 +144,9 @@ pub struct StepContext {
     pub logical_date: DateTime<Utc>,
     pub stop: StopFlag,
     pub pool: Arc<rayon::ThreadPool>,
+    /// The part of a split list step this run makes (`recpipe step run
+    /// --shard`); `None` makes the whole.
+    pub shard: Option<crate::artifact::lists::Shard>,
 }
 
 impl StepContext {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::kind::{CheckContext, Inputs, Problem, StepKind, refuse_flags};
 use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of, model};
-use crate::artifact::lists::{self, ListShape, USER_LIST};
+use crate::artifact::lists::{self, ListShape, MAX_SHARDS, Shard, USER_LIST};
 use crate::artifact::{ArtifactKind, ParquetWriter, filters, interactions};
 use crate::models::{Csr, IdMap, Recommender, StopFlag};
 use crate::topn::{self, Selection};
@@ -57,6 +57,11 @@ pub struct RecommendSpec {
     /// scores them from their features).
     #[serde(default)]
     pub candidates: Candidates,
+    /// Parts the scoring may be split into, each run by its own process (an
+    /// Argo pod, `recpipe step run --shard k/N`); run in one process, the
+    /// step makes the whole list as usual.
+    #[serde(default = "one")]
+    pub shards: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -77,6 +82,29 @@ pub(crate) fn default_top_n() -> usize {
 
 fn yes() -> bool {
     true
+}
+
+pub(crate) fn one() -> usize {
+    1
+}
+
+/// `shards` must be from 1 to [`MAX_SHARDS`].
+pub(crate) fn shard_problem(shards: usize) -> Option<Problem> {
+    (!(1..=MAX_SHARDS).contains(&shards)).then(|| {
+        Problem::new(
+            "shards",
+            format!("must be between 1 and {MAX_SHARDS}, not {shards}"),
+        )
+    })
+}
+
+/// Where a list step writes: its `data.parquet`, or its part's file when it
+/// makes one part of a split list.
+pub(crate) fn list_output(step: &StepRun<'_>) -> PathBuf {
+    match step.cx.shard {
+        Some(shard) => step.out_dir.join(format!("{}.parquet", shard.stem())),
+        None => step.out_dir.join(DATA_FILE),
+    }
 }
 
 /// The longest list a list step makes.
@@ -168,6 +196,7 @@ impl RecommendJob {
             allow_empty,
             run_id: step.cx.run_id.clone(),
             generated_at: Utc::now(),
+            shard: step.cx.shard,
         })
     }
 
@@ -186,6 +215,7 @@ impl RecommendJob {
             allow_empty: a.allow_empty,
             run_id: a.run_id,
             generated_at: Utc::now(),
+            shard: None,
         };
         Ok((job, a.output))
     }
@@ -205,11 +235,17 @@ impl StepKind for RecommendSpec {
     }
 
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
-        list_problems(self.top_n, self.min_score, self.min_coverage)
+        let mut problems = list_problems(self.top_n, self.min_score, self.min_coverage);
+        problems.extend(shard_problem(self.shards));
+        problems
     }
 
     fn describe(&self) -> String {
         format!("top {} per user", self.top_n)
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
@@ -223,7 +259,7 @@ impl StepKind for RecommendSpec {
         job.exclude_seen = self.exclude_seen;
         job.candidates = self.candidates;
         job.interactions = step.data_of(ArtifactKind::Interactions).ok();
-        let out = step.out_dir.join(DATA_FILE);
+        let out = list_output(step);
         step.cx.compute(move |stop| run(&job, &out, stop)).await
     }
 
@@ -250,6 +286,8 @@ pub struct RecommendJob {
     pub allow_empty: bool,
     pub run_id: String,
     pub generated_at: DateTime<Utc>,
+    /// The part of the query rows to score; `None` scores them all.
+    pub shard: Option<Shard>,
 }
 
 /// What [`write_lists`] wrote.
@@ -297,7 +335,10 @@ pub(crate) fn write_lists(
     let stamp = (job.run_id.as_str(), job.generated_at);
     let schema = lists::schema(shape, row_ids, item_ids);
     let mut sink = ParquetWriter::create(output, schema.clone())?;
-    let rows: Vec<u32> = (0..row_ids.len() as u32).collect();
+    let range = job
+        .shard
+        .map_or(0..row_ids.len(), |s| s.rows(row_ids.len()));
+    let rows: Vec<u32> = (range.start as u32..range.end as u32).collect();
     // A symmetric model computes every item's list at once at half the cost, up
     // to SYMMETRIC_MAX_ENTRIES; the rest stream blocks of rows.
     let k = selection.k.max(1);
@@ -323,7 +364,11 @@ pub(crate) fn write_lists(
     } else {
         "items"
     };
-    written.check(job, row_ids.len(), what)?;
+    // A part with no rows (more parts than rows) has nothing to check; the
+    // other parts check theirs.
+    if !rows.is_empty() || job.shard.is_none() {
+        written.check(job, rows.len(), what)?;
+    }
     Ok(written)
 }
 

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::kind::{CheckContext, Inputs, Problem, StepKind};
 use super::recommend::{
-    Candidates, ListArgs, RecommendJob, default_min_coverage, default_top_n, list_problems,
-    write_lists,
+    Candidates, ListArgs, RecommendJob, default_min_coverage, default_top_n, list_output,
+    list_problems, one, shard_problem, write_lists,
 };
-use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, model};
+use super::{StepContext, StepError, StepOutput, StepResult, StepRun, model};
 use crate::artifact::ArtifactKind;
 use crate::artifact::filters;
 use crate::artifact::lists::ITEM_LIST;
@@ -32,6 +32,9 @@ pub struct SimilarItemsSpec {
     pub min_coverage: f64,
     #[serde(default)]
     pub allow_empty: bool,
+    /// As for `recommend`: parts run by their own processes.
+    #[serde(default = "one")]
+    pub shards: usize,
 }
 
 impl StepKind for SimilarItemsSpec {
@@ -47,11 +50,17 @@ impl StepKind for SimilarItemsSpec {
     }
 
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
-        list_problems(self.top_n, self.min_score, self.min_coverage)
+        let mut problems = list_problems(self.top_n, self.min_score, self.min_coverage);
+        problems.extend(shard_problem(self.shards));
+        problems
     }
 
     fn describe(&self) -> String {
         format!("top {} similar items per item", self.top_n)
+    }
+
+    fn shards(&self) -> usize {
+        self.shards
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
@@ -62,7 +71,7 @@ impl StepKind for SimilarItemsSpec {
             self.min_coverage,
             self.allow_empty,
         )?;
-        let out = step.out_dir.join(DATA_FILE);
+        let out = list_output(step);
         step.cx.compute(move |stop| similar(&job, &out, stop)).await
     }
 

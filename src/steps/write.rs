@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::kind::{CheckContext, Inputs, Problem, StepKind, Target, settings_of};
-use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
+use super::{StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
 use crate::artifact::ArtifactKind;
 use crate::config::diagnostic::{is_table_name, unknown_name};
 use crate::sinks::{AnySink, ListFile, Published};
@@ -242,9 +242,11 @@ impl StepKind for WriteSpec {
                 let input = step.inputs.iter().find(|i| i.step == name).ok_or_else(|| {
                     StepError::Internal(format!("`tables` names `{name}`, which is not an input"))
                 })?;
+                // A list split into parts (`shards`) is published as one file.
+                let joined = step.out_dir.join(format!("{name}.parquet"));
                 Ok(ListFile {
                     table: table.to_string(),
-                    input: input.dir.join(DATA_FILE),
+                    input: crate::artifact::lists::joined(&input.dir, &joined)?,
                 })
             })
             .collect::<Result<Vec<_>, StepError>>()?;

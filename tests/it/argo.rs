@@ -163,7 +163,23 @@ impl Emulator<'_> {
             });
             let Some(task) = ready else { break };
             let name = task["name"].as_str().unwrap().to_string();
-            let run = self.task(&name, templates[task["template"].as_str().unwrap()]);
+            let template = templates[task["template"].as_str().unwrap()];
+            // A fanned-out task runs once per item; it succeeds when all do.
+            let run = match task["withItems"].as_array() {
+                None => self.task(&name, template, None),
+                Some(items) => {
+                    let mut all = TaskRun {
+                        succeeded: true,
+                        ..TaskRun::default()
+                    };
+                    for item in items {
+                        let one = self.task(&name, template, item.as_str());
+                        all.attempts.extend(one.attempts);
+                        all.succeeded &= one.succeeded;
+                    }
+                    all
+                }
+            };
             let ok = run.succeeded;
             runs.insert(name.clone(), run);
             if !ok {
@@ -176,18 +192,21 @@ impl Emulator<'_> {
 
     // Pods are processes this thread waits for, as the controller does.
     #[allow(clippy::disallowed_methods)]
-    fn task(&self, name: &str, template: &Value) -> TaskRun {
+    fn task(&self, name: &str, template: &Value, item: Option<&str>) -> TaskRun {
         let retry = &template["retryStrategy"];
         let limit = retry["limit"].as_u64().unwrap() as u32;
         let deadline = Duration::from_secs(template["activeDeadlineSeconds"].as_u64().unwrap());
         let container = &template["container"];
         assert_eq!(container["command"], serde_json::json!(["recpipe"]));
-        assert_eq!(self.sub(container["image"].as_str().unwrap()), "recpipe");
+        assert_eq!(
+            self.sub(container["image"].as_str().unwrap(), None),
+            "recpipe"
+        );
         let args: Vec<String> = container["args"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| self.sub(a.as_str().unwrap()))
+            .map(|a| self.sub(a.as_str().unwrap(), item))
             .collect();
         let mut run = TaskRun::default();
         for attempt in 1..=limit + 1 {
@@ -239,7 +258,7 @@ impl Emulator<'_> {
     }
 
     /// Substitutes `{{…}}`; a variable the workflow does not define fails the test.
-    fn sub(&self, s: &str) -> String {
+    fn sub(&self, s: &str, item: Option<&str>) -> String {
         let mut out = String::new();
         let mut rest = s;
         while let Some(start) = rest.find("{{") {
@@ -252,6 +271,7 @@ impl Emulator<'_> {
                     .get(p)
                     .unwrap_or_else(|| panic!("no parameter {p}")),
                 None if var == "workflow.name" => &self.name,
+                None if var == "item" => item.expect("{{item}} outside a fan-out"),
                 None => panic!("the emulator cannot resolve {{{{{var}}}}}"),
             };
             out.push_str(value);
@@ -325,7 +345,7 @@ fn params(spec: &Value, store: &Path) -> BTreeMap<String, String> {
     params
 }
 
-/// The published example list as (user, item, rank) rows.
+/// The published example list as (user, item, rank) rows, in file order.
 fn published(project: &Path) -> Vec<(i64, i64, i64)> {
     let list = project.join("state/published/example_user_recs/current/data.parquet");
     let (_, batches) = read_parquet(&list).unwrap();
@@ -342,7 +362,6 @@ fn published(project: &Path) -> Vec<(i64, i64, i64)> {
         let (u, i) = (i64s(b, "user_id"), i64s(b, "item_id"));
         rows.extend((0..u.len()).map(|n| (u[n], i[n], r[n])));
     }
-    rows.sort();
     rows
 }
 
@@ -577,4 +596,89 @@ fn cloudbuild_passes_cloud_build_s_schema_and_a_broken_one_does_not() {
         let o = check(&broken);
         assert_eq!(o.status.code(), Some(1), "{from} → {to}: {}", text(&o));
     }
+}
+
+#[test]
+fn a_list_split_into_shards_publishes_the_unsplit_list_row_for_row() {
+    let reference = project();
+    let o = recpipe(
+        reference.path(),
+        &["run", "example", "--run-id", "ref"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let dir = project();
+    let p = dir.path();
+    edit(
+        p,
+        "example.toml",
+        "top_n = 10\n",
+        "top_n = 10\nshards = 4\n",
+    );
+    let store = tempfile::tempdir().unwrap();
+    let spec = template(p, "example");
+    let tasks = spec["templates"][0]["dag"]["tasks"].as_array().unwrap();
+    let fan = tasks.iter().find(|t| t["name"] == "user-recs").unwrap();
+    assert_eq!(
+        fan["withItems"],
+        serde_json::json!(["0/4", "1/4", "2/4", "3/4"])
+    );
+    let emu = Emulator {
+        params: params(&spec, store.path()),
+        spec,
+        name: "recpipe-example-s4".into(),
+        project: p,
+        env: &no_env,
+        before: &|_, _| {},
+    };
+    let runs = emu.run();
+    assert!(runs.values().all(|r| r.succeeded), "{runs:?}");
+    assert_eq!(runs["user-recs"].attempts.len(), 4, "{runs:?}");
+    // Four parts, no whole list: each pod scored its quarter of the users.
+    let dir = store
+        .path()
+        .join("runs/example/recpipe-example-s4/user_recs");
+    let parts = recpipe::artifact::lists::files(&dir).unwrap();
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    assert_eq!(published(p), published(reference.path()));
+
+    // A part of a step not split that way, or out of range, is bad input; a
+    // finished part is not made again.
+    let store_arg = store.path().to_str().unwrap();
+    let step = |shard: &str| {
+        recpipe(
+            p,
+            &[
+                "step",
+                "run",
+                "--pipeline",
+                "example",
+                "--step",
+                "user_recs",
+                "--run-id",
+                "recpipe-example-s4",
+                "--store",
+                store_arg,
+                "--shard",
+                shard,
+            ],
+            &[],
+        )
+    };
+    for shard in ["1/3", "4/4"] {
+        let o = step(shard);
+        assert_eq!(o.status.code(), Some(2), "{shard}: {}", text(&o));
+    }
+    assert!(text(&step("2/4")).contains("\"reused\""));
+
+    // `shards` out of bounds is refused at validation, with its line.
+    edit(p, "example.toml", "shards = 4\n", "shards = 0\n");
+    let o = recpipe(p, &["validate"], &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("example.toml:") && l.contains("steps.user_recs.shards")),
+        "{out}"
+    );
 }

@@ -90,17 +90,43 @@ pub fn export(
         .steps
         .iter()
         .map(|s| {
-            json!({
+            let mut task = json!({
                 "name": k8s(&s.id),
                 "template": k8s(&s.id),
                 "dependencies": s.needs.iter().map(|n| k8s(n)).collect::<Vec<_>>(),
-            })
+            });
+            // A split list step fans out, a pod per part; the tasks that need it
+            // wait for every part.
+            let shards = s.spec.shards();
+            if shards > 1 {
+                task["withItems"] = (0..shards).map(|k| format!("{k}/{shards}")).collect();
+            }
+            task
         })
         .collect();
     let mut templates = vec![json!({"name": "main", "dag": {"tasks": tasks}})];
     let runtime = &settings.runtime;
     for s in &p.steps {
         let timeout = s.timeout.unwrap_or(runtime.step_timeout);
+        let mut args: Vec<String> = [
+            "step",
+            "run",
+            "--pipeline",
+            &p.name,
+            "--step",
+            &s.id,
+            "--run-id",
+            "{{workflow.name}}",
+            "--logical-date",
+            "{{workflow.parameters.logical-date}}",
+            "--store",
+            "{{workflow.parameters.store}}",
+        ]
+        .map(String::from)
+        .to_vec();
+        if s.spec.shards() > 1 {
+            args.extend(["--shard".to_string(), "{{item}}".to_string()]);
+        }
         templates.push(json!({
             "name": k8s(&s.id),
             "retryStrategy": {
@@ -121,14 +147,7 @@ pub fn export(
             "container": {
                 "image": "{{workflow.parameters.image}}",
                 "command": ["recpipe"],
-                "args": [
-                    "step", "run",
-                    "--pipeline", p.name,
-                    "--step", s.id,
-                    "--run-id", "{{workflow.name}}",
-                    "--logical-date", "{{workflow.parameters.logical-date}}",
-                    "--store", "{{workflow.parameters.store}}",
-                ],
+                "args": args,
             },
         }));
     }
