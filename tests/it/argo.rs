@@ -138,7 +138,21 @@ struct Emulator<'a> {
     before: &'a dyn Fn(&str, u32),
 }
 
-impl Emulator<'_> {
+impl<'a> Emulator<'a> {
+    /// `pipeline`'s exported WorkflowTemplate, submitted as workflow `name`
+    /// with its runs in `store`.
+    fn new(project: &'a Path, pipeline: &str, store: &Path, name: &str) -> Self {
+        let spec = template(project, pipeline);
+        Emulator {
+            params: params(&spec, store),
+            spec,
+            name: name.into(),
+            project,
+            env: &no_env,
+            before: &no_hook,
+        }
+    }
+
     /// Runs the DAG to the end; fail-fast: after a task fails, nothing new starts.
     fn run(&self) -> BTreeMap<String, TaskRun> {
         let templates: BTreeMap<String, &Value> = self.spec["templates"]
@@ -369,6 +383,8 @@ fn no_env(_: &str, _: u32) -> Vec<(String, String)> {
     Vec::new()
 }
 
+fn no_hook(_: &str, _: u32) {}
+
 #[test]
 fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
     // The same list from `recpipe run` in one project…
@@ -392,7 +408,6 @@ fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
     let dir = project();
     let p = dir.path();
     let store = tempfile::tempdir().unwrap();
-    let spec = template(p, "example");
     let env = |task: &str, attempt: u32| match (task, attempt) {
         ("publish", 1) => vec![(
             "RECPIPE_FAILPOINTS".to_string(),
@@ -401,12 +416,8 @@ fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
         _ => Vec::new(),
     };
     let emu = Emulator {
-        params: params(&spec, store.path()),
-        spec,
-        name: "recpipe-example-x7k2p".into(),
-        project: p,
         env: &env,
-        before: &|_, _| {},
+        ..Emulator::new(p, "example", store.path(), "recpipe-example-x7k2p")
     };
     let runs = emu.run();
     assert!(runs.values().all(|r| r.succeeded), "{runs:?}");
@@ -456,7 +467,6 @@ fn exit_75_is_retried_and_exit_2_is_not() {
     let store = tempfile::tempdir().unwrap();
     // `publish` (3 retries) finds its step locked by another process on its
     // first attempt: exit 75, retried after the backoff.
-    let spec = template(p, "example");
     let run_id = "recpipe-example-r75";
     let rundir = RunDir::new(store.path(), "example", run_id);
     let held = std::sync::Mutex::new(None);
@@ -469,12 +479,8 @@ fn exit_75_is_retried_and_exit_2_is_not() {
         }
     };
     let emu = Emulator {
-        params: params(&spec, store.path()),
-        spec,
-        name: run_id.into(),
-        project: p,
-        env: &no_env,
         before: &before,
+        ..Emulator::new(p, "example", store.path(), run_id)
     };
     let runs = emu.run();
     assert_eq!(
@@ -492,15 +498,7 @@ fn exit_75_is_retried_and_exit_2_is_not() {
         "[steps.interactions]\nretries = 3\n",
     );
     std::fs::write(p.join("sql/example_interactions.sql"), "SELEC broken").unwrap();
-    let spec = template(p, "example");
-    let emu = Emulator {
-        params: params(&spec, store.path()),
-        spec,
-        name: "recpipe-example-r2".into(),
-        project: p,
-        env: &no_env,
-        before: &|_, _| {},
-    };
+    let emu = Emulator::new(p, "example", store.path(), "recpipe-example-r2");
     let runs = emu.run();
     assert_eq!(
         runs["interactions"].attempts,
@@ -616,21 +614,13 @@ fn a_list_split_into_shards_publishes_the_unsplit_list_row_for_row() {
         "top_n = 10\nshards = 4\n",
     );
     let store = tempfile::tempdir().unwrap();
-    let spec = template(p, "example");
-    let tasks = spec["templates"][0]["dag"]["tasks"].as_array().unwrap();
+    let emu = Emulator::new(p, "example", store.path(), "recpipe-example-s4");
+    let tasks = emu.spec["templates"][0]["dag"]["tasks"].as_array().unwrap();
     let fan = tasks.iter().find(|t| t["name"] == "user-recs").unwrap();
     assert_eq!(
         fan["withItems"],
         serde_json::json!(["0/4", "1/4", "2/4", "3/4"])
     );
-    let emu = Emulator {
-        params: params(&spec, store.path()),
-        spec,
-        name: "recpipe-example-s4".into(),
-        project: p,
-        env: &no_env,
-        before: &|_, _| {},
-    };
     let runs = emu.run();
     assert!(runs.values().all(|r| r.succeeded), "{runs:?}");
     assert_eq!(runs["user-recs"].attempts.len(), 4, "{runs:?}");
