@@ -180,20 +180,14 @@ pub fn joined(
         [] => return Ok(dir.join(super::DATA_FILE)),
         _ => {}
     }
-    let mut writer: Option<super::ParquetWriter> = None;
+    // Every part of one step has one schema: the first part's opens the file.
+    let (schema, _) = super::open_parquet(&parts[0])?;
+    let mut writer = super::ParquetWriter::create(joined, schema)?;
     for part in &parts {
-        super::for_each_batch(part, |schema, batch| {
-            if writer.is_none() {
-                writer = Some(super::ParquetWriter::create(joined, schema.clone())?);
-            }
-            writer.as_mut().map_or(Ok(()), |w| w.write(&batch))
-        })?;
+        super::for_each_batch(part, |batch| writer.write(&batch))?;
     }
-    match writer {
-        Some(w) => w.finish().map(|_| joined.to_path_buf()),
-        // Every part is empty: so is the list (and the write step says so).
-        None => Ok(parts[0].clone()),
-    }
+    writer.finish()?;
+    Ok(joined.to_path_buf())
 }
 
 #[cfg(test)]

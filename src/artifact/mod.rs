@@ -152,36 +152,24 @@ pub fn write_parquet(
 
 /// Reads a whole Parquet file.
 pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), ArtifactError> {
-    let file = File::open(path).map_err(ArtifactError::io(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
-        ArtifactError::Parquet {
-            path: path.to_path_buf(),
-            error: source,
-        }
+    let mut batches = Vec::new();
+    let schema = for_each_batch(path, |batch| {
+        batches.push(batch);
+        Ok(())
     })?;
-    let schema = builder.schema().clone();
-    let reader =
-        builder
-            .with_batch_size(65_536)
-            .build()
-            .map_err(|source| ArtifactError::Parquet {
-                path: path.to_path_buf(),
-                error: source,
-            })?;
-    let batches = reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ArtifactError::Arrow {
-            path: path.to_path_buf(),
-            error: source,
-        })?;
     Ok((schema, batches))
 }
 
-/// Streams the batches of a Parquet file to `each`, one at a time.
-pub fn for_each_batch(
+/// A Parquet file's schema (read from its footer) and a reader of its batches.
+pub(crate) fn open_parquet(
     path: &Path,
-    mut each: impl FnMut(&SchemaRef, RecordBatch) -> Result<(), ArtifactError>,
-) -> Result<(), ArtifactError> {
+) -> Result<
+    (
+        SchemaRef,
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    ),
+    ArtifactError,
+> {
     let parquet = |source| ArtifactError::Parquet {
         path: path.to_path_buf(),
         error: source,
@@ -189,14 +177,25 @@ pub fn for_each_batch(
     let file = File::open(path).map_err(ArtifactError::io(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet)?;
     let schema = builder.schema().clone();
-    for batch in builder.with_batch_size(65_536).build().map_err(parquet)? {
+    let reader = builder.with_batch_size(65_536).build().map_err(parquet)?;
+    Ok((schema, reader))
+}
+
+/// Streams the batches of a Parquet file to `each`, one at a time, and returns
+/// its schema (also for a file with no rows).
+pub fn for_each_batch(
+    path: &Path,
+    mut each: impl FnMut(RecordBatch) -> Result<(), ArtifactError>,
+) -> Result<SchemaRef, ArtifactError> {
+    let (schema, reader) = open_parquet(path)?;
+    for batch in reader {
         let batch = batch.map_err(|source| ArtifactError::Arrow {
             path: path.to_path_buf(),
             error: source,
         })?;
-        each(&schema, batch)?;
+        each(batch)?;
     }
-    Ok(())
+    Ok(schema)
 }
 
 /// Writes `value` as pretty JSON atomically.

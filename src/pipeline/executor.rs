@@ -271,14 +271,7 @@ impl Executor {
                             _ => unreachable!("needs checked done above"),
                         })
                         .collect();
-                    let cx = StepContext {
-                        pipeline: req.pipeline.name.clone(),
-                        run_id: req.run_id.clone(),
-                        logical_date: req.logical_date,
-                        stop: req.stop.child(),
-                        pool: self.pool.clone(),
-                        shard: None,
-                    };
+                    let cx = self.step_context(&req, None);
                     let task = StepTask {
                         executor: self.clone(),
                         step: step.clone(),
@@ -474,14 +467,7 @@ impl Executor {
             },
             inputs,
             rundir,
-            cx: StepContext {
-                pipeline: pipeline.name.clone(),
-                run_id: req.run_id.clone(),
-                logical_date: req.logical_date,
-                stop: req.stop.child(),
-                pool: self.pool.clone(),
-                shard,
-            },
+            cx: self.step_context(&req, shard),
             hash,
             events: None,
         };
@@ -489,6 +475,18 @@ impl Executor {
             Ok(m) => StepOutcome::Succeeded(m),
             Err(e) => StepOutcome::Failed(e),
         })
+    }
+
+    /// What a step of `req` runs with (a part of it, with a `shard`).
+    fn step_context(&self, req: &RunRequest, shard: Option<Shard>) -> StepContext {
+        StepContext {
+            pipeline: req.pipeline.name.clone(),
+            run_id: req.run_id.clone(),
+            logical_date: req.logical_date,
+            stop: req.stop.child(),
+            pool: self.pool.clone(),
+            shard,
+        }
     }
 }
 

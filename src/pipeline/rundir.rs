@@ -197,13 +197,21 @@ impl RunDir {
         manifest: &StepManifest,
         shard: Option<Shard>,
     ) -> Result<(), ArtifactError> {
-        let name = shard.map_or(MANIFEST.to_string(), |s| format!("{}.json", s.stem()));
-        artifact::write_json(&self.step_dir(&manifest.step).join(name), manifest).map(|_| ())
+        let path = match shard {
+            Some(s) => self.shard_manifest_path(&manifest.step, s),
+            None => self.step_dir(&manifest.step).join(MANIFEST),
+        };
+        artifact::write_json(&path, manifest).map(|_| ())
     }
 
     /// The manifest of one finished part of a split step.
     pub fn shard_manifest(&self, step: &str, shard: Shard) -> Option<StepManifest> {
-        artifact::read_json(&self.step_dir(step).join(format!("{}.json", shard.stem()))).ok()
+        artifact::read_json(&self.shard_manifest_path(step, shard)).ok()
+    }
+
+    /// A part's manifest sits beside its file (`part-….parquet`, `part-….json`).
+    fn shard_manifest_path(&self, step: &str, shard: Shard) -> PathBuf {
+        self.step_dir(step).join(format!("{}.json", shard.stem()))
     }
 
     /// What a step that needs `step` reads: its manifest, or, for a step split

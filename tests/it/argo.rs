@@ -379,6 +379,32 @@ fn published(project: &Path) -> Vec<(i64, i64, i64)> {
     rows
 }
 
+/// `recpipe step run` of the example pipeline's `step` in run `run_id`, with
+/// run directories in `store`.
+fn step_run(
+    project: &Path,
+    store: &Path,
+    run_id: &str,
+    step: &str,
+    more: &[&str],
+) -> std::process::Output {
+    let store = store.to_str().unwrap();
+    let mut args = vec![
+        "step",
+        "run",
+        "--pipeline",
+        "example",
+        "--step",
+        step,
+        "--run-id",
+        run_id,
+        "--store",
+        store,
+    ];
+    args.extend_from_slice(more);
+    recpipe(project, &args, &[])
+}
+
 fn no_env(_: &str, _: u32) -> Vec<(String, String)> {
     Vec::new()
 }
@@ -516,25 +542,7 @@ fn step_run_needs_its_inputs_and_reruns_after_an_input_changes() {
     let dir = project();
     let p = dir.path();
     let store = p.join("store");
-    let store_arg = store.to_str().unwrap();
-    let step = |s: &str| {
-        recpipe(
-            p,
-            &[
-                "step",
-                "run",
-                "--pipeline",
-                "example",
-                "--step",
-                s,
-                "--run-id",
-                "r1",
-                "--store",
-                store_arg,
-            ],
-            &[],
-        )
-    };
+    let step = |s: &str| step_run(p, &store, "r1", s, &[]);
     // Out of order: its input has not run in this run.
     let o = step("popular");
     let out = text(&o);
@@ -634,25 +642,13 @@ fn a_list_split_into_shards_publishes_the_unsplit_list_row_for_row() {
 
     // A part of a step not split that way, or out of range, is bad input; a
     // finished part is not made again.
-    let store_arg = store.path().to_str().unwrap();
     let step = |shard: &str| {
-        recpipe(
+        step_run(
             p,
-            &[
-                "step",
-                "run",
-                "--pipeline",
-                "example",
-                "--step",
-                "user_recs",
-                "--run-id",
-                "recpipe-example-s4",
-                "--store",
-                store_arg,
-                "--shard",
-                shard,
-            ],
-            &[],
+            store.path(),
+            "recpipe-example-s4",
+            "user_recs",
+            &["--shard", shard],
         )
     };
     for shard in ["1/3", "4/4"] {

@@ -137,10 +137,7 @@ impl FmSpec {
     /// content features].
     fn item_features(&self, data: &TrainData, identity: bool) -> Result<Csr, StepError> {
         let m = data.matrix;
-        let mut has = vec![false; m.n_cols];
-        for &i in &m.indices {
-            has[i as usize] = true;
-        }
+        let has = with_interactions(m);
         let content = data.item_features;
         if !self.identity && content.is_none() {
             return Err(StepError::Data(
@@ -281,7 +278,7 @@ impl FmSpec {
             model: Box::new(model),
             report: json!({
                 "item_features": features,
-                "items_without_interactions": without_interactions(m),
+                "items_without_interactions": with_interactions(m).iter().filter(|&&h| !h).count(),
             }),
         })
     }
@@ -305,11 +302,10 @@ impl FmSpec {
             "`factors`",
         )?;
         let users = identity(m.n_rows);
-        let negatives: Vec<u32> = {
-            let mut seen = vec![false; m.n_cols];
-            m.indices.iter().for_each(|&i| seen[i as usize] = true);
-            (0..m.n_cols as u32).filter(|&i| seen[i as usize]).collect()
-        };
+        let negatives: Vec<u32> = (0..m.n_cols as u32)
+            .zip(with_interactions(m))
+            .filter_map(|(i, has)| has.then_some(i))
+            .collect();
         let input = FmInput {
             positives: m,
             user_features: &users,
@@ -334,10 +330,11 @@ impl FmSpec {
     }
 }
 
-fn without_interactions(m: &Csr) -> usize {
-    let mut seen = vec![false; m.n_cols];
-    m.indices.iter().for_each(|&i| seen[i as usize] = true);
-    seen.iter().filter(|&&s| !s).count()
+/// Whether each item (column of `m`) has an interaction.
+fn with_interactions(m: &Csr) -> Vec<bool> {
+    let mut has = vec![false; m.n_cols];
+    m.indices.iter().for_each(|&i| has[i as usize] = true);
+    has
 }
 
 fn identity(n: usize) -> Csr {
