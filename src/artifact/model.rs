@@ -48,6 +48,9 @@ pub struct ModelMeta {
     pub n_items: usize,
     pub nnz: usize,
     /// The interactions artifact the model was fitted on; also the "seen" items.
+    /// Relative to the model's folder when both are in one run directory
+    /// (`../<step>/data.parquet`), so the run directory can move (to object
+    /// storage and back into a pod); [`read`] makes it a full path.
     pub trained_on: PathBuf,
     /// Training facts: loss per iteration …
     #[serde(default)]
@@ -149,7 +152,8 @@ pub fn write(
 
 /// Reads a model artifact's metadata, ids and per-user and per-item columns.
 pub fn read(dir: &Path) -> Result<ModelFiles, ArtifactError> {
-    let meta: ModelMeta = artifact::read_json(&dir.join(META_FILE))?;
+    let mut meta: ModelMeta = artifact::read_json(&dir.join(META_FILE))?;
+    meta.trained_on = dir.join(&meta.trained_on);
     let users_path = dir.join(USERS_FILE);
     let items_path = dir.join(ITEMS_FILE);
     let (_, user_batches) = artifact::read_parquet(&users_path)?;

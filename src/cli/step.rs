@@ -13,8 +13,11 @@ use recpipe::artifact::lists::Shard;
 use recpipe::config::Settings;
 use recpipe::models::StopFlag;
 use recpipe::pipeline::executor::{ExecutorError, StepOutcome};
+use recpipe::pipeline::remote::RemoteRun;
+use recpipe::pipeline::rundir::is_valid_run_id;
 use recpipe::pipeline::{Executor, RunRequest};
 use recpipe::steps::{self, Resources, StepCommand, StepContext};
+use recpipe::storage::{self, Remote, StorageError};
 use serde_json::json;
 
 use super::Failure;
@@ -43,9 +46,11 @@ pub struct StepRunArgs {
     /// of a run must get the same one; default now.
     #[arg(long)]
     pub logical_date: Option<DateTime<Utc>>,
-    /// Where run directories live, instead of the settings' `state_dir`.
+    /// Where run directories live, instead of the settings' `state_dir`: a
+    /// directory, or object storage (`s3://bucket/prefix`, `gs://bucket/prefix`),
+    /// where the step's inputs are copied from and its output to.
     #[arg(long)]
-    pub store: Option<PathBuf>,
+    pub store: Option<String>,
     /// Make part `k` of a list step split into `N` (`shards = N`): `k/N`.
     #[arg(long, value_parser = Shard::parse)]
     pub shard: Option<Shard>,
@@ -56,16 +61,64 @@ pub async fn dispatch(project_dir: &Path, command: StepCli) -> Result<(), Failur
         StepCli::Run(args) => {
             let mut settings =
                 Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
-            if let Some(store) = args.store.clone() {
-                settings.state_dir = settings.resolve(&store);
+            match args.store.clone() {
+                Some(url) if storage::is_url(&url) => {
+                    let remote = Remote::open(&url).map_err(|e| Failure::BadInput(e.into()))?;
+                    // The step runs in a local copy of the run directory.
+                    let copy = LocalCopy::new().map_err(|e| Failure::Transient(e.into()))?;
+                    settings.state_dir = copy.0.clone();
+                    run_pipeline_step(Arc::new(settings), args, Some(remote)).await
+                }
+                Some(dir) => {
+                    settings.state_dir = settings.resolve(Path::new(&dir));
+                    run_pipeline_step(Arc::new(settings), args, None).await
+                }
+                None => run_pipeline_step(Arc::new(settings), args, None).await,
             }
-            run_pipeline_step(Arc::new(settings), args).await
         }
         StepCli::Kind(kind) => run_step(project_dir, kind).await,
     }
 }
 
-async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result<(), Failure> {
+/// A fresh folder under the temp dir for a step's local copy of its run
+/// directory, removed when dropped.
+struct LocalCopy(PathBuf);
+
+impl LocalCopy {
+    fn new() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "recpipe-step-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for LocalCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A storage failure as an exit: 75 when another attempt could succeed.
+fn storage_failure(e: StorageError, what: &str) -> Failure {
+    let e = anyhow!(e).context(what.to_string());
+    match e
+        .downcast_ref::<StorageError>()
+        .is_some_and(StorageError::is_retryable)
+    {
+        true => Failure::Transient(e),
+        false => Failure::Failed(e),
+    }
+}
+
+async fn run_pipeline_step(
+    settings: Arc<Settings>,
+    args: StepRunArgs,
+    remote: Option<Remote>,
+) -> Result<(), Failure> {
     let pipeline = super::find_pipeline(&settings, &args.pipeline)?;
     let pool = steps::compute_pool(settings.runtime.compute_threads)
         .map_err(|e| Failure::Failed(e.into()))?;
@@ -82,6 +135,21 @@ async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result
         stop: stop.clone(),
     };
     let what = format!("step {} of run {}", args.step, args.run_id);
+    // A bad run id or step is refused by `run_step` below, before anything is read.
+    let remote = remote.filter(|_| is_valid_run_id(&args.run_id)).map(|r| {
+        RemoteRun::new(
+            &r,
+            &settings.state_dir,
+            &request.pipeline.name,
+            &args.run_id,
+        )
+    });
+    if let (Some(remote), Some(step)) = (&remote, request.pipeline.step(&args.step)) {
+        remote
+            .pull(&request.pipeline, step, args.shard)
+            .await
+            .map_err(|e| storage_failure(e, &format!("{what}: cannot copy its inputs")))?;
+    }
     let outcome = executor
         .run_step(request, &args.step, args.shard)
         .await
@@ -98,7 +166,15 @@ async fn run_pipeline_step(settings: Arc<Settings>, args: StepRunArgs) -> Result
         })?;
     let (status, manifest) = match outcome {
         StepOutcome::Reused(m) => ("reused", m),
-        StepOutcome::Succeeded(m) => ("succeeded", m),
+        StepOutcome::Succeeded(m) => {
+            if let Some(remote) = &remote {
+                remote
+                    .push(&m, args.shard)
+                    .await
+                    .map_err(|e| storage_failure(e, &format!("{what}: cannot store its output")))?;
+            }
+            ("succeeded", m)
+        }
         // SIGTERM to a pod is its node draining: another attempt elsewhere may finish.
         StepOutcome::Failed(e) if stop.is_stopped() => {
             return Err(Failure::Transient(

@@ -22,6 +22,15 @@ pub const RUN_RECORD: &str = "run.json";
 /// One line per step event, for the API's and UI's log tail.
 pub const EVENT_LOG: &str = "events.log";
 
+/// The file name of a step's manifest in its folder; a part's sits beside its
+/// file (`part-….parquet`, `part-….json`).
+pub fn manifest_name(shard: Option<Shard>) -> String {
+    match shard {
+        Some(s) => format!("{}.json", s.stem()),
+        None => MANIFEST.to_string(),
+    }
+}
+
 /// Everything known about a finished step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepManifest {
@@ -197,10 +206,7 @@ impl RunDir {
         manifest: &StepManifest,
         shard: Option<Shard>,
     ) -> Result<(), ArtifactError> {
-        let path = match shard {
-            Some(s) => self.shard_manifest_path(&manifest.step, s),
-            None => self.step_dir(&manifest.step).join(MANIFEST),
-        };
+        let path = self.step_dir(&manifest.step).join(manifest_name(shard));
         artifact::write_json(&path, manifest).map(|_| ())
     }
 
@@ -209,9 +215,8 @@ impl RunDir {
         artifact::read_json(&self.shard_manifest_path(step, shard)).ok()
     }
 
-    /// A part's manifest sits beside its file (`part-….parquet`, `part-….json`).
     fn shard_manifest_path(&self, step: &str, shard: Shard) -> PathBuf {
-        self.step_dir(step).join(format!("{}.json", shard.stem()))
+        self.step_dir(step).join(manifest_name(Some(shard)))
     }
 
     /// What a step that needs `step` reads: its manifest, or, for a step split

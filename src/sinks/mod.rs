@@ -18,6 +18,7 @@
 //! each atomically (see their modules for what a reader can see in between).
 
 pub mod bigquery;
+pub mod object;
 pub mod parquet;
 pub mod postgres;
 
@@ -84,6 +85,10 @@ pub struct Staged {
     pub unchanged: bool,
     /// Leftovers of crashed publishes removed while staging.
     pub pruned: Vec<String>,
+    /// The version that was current when this was staged: a sink that can
+    /// compare-and-swap its pointer switches only if it still is.
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 impl Staged {
@@ -101,6 +106,7 @@ impl Staged {
             sha256: sha256.to_string(),
             unchanged,
             pruned,
+            replaces: None,
         }
     }
 }
@@ -182,6 +188,8 @@ fn sha256_of(sink: &str, path: &Path) -> Result<String, SinkError> {
 #[derive(Debug, Clone)]
 pub enum AnySink {
     Parquet(parquet::ParquetSink),
+    /// The Parquet sink with its `path` in S3 or GCS.
+    ObjectParquet(object::ObjectParquetSink),
     Postgres(postgres::PostgresSink),
     BigQuery(bigquery::BigQuerySink),
 }
@@ -189,6 +197,9 @@ pub enum AnySink {
 impl AnySink {
     pub fn from_config(name: &str, config: &SinkConfig) -> Self {
         match config {
+            SinkConfig::Parquet(c) if crate::storage::is_url(&c.path.to_string_lossy()) => {
+                AnySink::ObjectParquet(object::ObjectParquetSink::new(name, c))
+            }
             SinkConfig::Parquet(c) => AnySink::Parquet(parquet::ParquetSink::new(name, c.clone())),
             SinkConfig::Postgres(c) => {
                 AnySink::Postgres(postgres::PostgresSink::new(name, c.clone()))
@@ -204,6 +215,7 @@ impl AnySink {
     pub fn get(&self) -> &dyn Sink {
         match self {
             AnySink::Parquet(s) => s,
+            AnySink::ObjectParquet(s) => s,
             AnySink::Postgres(s) => s,
             AnySink::BigQuery(s) => s,
         }

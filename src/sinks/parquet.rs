@@ -218,6 +218,7 @@ impl Sink for ParquetSink {
             sha256: sha256.clone(),
             unchanged,
             pruned: Vec::new(),
+            replaces: current.clone(),
         };
         if kept {
             // An earlier publish stored this very list under this name (the rename
@@ -240,6 +241,7 @@ impl Sink for ParquetSink {
             run_id: version.to_string(),
             sha256: sha256.clone(),
             rows,
+            staged_at: Some(chrono::Utc::now()),
         };
         artifact::write_json(&staging.join(VERSION_FILE), &record)
             .map_err(|e| self.err("cannot record the version", e))?;
@@ -317,11 +319,15 @@ impl Sink for ParquetSink {
 
 /// What `version.json` records about a complete version.
 #[derive(Debug, Serialize, Deserialize)]
-struct VersionRecord {
+pub(super) struct VersionRecord {
     /// The run that published it (the folder may be `<run_id>-2` …).
-    run_id: String,
-    sha256: String,
-    rows: u64,
+    pub run_id: String,
+    pub sha256: String,
+    pub rows: u64,
+    /// When it was staged: object storage orders versions by it (an object's
+    /// modification time has one-second resolution on S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub fn parquet_rows(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {

@@ -155,8 +155,7 @@ pub fn run(
         Some(dir) => Some(with_item_features(&mut data, input, dir)?),
         None => None,
     };
-    let trained_on: PathBuf =
-        std::path::absolute(input).map_err(|e| StepError::Data(e.to_string()))?;
+    let trained_on = trained_on(input, out_dir)?;
     let started = Instant::now();
     let train = TrainData {
         matrix: &data.matrix,
@@ -190,6 +189,21 @@ pub fn run(
 
 /// Adds the items of the features in `dir` to `data` (as items without
 /// interactions) and returns their features in `data`'s item indices.
+/// Where a model records its training data: `../<folder>/<file>` when the
+/// interactions sit in a folder beside the model's (one run directory), so the
+/// pair can move together; otherwise the full path.
+fn trained_on(input: &Path, out_dir: &Path) -> Result<PathBuf, StepError> {
+    let absolute = |p: &Path| std::path::absolute(p).map_err(|e| StepError::Data(e.to_string()));
+    let (input, out_dir) = (absolute(input)?, absolute(out_dir)?);
+    let folder = input.parent().filter(|d| d.parent() == out_dir.parent());
+    Ok(
+        match (folder.and_then(Path::file_name), input.file_name()) {
+            (Some(folder), Some(file)) => Path::new("..").join(folder).join(file),
+            _ => input,
+        },
+    )
+}
+
 fn with_item_features(data: &mut Interactions, input: &Path, dir: &Path) -> Result<Csr, StepError> {
     let features = features::read(dir)?;
     let file = dir.join(DATA_FILE);

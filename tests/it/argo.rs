@@ -18,9 +18,11 @@ use arrow::array::Int64Array;
 use arrow::datatypes::DataType;
 use recpipe::artifact::read_parquet;
 use recpipe::pipeline::RunDir;
+use recpipe::pipeline::rundir::StepManifest;
+use recpipe::storage::Remote;
 use serde_json::Value;
 
-use crate::common::{edit, i64s, project, recpipe, text};
+use crate::common::{block_on, edit, i64s, project, recpipe, s3_url, text};
 
 fn export(project: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["export", "argo", "--store", "s3://recpipe-state/runs"];
@@ -141,7 +143,7 @@ struct Emulator<'a> {
 impl<'a> Emulator<'a> {
     /// `pipeline`'s exported WorkflowTemplate, submitted as workflow `name`
     /// with its runs in `store`.
-    fn new(project: &'a Path, pipeline: &str, store: &Path, name: &str) -> Self {
+    fn new(project: &'a Path, pipeline: &str, store: &str, name: &str) -> Self {
         let spec = template(project, pipeline);
         Emulator {
             params: params(&spec, store),
@@ -341,7 +343,7 @@ fn template(project: &Path, pipeline: &str) -> Value {
     t["spec"].clone()
 }
 
-fn params(spec: &Value, store: &Path) -> BTreeMap<String, String> {
+fn params(spec: &Value, store: &str) -> BTreeMap<String, String> {
     let mut params: BTreeMap<String, String> = spec["arguments"]["parameters"]
         .as_array()
         .unwrap()
@@ -353,7 +355,7 @@ fn params(spec: &Value, store: &Path) -> BTreeMap<String, String> {
             ))
         })
         .collect();
-    params.insert("store".into(), store.display().to_string());
+    params.insert("store".into(), store.to_string());
     // What the CronWorkflow passes ({{workflow.scheduledTime}}).
     params.insert("logical-date".into(), "2026-12-04T04:00:00+09:00".into());
     params
@@ -361,8 +363,23 @@ fn params(spec: &Value, store: &Path) -> BTreeMap<String, String> {
 
 /// The published example list as (user, item, rank) rows, in file order.
 fn published(project: &Path) -> Vec<(i64, i64, i64)> {
-    let list = project.join("state/published/example_user_recs/current/data.parquet");
-    let (_, batches) = read_parquet(&list).unwrap();
+    rows(&project.join("state/published/example_user_recs/current/data.parquet"))
+}
+
+/// The same, of the example list published to object storage under `lists`.
+fn published_s3(lists: &str) -> Vec<(i64, i64, i64)> {
+    let table = Remote::open(&format!("{lists}/example_user_recs")).unwrap();
+    let (current, _) = block_on(table.get("CURRENT")).unwrap().unwrap();
+    let current = String::from_utf8(current.to_vec()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.parquet");
+    block_on(table.download(&format!("versions/{}/data.parquet", current.trim()), &file)).unwrap();
+    rows(&file)
+}
+
+/// A list file as (user, item, rank) rows, in file order.
+fn rows(list: &Path) -> Vec<(i64, i64, i64)> {
+    let (_, batches) = read_parquet(list).unwrap();
     let mut rows = Vec::new();
     for b in &batches {
         let rank =
@@ -428,32 +445,57 @@ fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
         &[],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    // …and from pods in another, whose run directories live in a store folder
-    // outside the project (as a bucket would), the publish pod killed once
-    // after staging its version and before swapping it in.
+    // …and from pods in another, whose run directories and published lists
+    // live in S3 (moto), with two pods killed once: `popular` after uploading
+    // its files and before its manifest, the publish after staging its version
+    // and before swapping it in.
     let dir = project();
     let p = dir.path();
-    let store = tempfile::tempdir().unwrap();
-    let env = |task: &str, attempt: u32| match (task, attempt) {
-        ("publish", 1) => vec![(
-            "RECPIPE_FAILPOINTS".to_string(),
-            "parquet.before_swap:crash".to_string(),
-        )],
-        _ => Vec::new(),
+    // (A step without `retries` is not retried: `popular` gets two.)
+    edit(
+        p,
+        "example.toml",
+        "[steps.popular]\n",
+        "[steps.popular]\nretries = 2\n",
+    );
+    let store = s3_url("argo");
+    let lists = format!("{store}/published");
+    let env = |task: &str, attempt: u32| {
+        let mut env = vec![(
+            "RECPIPE__SINKS__LOCAL_LISTS__PATH".to_string(),
+            lists.clone(),
+        )];
+        let crash = match (task, attempt) {
+            ("publish", 1) => "parquet.before_swap:crash",
+            ("popular", 1) => "store.before_manifest:crash",
+            _ => return env,
+        };
+        env.push(("RECPIPE_FAILPOINTS".to_string(), crash.to_string()));
+        env
     };
     let emu = Emulator {
         env: &env,
-        ..Emulator::new(p, "example", store.path(), "recpipe-example-x7k2p")
+        ..Emulator::new(p, "example", &store, "recpipe-example-x7k2p")
     };
     let runs = emu.run();
     assert!(runs.values().all(|r| r.succeeded), "{runs:?}");
-    assert_eq!(
-        runs["publish"].attempts,
-        vec![(137, "Failed"), (0, "Succeeded")]
-    );
-    assert_eq!(published(p), published(reference.path()));
-    // Every step's manifest is in the store, under the workflow's name.
-    let rundir = RunDir::new(store.path(), "example", "recpipe-example-x7k2p");
+    for task in ["publish", "popular"] {
+        assert_eq!(
+            runs[task].attempts,
+            vec![(137, "Failed"), (0, "Succeeded")],
+            "{task}"
+        );
+    }
+    assert_eq!(published_s3(&lists), published(reference.path()));
+    // Every step is done in the store, under the workflow's name, and its folder
+    // holds its manifest and exactly the files it lists: the killed upload left
+    // nothing beside them.
+    let run = Remote::open(&format!("{store}/runs/example/recpipe-example-x7k2p")).unwrap();
+    let keys: Vec<String> = block_on(run.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|k| k.0)
+        .collect();
     for step in [
         "interactions",
         "closed_items",
@@ -461,16 +503,35 @@ fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
         "user_recs",
         "publish",
     ] {
-        assert!(rundir.manifest(step).is_some(), "{step} has no manifest");
+        let (bytes, _) = block_on(run.get(&format!("{step}/manifest.json")))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{step} has no manifest"));
+        let manifest: StepManifest = serde_json::from_slice(&bytes).unwrap();
+        let mut expected: Vec<String> = manifest
+            .files
+            .iter()
+            .map(|f| format!("{step}/{}", f.name))
+            .collect();
+        expected.push(format!("{step}/manifest.json"));
+        expected.sort();
+        let mut found: Vec<String> = keys
+            .iter()
+            .filter(|k| k.starts_with(&format!("{step}/")))
+            .cloned()
+            .collect();
+        found.sort();
+        assert_eq!(found, expected);
     }
-    // One version was published, complete: the killed attempt's staging left
-    // nothing beside it.
-    let versions = p.join("state/published/example_user_recs/versions");
-    let kept: Vec<String> = std::fs::read_dir(&versions)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
+    // One version was published, complete.
+    let versions = || -> HashSet<String> {
+        let sink = Remote::open(&format!("{lists}/example_user_recs/versions")).unwrap();
+        block_on(sink.list(""))
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| Some(k.0.split_once('/')?.0.to_string()))
+            .collect()
+    };
+    assert_eq!(versions().len(), 1, "{:?}", versions());
 
     // The whole workflow again (Argo's `retry` of a finished workflow): every
     // step finds its manifest and does nothing.
@@ -479,11 +540,7 @@ fn the_exported_workflow_publishes_what_recpipe_run_publishes() {
         runs.values().all(|r| r.attempts == vec![(0, "Succeeded")]),
         "{runs:?}"
     );
-    assert_eq!(
-        std::fs::read_dir(&versions).unwrap().count(),
-        1,
-        "a second publish"
-    );
+    assert_eq!(versions().len(), 1, "a second publish");
 }
 
 #[test]
@@ -506,7 +563,7 @@ fn exit_75_is_retried_and_exit_2_is_not() {
     };
     let emu = Emulator {
         before: &before,
-        ..Emulator::new(p, "example", store.path(), run_id)
+        ..Emulator::new(p, "example", store.path().to_str().unwrap(), run_id)
     };
     let runs = emu.run();
     assert_eq!(
@@ -524,7 +581,12 @@ fn exit_75_is_retried_and_exit_2_is_not() {
         "[steps.interactions]\nretries = 3\n",
     );
     std::fs::write(p.join("sql/example_interactions.sql"), "SELEC broken").unwrap();
-    let emu = Emulator::new(p, "example", store.path(), "recpipe-example-r2");
+    let emu = Emulator::new(
+        p,
+        "example",
+        store.path().to_str().unwrap(),
+        "recpipe-example-r2",
+    );
     let runs = emu.run();
     assert_eq!(
         runs["interactions"].attempts,
@@ -622,7 +684,12 @@ fn a_list_split_into_shards_publishes_the_unsplit_list_row_for_row() {
         "top_n = 10\nshards = 4\n",
     );
     let store = tempfile::tempdir().unwrap();
-    let emu = Emulator::new(p, "example", store.path(), "recpipe-example-s4");
+    let emu = Emulator::new(
+        p,
+        "example",
+        store.path().to_str().unwrap(),
+        "recpipe-example-s4",
+    );
     let tasks = emu.spec["templates"][0]["dag"]["tasks"].as_array().unwrap();
     let fan = tasks.iter().find(|t| t["name"] == "user-recs").unwrap();
     assert_eq!(

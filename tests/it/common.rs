@@ -114,3 +114,24 @@ pub fn edit(project: &Path, file: &str, from: &str, to: &str) {
     assert!(text.contains(from), "{from} not in {file}");
     std::fs::write(&path, text.replace(from, to)).unwrap();
 }
+
+/// A fresh prefix in the test bucket on moto's S3 server (`.ci/test` starts it
+/// and exports the `AWS_*` variables every client here and every child reads).
+pub fn s3_url(name: &str) -> String {
+    let bucket = std::env::var("RECPIPE_TEST_S3_BUCKET")
+        .expect("RECPIPE_TEST_S3_BUCKET: run the tests with .ci/test");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("s3://{bucket}/{name}-{}-{nanos}", std::process::id())
+}
+
+/// Runs an async call (the storage client's) to completion in a test.
+pub fn block_on<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

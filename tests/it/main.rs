@@ -9,6 +9,7 @@ mod extract;
 mod history;
 mod hostile;
 mod lists;
+mod objstore;
 mod postgres;
 mod retention;
 mod run;
