@@ -17,7 +17,7 @@ use recpipe::pipeline::remote::RemoteRun;
 use recpipe::pipeline::rundir::is_valid_run_id;
 use recpipe::pipeline::{Executor, RunRequest};
 use recpipe::steps::{self, Resources, StepCommand, StepContext};
-use recpipe::storage::{self, Remote, StorageError};
+use recpipe::storage::{Remote, StorageError};
 use serde_json::json;
 
 use super::Failure;
@@ -62,7 +62,8 @@ pub async fn dispatch(project_dir: &Path, command: StepCli) -> Result<(), Failur
             let mut settings =
                 Settings::load(project_dir).map_err(|e| Failure::BadInput(e.into()))?;
             match args.store.clone() {
-                Some(url) if storage::is_url(&url) => {
+                // `gcs://…` too, to be refused by name rather than made a folder.
+                Some(url) if url.contains("://") => {
                     let remote = Remote::open(&url).map_err(|e| Failure::BadInput(e.into()))?;
                     // The step runs in a local copy of the run directory.
                     let copy = LocalCopy::new().map_err(|e| Failure::Transient(e.into()))?;

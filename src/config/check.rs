@@ -113,7 +113,21 @@ impl Settings {
                 SourceConfig::Bigquery(_) | SourceConfig::Datafusion(_) => {}
             }
         }
+        // The daemon's history (SQLite) and run locks need a local disk; object
+        // storage is for `step run --store` and the Parquet sink.
+        if self.state_dir.to_string_lossy().contains("://") {
+            layers.error(
+                "state_dir",
+                "must be a local directory (it holds the run history and locks); put run directories in object storage with `recpipe step run --store s3://…`, lists with a Parquet sink's `path`",
+            );
+        }
         for (name, sink) in &self.sinks {
+            if let SinkConfig::Parquet(p) = sink
+                && let Some(url) = p.path.to_str().filter(|u| u.contains("://"))
+                && let Err(e) = crate::storage::Remote::open(url)
+            {
+                layers.error(&format!("sinks.{name}.path"), e.to_string());
+            }
             // An empty `path` resolves to the project dir: a publish would write
             // tables (and CURRENT files) among config/ and pipelines/.
             if let SinkConfig::Parquet(p) = sink

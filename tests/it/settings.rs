@@ -195,3 +195,45 @@ fn each_problem_is_placed_at_the_key_that_holds_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn object_storage_is_refused_where_a_local_directory_is_needed_and_checked_where_it_is_not() {
+    let dir = project();
+    let p = dir.path();
+    let file = p.join("config/default.toml");
+    let toml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("state_dir = \"state\"", "state_dir = \"s3://bucket/state\"")
+        .replace(
+            "path = \"state/published\"",
+            "path = \"gcs://bucket/lists\"",
+        );
+    std::fs::write(&file, toml).unwrap();
+    let out = validate(p, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = stderr_of(p, &out);
+    let line = |key: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains("config/default.toml:") && l.contains(key))
+            .unwrap_or_else(|| panic!("no line for {key}: {stderr}"))
+            .to_string()
+    };
+    assert!(
+        line("state_dir").contains("must be a local directory"),
+        "{stderr}"
+    );
+    assert!(
+        line("sinks.local_lists.path").contains("s3://bucket/prefix or gs://"),
+        "{stderr}"
+    );
+
+    // A well-formed bucket URL is accepted as the sink's path.
+    let toml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("s3://bucket/state", "state")
+        .replace("gcs://bucket/lists", "s3://bucket/lists");
+    std::fs::write(&file, toml).unwrap();
+    let out = validate(p, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
