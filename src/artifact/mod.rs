@@ -227,6 +227,33 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
 }
 
 /// Renames and fsyncs the parent folder so the rename itself survives a crash.
+/// Takes an advisory lock (`flock`) on the file at `path`, created if missing,
+/// held until the returned file drops (or its process dies). `wait`: block until
+/// it is free; otherwise `None` if another holder has it.
+pub fn lock(path: &Path, wait: bool) -> Result<Option<File>, ArtifactError> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(ArtifactError::io(path))?;
+    let mode = match wait {
+        true => libc::LOCK_EX,
+        false => libc::LOCK_EX | libc::LOCK_NB,
+    };
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), mode) } != 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(ArtifactError::io(path)(e)),
+        };
+    }
+    Ok(Some(file))
+}
+
 pub fn rename_durable(from: &Path, to: &Path) -> Result<(), ArtifactError> {
     fs::rename(from, to).map_err(ArtifactError::io(to))?;
     sync_dir(to.parent().unwrap_or(Path::new(".")))

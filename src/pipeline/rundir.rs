@@ -332,24 +332,10 @@ impl RunDir {
 
     fn lock_file(&self, name: &str) -> Result<Option<RunLock>, ArtifactError> {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         fs::create_dir_all(&self.root).map_err(ArtifactError::io(&self.root))?;
-        let path = self.root.join(name);
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(ArtifactError::io(&path))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is shared.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.kind() {
-                std::io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(ArtifactError::io(&path)(e)),
-            };
-        }
+        let Some(mut file) = artifact::lock(&self.root.join(name), false)? else {
+            return Ok(None);
+        };
         // Who holds it, for the message a waiting runner prints.
         let _ = file.set_len(0);
         let _ = write!(file, "pid {}", std::process::id());

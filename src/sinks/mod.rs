@@ -174,6 +174,20 @@ pub trait Sink {
     }
 }
 
+/// The error of a publish that lost the race for its table's pointer: another
+/// publisher made `now` current after this one staged against `replaces`.
+fn lost_race(sink: &str, staged: &Staged, now: Option<&str>) -> SinkError {
+    SinkError::Rejected {
+        sink: sink.to_string(),
+        message: format!(
+            "table `{}`: another publisher made `{}` current after this publish read `{}`; not switched (publish again if this list should win)",
+            staged.table,
+            now.unwrap_or("nothing"),
+            staged.replaces.as_deref().unwrap_or("nothing"),
+        ),
+    }
+}
+
 /// SHA-256 (hex) of the list file at `path`: what "the same content" means.
 fn sha256_of(sink: &str, path: &Path) -> Result<String, SinkError> {
     crate::artifact::describe(path)

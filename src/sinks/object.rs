@@ -66,18 +66,6 @@ impl ObjectParquetSink {
             .block_on(work(remote))
             .map_err(|e| self.err(e))
     }
-
-    /// The race lost: `CURRENT` moved after this publish read it.
-    fn lost_race(&self, table: &str, expected: Option<&str>, now: Option<&str>) -> SinkError {
-        SinkError::Rejected {
-            sink: self.name.clone(),
-            message: format!(
-                "table `{table}`: another publisher made `{}` current after this publish read `{}`; not switched (publish again if this list should win)",
-                now.unwrap_or("nothing"),
-                expected.unwrap_or("nothing"),
-            ),
-        }
-    }
 }
 
 /// `CURRENT` of `table`: the version it names and the object's version, for a
@@ -241,7 +229,7 @@ impl Sink for ObjectParquetSink {
             }
         })?;
         if let Err(winner) = switched {
-            return Err(self.lost_race(table, staged.replaces.as_deref(), winner.as_deref()));
+            return Err(super::lost_race(&self.name, staged, winner.as_deref()));
         }
         let pruned = match staged.unchanged {
             true => Vec::new(),

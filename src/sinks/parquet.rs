@@ -8,10 +8,16 @@
 //! <table>/versions/.staging-<version>/      a version being written
 //! <table>/CURRENT                            the current version's name
 //! <table>/current -> versions/<version>      the same, for readers that want a path
+//! <table>/.lock                              held while a pointer moves
 //! ```
 //! Both pointers are replaced by rename, which is atomic on POSIX file systems, so a
 //! reader sees the old version or the new one. The last `keep_versions` versions are
 //! kept so a reader that resolved the pointer just before a swap can finish.
+//!
+//! A swap switches only if `CURRENT` still names the version it named at staging,
+//! checked and switched under the table's lock (`flock`, so on one machine or a
+//! shared file system that honours it): of two publishers racing, the second to
+//! switch fails instead of silently replacing the first's list.
 //!
 //! A complete version folder is never changed: a reader that resolved `current`
 //! keeps reading the same bytes. So a publish of run `r` whose list differs from
@@ -172,6 +178,14 @@ impl ParquetSink {
         Ok(pruned)
     }
 
+    /// The table's publish lock (`<table>/.lock`), held while its pointer moves.
+    fn lock(&self, table: &str) -> Result<fs::File, SinkError> {
+        let path = self.table_dir(table).join(".lock");
+        artifact::lock(&path, true)
+            .map_err(|e| self.err("cannot lock the table", e))?
+            .ok_or_else(|| self.err("cannot lock the table", "busy"))
+    }
+
     /// Points `CURRENT` and `current` at `version`, each replaced by rename.
     fn point_to(&self, table: &str, version: &str) -> Result<PathBuf, SinkError> {
         let dir = self.table_dir(table);
@@ -264,6 +278,13 @@ impl Sink for ParquetSink {
                 Vec::new(),
             ),
             false => {
+                // Compare and swap under the table's lock: of two publishers that
+                // staged against one version, the second to switch fails.
+                let _lock = self.lock(&staged.table)?;
+                let now = self.current(&staged.table)?;
+                if now != staged.replaces {
+                    return Err(super::lost_race(&self.name, staged, now.as_deref()));
+                }
                 let location = self.point_to(&staged.table, &staged.version)?;
                 (location, self.prune(&staged.table, &staged.version)?)
             }
@@ -289,6 +310,7 @@ impl Sink for ParquetSink {
                 versions_dir.display()
             )));
         }
+        let _lock = self.lock(table)?;
         let current = self.current(table)?;
         // The newest other version: after a rollback that is the one rolled back
         // from, so a second rollback undoes the first.

@@ -1,7 +1,7 @@
 //! Object storage on moto's S3 server (started by `.ci/test`, which exports the
 //! `AWS_*` variables the clients read and `RECPIPE_TEST_S3_BUCKET`): conditional
 //! writes, large uploads, and the Parquet sink's versions and compare-and-swap
-//! pointer. The Argo emulator's run on S3 is in `argo.rs`.
+//! pointer (on local disk too). The Argo emulator's run on S3 is in `argo.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use object_store::PutMode;
 use recpipe::artifact::write_parquet;
 use recpipe::config::settings::ParquetSinkConfig;
 use recpipe::sinks::object::ObjectParquetSink;
+use recpipe::sinks::parquet::ParquetSink;
 use recpipe::sinks::{Sink, SinkError};
 use recpipe::storage::{Remote, StorageError};
 
@@ -161,14 +162,12 @@ fn the_parquet_sink_on_s3_publishes_versions_and_rolls_back() {
     );
 }
 
-#[test]
-fn two_publishers_racing_on_the_pointer_cannot_both_win() {
-    let url = s3_url("race");
+/// Two publishers stage against one current version; the first to switch wins,
+/// the second is refused, naming the winner.
+fn race(one: &dyn Sink, two: &dyn Sink, current: &dyn Fn() -> String) {
     let dir = tempfile::tempdir().unwrap();
-    let (one, two) = (sink(&url, 5), sink(&url, 5));
     one.publish("recs", "r0", &list(dir.path(), "z", 10, 0))
         .unwrap();
-    // Both read `CURRENT` = r0 and stage; the first to switch wins.
     let a = one
         .write_staging("recs", "r1", &list(dir.path(), "a", 10, 1))
         .unwrap();
@@ -183,7 +182,33 @@ fn two_publishers_racing_on_the_pointer_cannot_both_win() {
         message.contains("`r1` current") && message.contains("read `r0`"),
         "{message}"
     );
-    assert_eq!(current(&url), "r1");
+    assert_eq!(current(), "r1");
+}
+
+#[test]
+fn two_publishers_racing_on_the_pointer_cannot_both_win() {
+    // On local disk, under the table's lock…
+    let local = tempfile::tempdir().unwrap();
+    let config = ParquetSinkConfig {
+        path: local.path().to_path_buf(),
+        keep_versions: 5,
+    };
+    let (one, two) = (
+        ParquetSink::new("lists", config.clone()),
+        ParquetSink::new("lists", config),
+    );
+    let read = || {
+        std::fs::read_to_string(local.path().join("recs/CURRENT"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    race(&one, &two, &read);
+
+    // …and on S3, by a conditional write.
+    let url = s3_url("race");
+    race(&sink(&url, 5), &sink(&url, 5), &|| current(&url));
+    let dir = tempfile::tempdir().unwrap();
 
     // Many at once, on threads: each either switched or was told who won, and
     // `CURRENT` names one that switched.
