@@ -105,11 +105,9 @@ impl Drop for LocalCopy {
 
 /// A storage failure as an exit: 75 when another attempt could succeed.
 fn storage_failure(e: StorageError, what: &str) -> Failure {
+    let retryable = e.is_retryable();
     let e = anyhow!(e).context(what.to_string());
-    match e
-        .downcast_ref::<StorageError>()
-        .is_some_and(StorageError::is_retryable)
-    {
+    match retryable {
         true => Failure::Transient(e),
         false => Failure::Failed(e),
     }
