@@ -18,7 +18,7 @@
 //!   the column contracts of extracted tables
 //! - [`sources`], [`sinks`]: where SQL runs and where lists are published;
 //!   [`pgconn`], [`bqconn`]: the PostgreSQL and BigQuery access both use;
-//!   [`storage`]: S3 and GCS, for run directories and the Parquet sink
+//!   [`store`]: S3 and GCS, for run directories and the Parquet sink
 //! - [`steps`]: one module per step kind (its spec, checks, inputs, output, run
 //!   and `recpipe step` arguments), listed once in `steps/mod.rs`
 //! - [`pipeline`]: pipeline files loaded into a DAG, the executor, run directories
@@ -43,6 +43,6 @@ pub mod server;
 pub mod sinks;
 pub mod sources;
 pub mod steps;
-pub mod storage;
+pub mod store;
 pub mod synth;
 pub mod topn;

@@ -17,7 +17,7 @@ use recpipe::pipeline::remote::RemoteRun;
 use recpipe::pipeline::rundir::is_valid_run_id;
 use recpipe::pipeline::{Executor, RunRequest};
 use recpipe::steps::{self, Resources, StepCommand, StepContext};
-use recpipe::storage::{Remote, StorageError};
+use recpipe::store::{Remote, StorageError};
 use serde_json::json;
 
 use super::Failure;

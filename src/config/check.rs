@@ -124,7 +124,7 @@ impl Settings {
         for (name, sink) in &self.sinks {
             if let SinkConfig::Parquet(p) = sink
                 && let Some(url) = p.path.to_str().filter(|u| u.contains("://"))
-                && let Err(e) = crate::storage::Remote::open(url)
+                && let Err(e) = crate::store::Remote::open(url)
             {
                 layers.error(&format!("sinks.{name}.path"), e.to_string());
             }

@@ -326,7 +326,7 @@ impl Settings {
         for sink in self.sinks.values_mut() {
             match sink {
                 // An object storage URL stays as it is.
-                SinkConfig::Parquet(p) if crate::storage::is_url(&p.path.to_string_lossy()) => {}
+                SinkConfig::Parquet(p) if crate::store::is_url(&p.path.to_string_lossy()) => {}
                 SinkConfig::Parquet(p) => p.path = dir.join(&p.path),
                 SinkConfig::Postgres(pg) => resolve_ca(&dir, pg),
                 SinkConfig::Bigquery(bq) => {

@@ -20,7 +20,7 @@ use super::{Pipeline, Step};
 use crate::artifact::ArtifactKind;
 use crate::artifact::lists::Shard;
 use crate::failpoint;
-use crate::storage::{Remote, StorageError};
+use crate::store::{Remote, StorageError};
 
 /// One run's directory in the store, and its local copy.
 pub struct RemoteRun {

@@ -211,7 +211,7 @@ pub enum AnySink {
 impl AnySink {
     pub fn from_config(name: &str, config: &SinkConfig) -> Self {
         match config {
-            SinkConfig::Parquet(c) if crate::storage::is_url(&c.path.to_string_lossy()) => {
+            SinkConfig::Parquet(c) if crate::store::is_url(&c.path.to_string_lossy()) => {
                 AnySink::ObjectParquet(object::ObjectParquetSink::new(name, c))
             }
             SinkConfig::Parquet(c) => AnySink::Parquet(parquet::ParquetSink::new(name, c.clone())),

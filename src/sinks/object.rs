@@ -29,7 +29,7 @@ use super::parquet::{DATA_FILE, VERSION_FILE, VersionRecord, parquet_rows};
 use super::{Published, Sink, SinkError, Staged};
 use crate::config::settings::ParquetSinkConfig;
 use crate::failpoint;
-use crate::storage::{Remote, StorageError};
+use crate::store::{Remote, StorageError};
 
 #[derive(Debug, Clone)]
 pub struct ObjectParquetSink {

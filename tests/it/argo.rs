@@ -19,7 +19,7 @@ use arrow::datatypes::DataType;
 use recpipe::artifact::read_parquet;
 use recpipe::pipeline::RunDir;
 use recpipe::pipeline::rundir::StepManifest;
-use recpipe::storage::Remote;
+use recpipe::store::Remote;
 use serde_json::Value;
 
 use crate::common::{block_on, edit, i64s, project, recpipe, s3_url, text};

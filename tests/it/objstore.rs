@@ -15,7 +15,7 @@ use recpipe::config::settings::ParquetSinkConfig;
 use recpipe::sinks::object::ObjectParquetSink;
 use recpipe::sinks::parquet::ParquetSink;
 use recpipe::sinks::{Sink, SinkError};
-use recpipe::storage::{Remote, StorageError};
+use recpipe::store::{Remote, StorageError};
 
 use crate::common::{block_on, s3_url};
 
