@@ -13,6 +13,7 @@
 //! - [`config`]: daemon settings, validated with file:line errors, and the
 //!   diagnostics and TOML span mechanics pipeline loading uses too
 //! - [`models`], [`topn`]: pure compute on CSR and dense arrays (rayon, no I/O);
+//!   [`stats`]: estimators of rates, pure compute too;
 //!   [`eval`]: offline metrics and splits, above both
 //! - [`artifact`]: Parquet and JSON files written atomically, artifact kinds and
 //!   the column contracts of extracted tables
@@ -42,6 +43,7 @@ pub mod scheduler;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod stats;
 pub mod steps;
 pub mod store;
 pub mod synth;

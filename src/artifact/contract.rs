@@ -18,7 +18,7 @@ use super::Role;
 fn required(role: Role) -> &'static [&'static str] {
     match role {
         Role::Interactions => &["user_id", "item_id"],
-        Role::Items | Role::Filter => &["item_id"],
+        Role::Items | Role::Filter | Role::Events => &["item_id"],
     }
 }
 
@@ -35,7 +35,7 @@ fn id_type(dt: &DataType) -> Option<DataType> {
 }
 
 fn is_id_column(role: Role, name: &str) -> bool {
-    name == "item_id" || (name == "user_id" && role != Role::Items)
+    name == "item_id" || (name == "user_id" && matches!(role, Role::Interactions | Role::Filter))
 }
 
 /// The schema an extracted table is stored with, or what is wrong with it.
@@ -86,7 +86,7 @@ pub fn conform_schema(role: Role, schema: &Schema) -> Result<SchemaRef, String> 
                 continue;
             }
             DataType::Float32
-        } else if role == Role::Interactions && name == "ts" {
+        } else if matches!(role, Role::Interactions | Role::Events) && name == "ts" {
             match f.data_type() {
                 DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
                     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

@@ -7,6 +7,8 @@
 //! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
 
 pub mod contract;
+pub mod estimates;
+pub mod events;
 pub mod features;
 pub mod filters;
 pub mod interactions;
@@ -324,6 +326,10 @@ pub enum ArtifactKind {
     ItemRecs,
     Metrics,
     Published,
+    /// Impressions or per-item counts of an outcome, for `estimate`.
+    Events,
+    /// Per-item rates with their uncertainty.
+    Estimates,
 }
 
 impl ArtifactKind {
@@ -338,6 +344,8 @@ impl ArtifactKind {
             ArtifactKind::ItemRecs => "item_recs",
             ArtifactKind::Metrics => "metrics",
             ArtifactKind::Published => "published",
+            ArtifactKind::Events => "events",
+            ArtifactKind::Estimates => "estimates",
         }
     }
 }
@@ -352,6 +360,9 @@ pub enum Role {
     Items,
     /// `item_id`, optional `user_id`: items (or user–item pairs) never to recommend.
     Filter,
+    /// `item_id` with `converted` (0/1, one row per impression) or `trials` and
+    /// `successes` (counts per item), optional `ts` and attribute columns.
+    Events,
 }
 
 impl Role {
@@ -360,6 +371,7 @@ impl Role {
             Role::Interactions => "interactions",
             Role::Items => "items",
             Role::Filter => "filter",
+            Role::Events => "events",
         }
     }
 }

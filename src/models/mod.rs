@@ -38,6 +38,14 @@ impl StopFlag {
         self.own.load(Ordering::Relaxed) || self.ancestors.iter().any(|a| a.load(Ordering::Relaxed))
     }
 
+    /// `Err(Stopped)` once stopped: for `?` between the phases of a job.
+    pub fn check(&self) -> Result<(), Stopped> {
+        match self.is_stopped() {
+            true => Err(Stopped),
+            false => Ok(()),
+        }
+    }
+
     /// A flag that stops with this one but can also be stopped alone.
     pub fn child(&self) -> StopFlag {
         let mut ancestors = self.ancestors.to_vec();

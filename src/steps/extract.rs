@@ -68,6 +68,7 @@ impl StepKind for ExtractSpec {
             Role::Interactions => ArtifactKind::Interactions,
             Role::Items => ArtifactKind::Items,
             Role::Filter => ArtifactKind::Filter,
+            Role::Events => ArtifactKind::Events,
         }
     }
 

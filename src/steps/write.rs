@@ -97,8 +97,12 @@ pub struct WriteArgs {
     allow_empty: bool,
 }
 
-fn is_list(kind: ArtifactKind) -> bool {
-    matches!(kind, ArtifactKind::UserRecs | ArtifactKind::ItemRecs)
+/// What a write step publishes: lists, and per-item estimates.
+fn publishable(kind: ArtifactKind) -> bool {
+    matches!(
+        kind,
+        ArtifactKind::UserRecs | ArtifactKind::ItemRecs | ArtifactKind::Estimates
+    )
 }
 
 impl StepKind for WriteSpec {
@@ -162,7 +166,7 @@ impl StepKind for WriteSpec {
     fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
         let lists: Vec<&str> = given
             .iter()
-            .filter(|(_, k)| is_list(*k))
+            .filter(|(_, k)| publishable(*k))
             .map(|(name, _)| *name)
             .collect();
         if self.table.is_some() || self.tables.is_empty() {
@@ -174,7 +178,7 @@ impl StepKind for WriteSpec {
                 _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
             };
             return Some(vec![format!(
-                "a `write` step needs exactly one list (`user_recs` or `item_recs`), not {}{several}",
+                "a `write` step needs exactly one list (`user_recs` or `item_recs`) or `estimates`, not {}{several}",
                 lists.len()
             )]);
         }
@@ -186,10 +190,10 @@ impl StepKind for WriteSpec {
         let not_lists = self
             .tables
             .keys()
-            .filter(|n| given.iter().any(|(name, k)| name == n && !is_list(*k)))
+            .filter(|n| given.iter().any(|(name, k)| name == n && !publishable(*k)))
             .map(|need| {
                 format!(
-                    "`{need}` in `tables` gives no list; name a `recommend` or `similar_items` step"
+                    "`{need}` in `tables` gives no list; name a `recommend`, `similar_items` or `estimate` step"
                 )
             });
         Some(unnamed.chain(not_lists).collect())
@@ -232,7 +236,7 @@ impl StepKind for WriteSpec {
         let list_steps: Vec<&str> = step
             .inputs
             .iter()
-            .filter(|i| is_list(i.kind))
+            .filter(|i| publishable(i.kind))
             .map(|i| i.step.as_str())
             .collect();
         let lists = self
@@ -343,10 +347,13 @@ fn check_list(path: &Path) -> Result<u64, String> {
         .map_err(|e| format!("not a Parquet list: {e}"))?;
     let schema = builder.schema().clone();
     let has = |c: &str| schema.column_with_name(c).is_some();
+    if has("item_id") && has("posterior_mean") {
+        return check_estimates(builder);
+    }
     let ids = (has("user_id") && has("item_id")) || (has("item_id") && has("similar_item_id"));
     if !(ids && has("rank") && has("score")) {
         return Err(
-            "not a list: a list has `user_id, item_id` (or `item_id, similar_item_id`), `rank` and `score`"
+            "not a list: a list has `user_id, item_id` (or `item_id, similar_item_id`), `rank` and `score`; estimates have `item_id` and `posterior_mean`"
                 .into(),
         );
     }
@@ -373,6 +380,39 @@ fn check_list(path: &Path) -> Result<u64, String> {
         bad("`score` must be a finite number", &|i| {
             score.is_null(i) || !score.value(i).is_finite()
         })?;
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
+}
+
+/// The rows of an estimates file, once every estimate and interval bound is a
+/// rate: a service ordering by `posterior_mean` must never meet a NaN. (The mean
+/// of a very skewed posterior may lie outside its central interval.)
+fn check_estimates(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<u64, String> {
+    let columns = ["posterior_mean", "lower", "upper"];
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("unreadable: {e}"))?;
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
+        let [mean, lower, upper] =
+            columns.map(|c| as_type::<Float64Array>(&batch, c, &DataType::Float64));
+        let (mean, lower, upper) = (mean?, lower?, upper?);
+        let ok = |i: usize| {
+            let (m, l, u) = (mean.value(i), lower.value(i), upper.value(i));
+            [m, l, u].iter().all(|v| (0.0..=1.0).contains(v)) && l <= u
+        };
+        if let Some(i) = (0..batch.num_rows())
+            .find(|&i| mean.is_null(i) || lower.is_null(i) || upper.is_null(i) || !ok(i))
+        {
+            return Err(format!(
+                "row {}: `posterior_mean`, `lower` and `upper` must be rates in [0, 1], `lower` ≤ `upper`",
+                rows + i as u64 + 1
+            ));
+        }
         rows += batch.num_rows() as u64;
     }
     Ok(rows)

@@ -5,6 +5,7 @@ mod bigquery;
 mod common;
 mod content;
 mod daemon;
+mod estimate;
 mod extract;
 mod history;
 mod hostile;

@@ -1,0 +1,267 @@
+//! Events, the input of `estimate`: one row per impression (`item_id`,
+//! `converted` 0/1) or pre-aggregated counts (`item_id`, `trials`, `successes`),
+//! with an optional group column. Read here into per-item counts, every value
+//! checked: a bad row is an error naming its column and row, never a guess.
+
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use rustc_hash::FxHashMap;
+
+use super::{ArtifactError, for_each_batch};
+use std::path::Path;
+
+/// Per-item counts, items in first-seen order.
+#[derive(Debug, Default)]
+pub struct ItemCounts {
+    pub ids: Vec<IdValue>,
+    /// The group of each item (the group column's value), when one was asked for.
+    pub groups: Option<Vec<String>>,
+    pub trials: Vec<u64>,
+    pub successes: Vec<u64>,
+    pub rows: u64,
+    /// Time spent counting, as opposed to decoding the file.
+    pub count_seconds: f64,
+}
+
+impl ItemCounts {
+    /// Appends an item with no counts yet; its index.
+    fn push_item(&mut self, id: IdValue) -> u32 {
+        self.ids.push(id);
+        self.trials.push(0);
+        self.successes.push(0);
+        (self.ids.len() - 1) as u32
+    }
+}
+
+/// Ids below this index a table directly while counting (16 MB at most).
+const DENSE_IDS: usize = 1 << 22;
+
+/// An item id as the data has it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdValue {
+    Int(i64),
+    Str(String),
+}
+
+/// Which shape the events have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Impressions,
+    Counts,
+}
+
+fn bad(path: &Path, message: String) -> ArtifactError {
+    ArtifactError::Invalid(format!("{}: {message}", path.display()))
+}
+
+/// Column `name` cast to `to`, or an error naming it.
+fn column(
+    path: &Path,
+    batch: &arrow::record_batch::RecordBatch,
+    name: &str,
+    to: &DataType,
+) -> Result<ArrayRef, ArtifactError> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| bad(path, format!("no `{name}` column")))?;
+    cast(col, to).map_err(|e| bad(path, format!("column `{name}`: {e}")))
+}
+
+/// Reads the events at `path` into per-item counts, grouped by `group` if given.
+pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, ArtifactError> {
+    let mut out = ItemCounts {
+        groups: group.map(|_| Vec::new()),
+        ..Default::default()
+    };
+    let mut int_index: FxHashMap<i64, u32> = FxHashMap::default();
+    let mut dense: Vec<u32> = Vec::new();
+    let mut str_index: FxHashMap<String, u32> = FxHashMap::default();
+    let mut shape = None;
+    for_each_batch(path, |batch| {
+        let started = std::time::Instant::now();
+        let schema = batch.schema();
+        let has = |c: &str| schema.column_with_name(c).is_some();
+        let this = match (has("converted"), has("trials") && has("successes")) {
+            (true, false) => Shape::Impressions,
+            (false, true) => Shape::Counts,
+            (true, true) => {
+                return Err(bad(path, "has both `converted` and `trials`/`successes`: give one row per impression (`converted`) or counts per item (`trials`, `successes`)".into()));
+            }
+            (false, false) => {
+                return Err(bad(path, "needs `converted` (0/1 per impression) or `trials` and `successes` (counts per item)".into()));
+            }
+        };
+        shape = Some(this);
+        let first_row = out.rows;
+        let at = |i: usize| first_row + i as u64 + 1;
+        let (trials, successes) = match this {
+            Shape::Impressions => {
+                let conv = column(path, &batch, "converted", &DataType::Float64)?;
+                let conv = conv
+                    .as_any()
+                    .downcast_ref::<arrow::array::Float64Array>()
+                    .unwrap();
+                if let Some(i) = (0..conv.len())
+                    .find(|&i| conv.is_null(i) || !(conv.value(i) == 0.0 || conv.value(i) == 1.0))
+                {
+                    let v = match conv.is_null(i) {
+                        true => "null".to_string(),
+                        false => conv.value(i).to_string(),
+                    };
+                    return Err(bad(
+                        path,
+                        format!("row {}: `converted` is {v}; it must be 0 or 1", at(i)),
+                    ));
+                }
+                (
+                    None,
+                    Some(conv.values().iter().map(|&v| v as u64).collect::<Vec<_>>()),
+                )
+            }
+            Shape::Counts => {
+                let counts = |name: &str| -> Result<Vec<u64>, ArtifactError> {
+                    let c = column(path, &batch, name, &DataType::Int64)?;
+                    let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+                    match (0..c.len()).find(|&i| c.is_null(i) || c.value(i) < 0) {
+                        Some(i) => Err(bad(
+                            path,
+                            format!(
+                                "row {}: `{name}` is {}; counts must be 0 or more",
+                                at(i),
+                                if c.is_null(i) {
+                                    "null".into()
+                                } else {
+                                    c.value(i).to_string()
+                                }
+                            ),
+                        )),
+                        None => Ok(c.values().iter().map(|&v| v as u64).collect()),
+                    }
+                };
+                let (t, s) = (counts("trials")?, counts("successes")?);
+                if let Some(i) = (0..t.len()).find(|&i| s[i] > t[i]) {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "row {}: `successes` ({}) is more than `trials` ({})",
+                            at(i),
+                            s[i],
+                            t[i]
+                        ),
+                    ));
+                }
+                (Some(t), Some(s))
+            }
+        };
+        let group_values = match group {
+            Some(g) => {
+                let col = column(path, &batch, g, &DataType::Utf8)?;
+                let col = col.as_any().downcast_ref::<StringArray>().unwrap().clone();
+                if let Some(i) = (0..col.len()).find(|&i| col.is_null(i) || col.value(i).is_empty())
+                {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "row {}: the group column `{g}` is empty; every item needs a group",
+                            at(i)
+                        ),
+                    ));
+                }
+                Some(col)
+            }
+            None => None,
+        };
+        let ids = batch
+            .column_by_name("item_id")
+            .ok_or_else(|| bad(path, "no `item_id` column".into()))?;
+        let null_id = |i: usize| bad(path, format!("row {}: `item_id` is null", at(i)));
+        // Each row's item index; a new item is appended in row order.
+        let mut idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
+        match ids.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let s = column(path, &batch, "item_id", &DataType::Utf8)?;
+                let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+                for i in 0..s.len() {
+                    if s.is_null(i) {
+                        return Err(null_id(i));
+                    }
+                    let k = match str_index.get(s.value(i)) {
+                        Some(&k) => k,
+                        None => {
+                            let k = out.push_item(IdValue::Str(s.value(i).to_string()));
+                            str_index.insert(s.value(i).to_string(), k);
+                            k
+                        }
+                    };
+                    idx.push(k);
+                }
+            }
+            _ => {
+                let v = column(path, &batch, "item_id", &DataType::Int64)?;
+                let v = v.as_any().downcast_ref::<Int64Array>().unwrap();
+                if let Some(i) = (0..v.len()).find(|&i| v.is_null(i)) {
+                    return Err(null_id(i));
+                }
+                for &id in v.values() {
+                    // Small non-negative ids (the usual case) index a table directly.
+                    let slot = match usize::try_from(id) {
+                        Ok(d) if d < DENSE_IDS => {
+                            if dense.len() <= d {
+                                dense.resize(d + 1, u32::MAX);
+                            }
+                            Some(d)
+                        }
+                        _ => None,
+                    };
+                    let known = match slot {
+                        Some(d) => (dense[d] != u32::MAX).then_some(dense[d]),
+                        None => int_index.get(&id).copied(),
+                    };
+                    let k = match known {
+                        Some(k) => k,
+                        None => {
+                            let k = out.push_item(IdValue::Int(id));
+                            match slot {
+                                Some(d) => dense[d] = k,
+                                None => {
+                                    int_index.insert(id, k);
+                                }
+                            }
+                            k
+                        }
+                    };
+                    idx.push(k);
+                }
+            }
+        }
+        for (i, &k) in idx.iter().enumerate() {
+            let k = k as usize;
+            if let (Some(groups), Some(col), Some(g)) = (&mut out.groups, &group_values, group) {
+                if k == groups.len() {
+                    groups.push(col.value(i).to_string());
+                } else if groups[k] != col.value(i) {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "row {}: item {:?} is in group `{}` here and `{}` before (column `{g}`); an item has one group",
+                            at(i),
+                            out.ids[k],
+                            col.value(i),
+                            groups[k]
+                        ),
+                    ));
+                }
+            }
+            out.trials[k] += trials.as_ref().map_or(1, |t| t[i]);
+            out.successes[k] += successes.as_ref().map_or(0, |s| s[i]);
+        }
+        out.rows += batch.num_rows() as u64;
+        out.count_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    if shape.is_none() || out.rows == 0 {
+        return Err(bad(path, "has no rows: nothing to estimate".into()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,307 @@
+//! `estimate`: per-item conversion rates with honest uncertainty, from an
+//! `events` extract. `method = "beta_binomial"` shrinks each item's raw rate
+//! toward a Beta prior fitted to all items (empirical Bayes, [`crate::stats`]),
+//! per group if asked; the estimates artifact ([`crate::artifact::estimates`])
+//! is published by `write` like a list.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use std::time::Instant;
+
+use chrono::Utc;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::kind::{CheckContext, Inputs, Problem, StepKind, create_output, refuse_flags};
+use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun};
+use crate::artifact::estimates::{self, Estimate, GroupPrior, PRIOR_FILE, PriorRecord};
+use crate::artifact::events::{ItemCounts, read_counts};
+use crate::artifact::{self, ArtifactKind};
+use crate::models::StopFlag;
+use crate::stats::beta_binomial::{self, Prior};
+
+/// Estimates each item's rate from its trials and successes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateSpec {
+    pub method: Method,
+    /// The credible intervals' level.
+    #[serde(default = "default_level")]
+    pub level: f64,
+    /// The rate `p_above_reference` compares each item with; the pooled rate of
+    /// all items when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<f64>,
+    /// A column of the events (a category …): one prior per group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A group with fewer items is shrunk toward the prior of all items.
+    #[serde(default = "default_min_group_items")]
+    pub min_group_items: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Empirical Bayes: a Beta prior by maximum marginal likelihood.
+    BetaBinomial,
+}
+
+fn default_level() -> f64 {
+    0.95
+}
+
+fn default_min_group_items() -> usize {
+    20
+}
+
+#[derive(clap::Args)]
+pub struct EstimateArgs {
+    /// An events Parquet file: `item_id` with `converted` (0/1 per row) or
+    /// `trials` and `successes`.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long, value_enum, default_value = "beta-binomial")]
+    method: Method,
+    #[arg(long, default_value_t = 0.95)]
+    level: f64,
+    #[arg(long)]
+    reference: Option<f64>,
+    #[arg(long)]
+    group: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    min_group_items: usize,
+    /// Folder for the estimates.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+impl EstimateSpec {
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !(self.level > 0.0 && self.level < 1.0) {
+            problems.push(Problem::new(
+                "level",
+                format!(
+                    "{} is out of range; accepted: above 0 and below 1 (e.g. 0.95)",
+                    self.level
+                ),
+            ));
+        }
+        if let Some(r) = self.reference
+            && !(r > 0.0 && r < 1.0)
+        {
+            problems.push(Problem::new(
+                "reference",
+                format!("{r} is out of range; a rate above 0 and below 1"),
+            ));
+        }
+        if self.min_group_items < 2 {
+            problems.push(Problem::new(
+                "min_group_items",
+                "must be at least 2: a prior is fitted to the variation between items",
+            ));
+        }
+        problems
+    }
+}
+
+impl StepKind for EstimateSpec {
+    const NAME: &'static str = "estimate";
+    const INPUTS: Inputs = Some(&[(ArtifactKind::Events, 1, 1)]);
+    type Args = EstimateArgs;
+
+    fn output(&self) -> ArtifactKind {
+        ArtifactKind::Estimates
+    }
+
+    fn check(&self, _: &CheckContext) -> Vec<Problem> {
+        self.problems()
+    }
+
+    fn describe(&self) -> String {
+        let by = self
+            .group
+            .as_ref()
+            .map(|g| format!(", a prior per `{g}`"))
+            .unwrap_or_default();
+        format!(
+            "per-item rates by empirical Bayes, {}% intervals{by}",
+            self.level * 100.0
+        )
+    }
+
+    async fn run(&self, step: &StepRun<'_>) -> StepResult {
+        let input = step.data_of(ArtifactKind::Events)?;
+        let (spec, out, run_id) = (
+            self.clone(),
+            step.out_dir.to_path_buf(),
+            step.cx.run_id.clone(),
+        );
+        step.cx
+            .compute(move |stop| run(&spec, &input, &out, &run_id, stop))
+            .await
+    }
+
+    async fn run_alone(a: EstimateArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
+        let spec = EstimateSpec {
+            method: a.method,
+            level: a.level,
+            reference: a.reference,
+            group: a.group,
+            min_group_items: a.min_group_items,
+        };
+        refuse_flags(spec.problems())?;
+        create_output(&a.output)?;
+        let (input, out) = (a.input, a.output);
+        cx.compute(move |stop| run(&spec, &input, &out, "cli", stop))
+            .await
+    }
+}
+
+/// Reads the events, fits the priors, writes every item's estimate. Blocking and
+/// CPU-bound: call through the compute pool.
+pub fn run(
+    spec: &EstimateSpec,
+    input: &Path,
+    out_dir: &Path,
+    run_id: &str,
+    stop: &StopFlag,
+) -> StepResult {
+    let started = Instant::now();
+    let counts = read_counts(input, spec.group.as_deref())?;
+    let read_s = started.elapsed().as_secs_f64();
+    stop.check()?;
+    let global = beta_binomial::fit(&counts.trials, &counts.successes);
+    let fit_s = started.elapsed().as_secs_f64() - read_s;
+    let reference = spec.reference.unwrap_or(global.mean);
+    // Each group's prior, or the global one for a small group.
+    let mut groups: BTreeMap<String, (GroupPrior, Prior)> = BTreeMap::new();
+    if let Some(of_item) = &counts.groups {
+        let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, g) in of_item.iter().enumerate() {
+            members.entry(g).or_default().push(i);
+        }
+        for (g, items) in members {
+            stop.check()?;
+            let fallback = items.len() < spec.min_group_items;
+            let prior = match fallback {
+                true => global.clone(),
+                false => {
+                    let pick = |v: &[u64]| items.iter().map(|&i| v[i]).collect::<Vec<_>>();
+                    beta_binomial::fit(&pick(&counts.trials), &pick(&counts.successes))
+                }
+            };
+            let record = GroupPrior {
+                items: items.len(),
+                fallback,
+                prior: json!(prior),
+            };
+            groups.insert(g.to_string(), (record, prior));
+        }
+    }
+    let prior_of = |i: usize| -> &Prior {
+        match &counts.groups {
+            Some(of_item) => &groups[&of_item[i]].1,
+            None => &global,
+        }
+    };
+    let rows: Vec<Estimate> = (0..counts.ids.len())
+        .into_par_iter()
+        .map(|i| {
+            let (n, c) = (counts.trials[i], counts.successes[i]);
+            let post = beta_binomial::posterior(prior_of(i), c, n, spec.level, reference);
+            Estimate {
+                id: counts.ids[i].clone(),
+                group: counts.groups.as_ref().map(|g| g[i].clone()),
+                trials: n,
+                successes: c,
+                posterior_mean: post.mean,
+                lower: post.lower,
+                upper: post.upper,
+                p_above: post.p_above,
+                shrinkage: post.shrinkage,
+            }
+        })
+        .collect();
+    stop.check()?;
+    check_finite(&rows)?;
+    let mut details = summary(spec, &counts, &global, &groups, reference);
+    // Where the time went: reading and counting the events, then fitting the
+    // priors and every item's posterior.
+    details["seconds"] = json!({
+        "read": read_s - counts.count_seconds,
+        "count": counts.count_seconds,
+        "fit": fit_s,
+        "fit_and_posteriors": started.elapsed().as_secs_f64() - read_s,
+    });
+    let data = estimates::write(
+        &out_dir.join(DATA_FILE),
+        rows,
+        counts.groups.is_some(),
+        (run_id, Utc::now()),
+    )?;
+    let record = PriorRecord {
+        method: "beta_binomial".into(),
+        level: spec.level,
+        reference,
+        global: json!(global),
+        groups: groups.into_iter().map(|(g, (r, _))| (g, r)).collect(),
+    };
+    let prior = artifact::write_json(&out_dir.join(PRIOR_FILE), &record)?;
+    Ok(StepOutput {
+        rows: data.rows,
+        files: vec![data, prior],
+        details,
+    })
+}
+
+/// A non-finite estimate is a bug or a numeric failure, never something to publish.
+fn check_finite(rows: &[Estimate]) -> Result<(), StepError> {
+    match rows.iter().find(|r| {
+        ![r.posterior_mean, r.lower, r.upper, r.p_above, r.shrinkage]
+            .iter()
+            .all(|v| v.is_finite())
+    }) {
+        Some(r) => Err(StepError::Data(format!(
+            "the estimate of item {:?} ({} of {}) is not a finite number; nothing was written",
+            r.id, r.successes, r.trials
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The manifest's details: what a reader of the run page needs first.
+fn summary(
+    spec: &EstimateSpec,
+    counts: &ItemCounts,
+    global: &Prior,
+    groups: &BTreeMap<String, (GroupPrior, Prior)>,
+    reference: f64,
+) -> serde_json::Value {
+    let flat_note = global.flat.then_some(
+        "no between-item variation beyond chance: every item is estimated at the pooled rate",
+    );
+    json!({
+        "method": "beta_binomial",
+        "items": counts.ids.len(),
+        "rows": counts.rows,
+        "trials": global.trials,
+        "successes": global.successes,
+        "level": spec.level,
+        "reference": reference,
+        "prior": {
+            "mean": global.mean,
+            "a": global.a,
+            "b": global.b,
+            "flat": global.flat,
+            "lr": global.lr,
+        },
+        "note": flat_note,
+        "groups": groups.len(),
+        "groups_on_global_prior": groups.values().filter(|(r, _)| r.fallback).count(),
+        "flat_groups": groups.values().filter(|(r, p)| !r.fallback && p.flat).count(),
+    })
+}
