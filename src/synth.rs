@@ -56,6 +56,11 @@ pub struct SynthData {
     /// and item (id − 1): the truth a model's lists are checked against.
     pub user_topics: Vec<usize>,
     pub item_topics: Vec<usize>,
+    /// Per-item outcome counts for `estimate`: `item_id`, `category`, `trials`,
+    /// `successes`, and the `planted_rate` they were drawn with. Each category
+    /// has its own mean rate (0.5% to 6%); items vary around it as Beta draws of
+    /// concentration 300; trials follow popularity.
+    pub item_counts: RecordBatch,
 }
 
 /// Japanese job titles per topic, in the order of `TOPICS`.
@@ -319,12 +324,70 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
         ),
     ])
     .expect("columns have equal length");
+    let item_counts = item_counts(spec, &item_weight, &item_topic[..spec.items]);
     SynthData {
         interactions,
         items,
         user_topics,
         item_topics: item_topic,
+        item_counts,
     }
+}
+
+/// Outcome counts with planted rates (see [`SynthData::item_counts`]), from a
+/// generator of their own so the other outputs stay what they were.
+fn item_counts(spec: &SynthSpec, weight: &[f64], topic: &[usize]) -> RecordBatch {
+    let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x6376);
+    let total: f64 = weight.iter().sum();
+    let impressions = 5.0 * spec.events as f64;
+    let mut rows = (vec![], vec![], vec![], vec![]);
+    for (i, (&w, &t)) in weight.iter().zip(topic).enumerate() {
+        let mean = 0.005 + 0.055 * t as f64 / (TOPICS.len() - 1) as f64;
+        let rate = beta_sample(&mut rng, 300.0 * mean, 300.0 * (1.0 - mean));
+        let trials = ((w / total) * impressions).round().max(20.0) as i64;
+        let successes = (0..trials).filter(|_| rng.random_bool(rate)).count() as i64;
+        rows.0.push(i as i64 + 1);
+        rows.1.push(trials);
+        rows.2.push(successes);
+        rows.3.push(rate);
+    }
+    RecordBatch::try_from_iter([
+        ("item_id", Arc::new(Int64Array::from(rows.0)) as ArrayRef),
+        (
+            "category",
+            Arc::new(StringArray::from_iter_values(
+                topic.iter().map(|&t| TOPICS[t].0),
+            )) as ArrayRef,
+        ),
+        ("trials", Arc::new(Int64Array::from(rows.1)) as ArrayRef),
+        ("successes", Arc::new(Int64Array::from(rows.2)) as ArrayRef),
+        (
+            "planted_rate",
+            Arc::new(arrow::array::Float64Array::from(rows.3)) as ArrayRef,
+        ),
+    ])
+    .expect("columns have equal length")
+}
+
+/// A Beta(a, b) draw: the ratio of two Gamma draws (Marsaglia and Tsang).
+pub fn beta_sample(rng: &mut StdRng, a: f64, b: f64) -> f64 {
+    fn gamma(rng: &mut StdRng, shape: f64) -> f64 {
+        if shape < 1.0 {
+            return gamma(rng, shape + 1.0) * rng.random::<f64>().powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let (u1, u2): (f64, f64) = (rng.random(), rng.random());
+            let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            let v = (1.0 + c * z).powi(3);
+            if v > 0.0 && rng.random::<f64>().ln() < 0.5 * z * z + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+    let (x, y) = (gamma(rng, a), gamma(rng, b));
+    x / (x + y)
 }
 
 fn shuffle<T>(v: &mut [T], rng: &mut StdRng) {

@@ -1,8 +1,8 @@
 //! The estimates artifact (`estimate` with `method = "beta_binomial"`): one row
 //! per item with the counts it came from and its estimate,
 //!
-//! `item_id, [group], trials, successes, raw_rate, posterior_mean, lower, upper,
-//! p_above_reference, shrinkage, run_id, generated_at`
+//! `item_id, [<group column>], trials, successes, raw_rate, posterior_mean,
+//! lower, upper, p_above_reference, shrinkage, run_id, generated_at`
 //!
 //! in `data.parquet` (sorted by `item_id`, so reruns are byte-comparable), and the
 //! priors they were shrunk toward in `prior.json`. `raw_rate` is null for an item
@@ -23,6 +23,21 @@ use super::events::IdValue;
 use super::{ArtifactError, FileEntry, write_parquet};
 
 pub const PRIOR_FILE: &str = "prior.json";
+
+/// The columns besides the group's; the group column may not take these names.
+pub const COLUMNS: &[&str] = &[
+    "item_id",
+    "trials",
+    "successes",
+    "raw_rate",
+    "posterior_mean",
+    "lower",
+    "upper",
+    "p_above_reference",
+    "shrinkage",
+    "run_id",
+    "generated_at",
+];
 
 /// One item's row.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +81,7 @@ pub struct GroupPrior {
 pub fn write(
     path: &Path,
     mut rows: Vec<Estimate>,
-    grouped: bool,
+    group_column: Option<&str>,
     (run_id, generated_at): (&str, DateTime<Utc>),
 ) -> Result<FileEntry, ArtifactError> {
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -91,8 +106,8 @@ pub fn write(
     };
     let mut fields = vec![Field::new("item_id", ids.data_type().clone(), false)];
     let mut columns = vec![ids];
-    if grouped {
-        fields.push(Field::new("group", DataType::Utf8, false));
+    if let Some(name) = group_column {
+        fields.push(Field::new(name, DataType::Utf8, false));
         columns.push(Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.group.clone().unwrap_or_default()),
         )));

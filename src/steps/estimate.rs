@@ -19,6 +19,7 @@ use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::estimates::{self, Estimate, GroupPrior, PRIOR_FILE, PriorRecord};
 use crate::artifact::events::{ItemCounts, read_counts};
 use crate::artifact::{self, ArtifactKind};
+use crate::config::stores::is_pg_identifier;
 use crate::models::StopFlag;
 use crate::stats::beta_binomial::{self, Prior};
 
@@ -96,6 +97,17 @@ impl EstimateSpec {
             problems.push(Problem::new(
                 "reference",
                 format!("{r} is out of range; a rate above 0 and below 1"),
+            ));
+        }
+        if let Some(g) = &self.group
+            && (!is_pg_identifier(g) || estimates::COLUMNS.contains(&g.as_str()))
+        {
+            problems.push(Problem::new(
+                "group",
+                format!(
+                    "`{g}` cannot be the group column: it becomes a column of the estimates, so it must be a lowercase name (letters, digits, `_`) other than {}",
+                    estimates::COLUMNS.join(", ")
+                ),
             ));
         }
         if self.min_group_items < 2 {
@@ -240,7 +252,7 @@ pub fn run(
     let data = estimates::write(
         &out_dir.join(DATA_FILE),
         rows,
-        counts.groups.is_some(),
+        spec.group.as_deref(),
         (run_id, Utc::now()),
     )?;
     let record = PriorRecord {

@@ -111,6 +111,7 @@ impl StepKind for WriteSpec {
     const INPUTS: Inputs = Some(&[
         (ArtifactKind::UserRecs, 0, 1),
         (ArtifactKind::ItemRecs, 0, 1),
+        (ArtifactKind::Estimates, 0, 1),
     ]);
     type Args = WriteArgs;
 

@@ -83,7 +83,13 @@ async fn api_requires_the_token_to_act_and_lists_runs() {
         .collect();
     assert_eq!(
         names,
-        vec!["example", "example-als", "example-fm", "example-postgres"]
+        vec![
+            "example",
+            "example-als",
+            "example-effects",
+            "example-fm",
+            "example-postgres"
+        ]
     );
     assert!(body["pipelines"][0]["next_fire"].is_string());
 
@@ -307,12 +313,11 @@ fn real_daemon_keeps_its_schedule_through_a_broken_file_and_drains_on_sigterm() 
     let project = common::project();
     let pipelines = project.path().join("pipelines");
     // Only one pipeline, on a one-second schedule.
-    for other in [
-        "example_als.toml",
-        "example_fm.toml",
-        "example_postgres.toml",
-    ] {
-        std::fs::remove_file(pipelines.join(other)).unwrap();
+    for entry in std::fs::read_dir(&pipelines).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "example.toml" {
+            std::fs::remove_file(path).unwrap();
+        }
     }
     let example = std::fs::read_to_string(pipelines.join("example.toml")).unwrap();
     let every_second = example
@@ -572,7 +577,7 @@ async fn web_ui_renders_in_headless_chromium() {
         let errors = b.open(&format!("{base}/"));
         assert!(errors.is_empty(), "{errors:?}");
         let links = b.eval("[...document.querySelectorAll('#pipelines a[href^=\"/ui/pipelines/\"]')].map(a => a.textContent)");
-        assert_eq!(links, serde_json::json!(["example", "example-als", "example-fm", "example-postgres"]));
+        assert_eq!(links, serde_json::json!(["example", "example-als", "example-effects", "example-fm", "example-postgres"]));
 
         let errors = b.open(&format!("{base}/ui/runs/example/{run_id}"));
         assert!(errors.is_empty(), "{errors:?}");
