@@ -22,7 +22,13 @@ pub struct ItemCounts {
     pub rows: u64,
     /// Time spent counting, as opposed to decoding the file.
     pub count_seconds: f64,
+    /// Trials of all items together.
+    pub total: u64,
 }
+
+/// The most trials read in all: counts stay exact in f64 (2^53), and no sum of
+/// them can overflow.
+pub const MAX_TRIALS: u64 = 1 << 50;
 
 impl ItemCounts {
     /// Appends an item with no counts yet; its index.
@@ -311,6 +317,16 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
             }
             out.trials[k] += trials.as_ref().map_or(1, |t| t[i]);
             out.successes[k] += successes.as_ref().map_or(0, |s| s[i]);
+            out.total += trials.as_ref().map_or(1, |t| t[i]);
+            if out.total > MAX_TRIALS {
+                return Err(bad(
+                    path,
+                    format!(
+                        "row {}: more than {MAX_TRIALS} trials in all; counts this large are not trials of one experiment",
+                        at(i)
+                    ),
+                ));
+            }
         }
         out.rows += batch.num_rows() as u64;
         out.count_seconds += started.elapsed().as_secs_f64();

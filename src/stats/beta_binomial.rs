@@ -20,6 +20,9 @@ use super::special::{beta_inc_ln, beta_quantile_ln, ln_beta, ln_rising};
 /// practice (its standard deviation is under 1e-4 of the mean's).
 const MAX_CONCENTRATION: f64 = 1e8;
 
+/// ln of the smallest concentration tried (1e-6).
+const MIN_W: f64 = -13.815_510_557_964_274;
+
 /// The fitted prior of a set of items.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prior {
@@ -173,7 +176,9 @@ pub fn fit(trials: &[u64], successes: &[u64]) -> Prior {
                 (m22 * g[0] - m12 * g[1]) / det,
                 (m11 * g[1] - m12 * g[0]) / det,
             ];
-            let next = [theta[0] + step[0], (theta[1] + step[1]).min(max_w)];
+            // κ is kept within [1e-6, 1e8·e]: below, items share nothing and the
+            // posterior is the raw rate anyway; above, the prior is flat.
+            let next = [theta[0] + step[0], (theta[1] + step[1]).clamp(MIN_W, max_w)];
             let (na, nb) = ab(next);
             let value = data.eval(na, nb).value;
             if value >= e.value - 1e-12 * e.value.abs() {
@@ -355,5 +360,13 @@ mod tests {
         // No successes at all, or all successes: flat at 0 and 1.
         assert_eq!(fit(&[10, 20], &[0, 0]).mean, 0.0);
         assert_eq!(fit(&[10, 20], &[10, 20]).mean, 1.0);
+        // All-or-nothing items: as little shrinkage as allowed, never NaN.
+        let p = fit(&[10, 10, 10, 10], &[0, 10, 0, 10]);
+        assert!(!p.flat && p.concentration().unwrap() < 1e-3, "{p:?}");
+        let q = posterior(&p, 10, 10, 0.95, 0.5);
+        assert!(
+            q.mean > 0.999 && q.lower.is_finite() && q.upper <= 1.0,
+            "{q:?}"
+        );
     }
 }

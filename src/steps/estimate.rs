@@ -20,7 +20,7 @@ use crate::artifact::estimates::{self, Estimate, GroupPrior, PRIOR_FILE, PriorRe
 use crate::artifact::events::{ItemCounts, read_counts};
 use crate::artifact::{self, ArtifactKind};
 use crate::config::stores::is_pg_identifier;
-use crate::models::StopFlag;
+use crate::models::{StopFlag, Stopped};
 use crate::stats::beta_binomial::{self, Prior};
 
 /// Estimates each item's rate from its trials and successes.
@@ -223,9 +223,10 @@ pub fn run(
     let rows: Vec<Estimate> = (0..counts.ids.len())
         .into_par_iter()
         .map(|i| {
+            stop.check()?;
             let (n, c) = (counts.trials[i], counts.successes[i]);
             let post = beta_binomial::posterior(prior_of(i), c, n, spec.level, reference);
-            Estimate {
+            Ok(Estimate {
                 id: counts.ids[i].clone(),
                 group: counts.groups.as_ref().map(|g| g[i].clone()),
                 trials: n,
@@ -235,9 +236,9 @@ pub fn run(
                 upper: post.upper,
                 p_above: post.p_above,
                 shrinkage: post.shrinkage,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, Stopped>>()?;
     stop.check()?;
     check_finite(&rows)?;
     let mut details = summary(spec, &counts, &global, &groups, reference);

@@ -226,6 +226,18 @@ fn bad_events_are_refused_naming_the_column_and_row() {
             "row 2: `trials` is -1; counts must be 0 or more",
         ),
         (
+            "huge",
+            vec![
+                ("item_id", ids()),
+                (
+                    "trials",
+                    Arc::new(Int64Array::from(vec![1 << 49, 1 << 49, 1])),
+                ),
+                ("successes", Arc::new(Int64Array::from(vec![1, 0, 0]))),
+            ],
+            "row 3: more than 1125899906842624 trials in all",
+        ),
+        (
             "no_outcome",
             vec![
                 ("item_id", ids()),
