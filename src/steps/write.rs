@@ -358,12 +358,7 @@ fn check_list(path: &Path) -> Result<u64, String> {
                 .into(),
         );
     }
-    // Only the two checked columns are decoded.
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["rank", "score"]);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| format!("unreadable: {e}"))?;
+    let reader = checked_columns(builder, &["rank", "score"])?;
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
@@ -386,16 +381,24 @@ fn check_list(path: &Path) -> Result<u64, String> {
     Ok(rows)
 }
 
+/// A reader of only the checked `columns`: the rest is never decoded.
+fn checked_columns(
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    columns: &[&str],
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, String> {
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("unreadable: {e}"))
+}
+
 /// The rows of an estimates file, once every estimate and interval bound is a
 /// rate: a service ordering by `posterior_mean` must never meet a NaN. (The mean
 /// of a very skewed posterior may lie outside its central interval.)
 fn check_estimates(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<u64, String> {
     let columns = ["posterior_mean", "lower", "upper"];
-    let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| format!("unreadable: {e}"))?;
+    let reader = checked_columns(builder, &columns)?;
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
