@@ -146,31 +146,43 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                         format!("row {}: `converted` is null; it must be 0 or 1", at(i)),
                     ));
                 }
-                let values: Vec<f64> = match ints(col) {
-                    Some(v) => v.into_iter().map(|v| v as f64).collect(),
+                // 0/1 integers are taken as they are; anything else through f64,
+                // so that 0.5 or NaN is named as it is.
+                let values: Vec<u64> = match ints(col) {
+                    Some(v) => match v.iter().position(|&x| x != 0 && x != 1) {
+                        Some(i) => {
+                            return Err(bad(
+                                path,
+                                format!(
+                                    "row {}: `converted` is {}; it must be 0 or 1",
+                                    at(i),
+                                    v[i]
+                                ),
+                            ));
+                        }
+                        None => v.into_iter().map(|x| x as u64).collect(),
+                    },
                     None => {
                         let conv = column(path, &batch, "converted", &DataType::Float64)?;
-                        conv.as_any()
+                        let v = conv
+                            .as_any()
                             .downcast_ref::<arrow::array::Float64Array>()
                             .unwrap()
-                            .values()
-                            .to_vec()
+                            .values();
+                        if let Some(i) = v.iter().position(|&x| !(x == 0.0 || x == 1.0)) {
+                            return Err(bad(
+                                path,
+                                format!(
+                                    "row {}: `converted` is {}; it must be 0 or 1",
+                                    at(i),
+                                    v[i]
+                                ),
+                            ));
+                        }
+                        v.iter().map(|&x| x as u64).collect()
                     }
                 };
-                if let Some(i) = values.iter().position(|&v| !(v == 0.0 || v == 1.0)) {
-                    return Err(bad(
-                        path,
-                        format!(
-                            "row {}: `converted` is {}; it must be 0 or 1",
-                            at(i),
-                            values[i]
-                        ),
-                    ));
-                }
-                (
-                    None,
-                    Some(values.into_iter().map(|v| v as u64).collect::<Vec<_>>()),
-                )
+                (None, Some(values))
             }
             Shape::Counts => {
                 let counts = |name: &str| -> Result<Vec<u64>, ArtifactError> {
