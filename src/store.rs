@@ -230,20 +230,16 @@ impl Remote {
         };
         let mut file = tokio::fs::File::open(from).await.map_err(local)?;
         let mut writer = object_store::buffered::BufWriter::new(self.store.clone(), self.key(rel));
-        let copied = tokio::io::copy(&mut file, &mut writer).await;
-        if let Err(e) = copied {
-            let _ = writer.abort().await;
-            return Err(StorageError::Failed {
-                url: self.url(rel),
-                message: format!("upload of {} failed: {e}", from.display()),
-                retryable: true,
-            });
-        }
-        writer.shutdown().await.map_err(|e| StorageError::Failed {
+        let failed = |e: std::io::Error| StorageError::Failed {
             url: self.url(rel),
             message: format!("upload of {} failed: {e}", from.display()),
             retryable: true,
-        })
+        };
+        if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+            let _ = writer.abort().await;
+            return Err(failed(e));
+        }
+        writer.shutdown().await.map_err(failed)
     }
 
     /// Every object under `rel`, as keys relative to this store's prefix, with

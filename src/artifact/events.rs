@@ -148,18 +148,15 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                 }
                 // 0/1 integers are taken as they are; anything else through f64,
                 // so that 0.5 or NaN is named as it is.
+                let not_binary = |i: usize, v: &dyn std::fmt::Display| {
+                    bad(
+                        path,
+                        format!("row {}: `converted` is {v}; it must be 0 or 1", at(i)),
+                    )
+                };
                 let values: Vec<u64> = match ints(col) {
                     Some(v) => match v.iter().position(|&x| x != 0 && x != 1) {
-                        Some(i) => {
-                            return Err(bad(
-                                path,
-                                format!(
-                                    "row {}: `converted` is {}; it must be 0 or 1",
-                                    at(i),
-                                    v[i]
-                                ),
-                            ));
-                        }
+                        Some(i) => return Err(not_binary(i, &v[i])),
                         None => v.into_iter().map(|x| x as u64).collect(),
                     },
                     None => {
@@ -170,19 +167,12 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                             .unwrap()
                             .values();
                         if let Some(i) = v.iter().position(|&x| !(x == 0.0 || x == 1.0)) {
-                            return Err(bad(
-                                path,
-                                format!(
-                                    "row {}: `converted` is {}; it must be 0 or 1",
-                                    at(i),
-                                    v[i]
-                                ),
-                            ));
+                            return Err(not_binary(i, &v[i]));
                         }
                         v.iter().map(|&x| x as u64).collect()
                     }
                 };
-                (None, Some(values))
+                (None, values)
             }
             Shape::Counts => {
                 let counts = |name: &str| -> Result<Vec<u64>, ArtifactError> {
@@ -216,7 +206,7 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                         ),
                     ));
                 }
-                (Some(t), Some(s))
+                (Some(t), s)
             }
         };
         let group_values = match group {
@@ -328,7 +318,7 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                 }
             }
             out.trials[k] += trials.as_ref().map_or(1, |t| t[i]);
-            out.successes[k] += successes.as_ref().map_or(0, |s| s[i]);
+            out.successes[k] += successes[i];
             out.total += trials.as_ref().map_or(1, |t| t[i]);
             if out.total > MAX_TRIALS {
                 return Err(bad(

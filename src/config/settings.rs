@@ -325,8 +325,8 @@ impl Settings {
         }
         for sink in self.sinks.values_mut() {
             match sink {
-                // An object storage URL stays as it is.
-                SinkConfig::Parquet(p) if crate::store::is_url(&p.path.to_string_lossy()) => {}
+                // A URL stays as it is: validation names it if it is not one of ours.
+                SinkConfig::Parquet(p) if p.path.to_string_lossy().contains("://") => {}
                 SinkConfig::Parquet(p) => p.path = dir.join(&p.path),
                 SinkConfig::Postgres(pg) => resolve_ca(&dir, pg),
                 SinkConfig::Bigquery(bq) => {

@@ -25,7 +25,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::PutMode;
 
-use super::parquet::{DATA_FILE, VERSION_FILE, VersionRecord, parquet_rows};
+use super::parquet::{
+    DATA_FILE, VERSION_FILE, VersionRecord, parquet_rows, rollback_target, version_names,
+};
 use super::{Published, Sink, SinkError, Staged};
 use crate::config::settings::ParquetSinkConfig;
 use crate::failpoint;
@@ -167,16 +169,13 @@ impl Sink for ObjectParquetSink {
         self.block_on(async |remote| {
             let current = current(&remote, table).await?.map(|(v, _)| v);
             // The first free name, or one holding this very list already.
-            let mut n = 1u32;
+            let mut names = version_names(version);
             let (name, kept) = loop {
-                let name = match n {
-                    1 => version.to_string(),
-                    n => format!("{version}-{n}"),
-                };
+                let name = names.next().expect("version_names never ends");
                 match record(&remote, table, &name).await? {
                     None => break (name, false),
                     Some(r) if r.sha256 == sha256 => break (name, true),
-                    Some(_) => n += 1,
+                    Some(_) => {}
                 }
             };
             if !kept {
@@ -263,17 +262,8 @@ impl Sink for ObjectParquetSink {
                 ),
             });
         }
-        let previous = versions
-            .into_iter()
-            .map(|(v, _)| v)
-            .find(|v| Some(v.as_str()) != current_name)
-            .ok_or_else(|| SinkError::Rejected {
-                sink: self.name.clone(),
-                message: format!(
-                    "table `{table}` has no version before `{}` to roll back to; a rollback needs two published versions",
-                    current_name.unwrap_or("?")
-                ),
-            })?;
+        let names = versions.into_iter().map(|(v, _)| v).collect();
+        let previous = rollback_target(&self.name, table, names, current_name)?;
         let record = self.block_on(async |remote| {
             switch(&remote, table, &previous, now.as_ref()).await?;
             record(&remote, table, &previous).await

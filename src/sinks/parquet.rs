@@ -100,21 +100,17 @@ impl ParquetSink {
         sha256: &str,
     ) -> Result<(String, bool), SinkError> {
         let versions_dir = self.table_dir(table).join("versions");
-        let mut n = 1u32;
-        loop {
-            let name = match n {
-                1 => version.to_string(),
-                n => format!("{version}-{n}"),
-            };
+        for name in version_names(version) {
             match fs::metadata(versions_dir.join(&name).join(DATA_FILE)) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((name, false)),
                 Err(e) => return Err(self.err(&format!("cannot read version `{name}`"), e)),
                 Ok(_) if self.sha256_of_version(table, &name)? == sha256 => {
                     return Ok((name, true));
                 }
-                Ok(_) => n += 1,
+                Ok(_) => {}
             }
         }
+        unreachable!("version_names never ends")
     }
 
     /// The version `CURRENT` names, if any.
@@ -312,18 +308,8 @@ impl Sink for ParquetSink {
         }
         let _lock = self.lock(table)?;
         let current = self.current(table)?;
-        // The newest other version: after a rollback that is the one rolled back
-        // from, so a second rollback undoes the first.
-        let previous = self
-            .versions(table)?
-            .into_iter()
-            .find(|v| Some(v) != current.as_ref())
-            .ok_or_else(|| {
-                self.rejected(format!(
-                    "table `{table}` has no version before `{}` to roll back to; a rollback needs two published versions",
-                    current.as_deref().unwrap_or("?")
-                ))
-            })?;
+        let previous =
+            rollback_target(&self.name, table, self.versions(table)?, current.as_deref())?;
         let location = self.point_to(table, &previous)?;
         let rows = parquet_rows(&location).map_err(|e| self.err("cannot read version", e))?;
         let sha256 = self.sha256_of_version(table, &previous)?;
@@ -337,6 +323,37 @@ impl Sink for ParquetSink {
             unchanged: false,
         })
     }
+}
+
+/// The names run `version`'s list may be kept under, in the order tried:
+/// `version`, then `version-2`, `version-3` … (a complete version is never
+/// rewritten, so a changed list of the same run takes the next name).
+pub(super) fn version_names(version: &str) -> impl Iterator<Item = String> + '_ {
+    (1u32..).map(move |n| match n {
+        1 => version.to_string(),
+        n => format!("{version}-{n}"),
+    })
+}
+
+/// The version a rollback makes current: the newest complete one (of
+/// `newest_first`) other than `current`. After a rollback that is the one rolled
+/// back from, so a second rollback undoes the first.
+pub(super) fn rollback_target(
+    sink: &str,
+    table: &str,
+    newest_first: Vec<String>,
+    current: Option<&str>,
+) -> Result<String, SinkError> {
+    newest_first
+        .into_iter()
+        .find(|v| Some(v.as_str()) != current)
+        .ok_or_else(|| SinkError::Rejected {
+            sink: sink.to_string(),
+            message: format!(
+                "table `{table}` has no version before `{}` to roll back to; a rollback needs two published versions",
+                current.unwrap_or("?")
+            ),
+        })
 }
 
 /// What `version.json` records about a complete version.
