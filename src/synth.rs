@@ -61,7 +61,25 @@ pub struct SynthData {
     /// has its own mean rate (0.5% to 6%); items vary around it as Beta draws of
     /// concentration 300; trials follow popularity.
     pub item_counts: RecordBatch,
+    /// One row per impression (as many as events) for a logistic regression: `item_id`, `ts`,
+    /// `converted`, `position` (1–3), `device` (`pc`, `sp`, `app`), `salary`
+    /// (monthly, in 10,000 yen) and `remote` (0/1), drawn from the model in
+    /// [`PLANTED_EFFECTS`].
+    pub impressions: RecordBatch,
 }
+
+/// The logistic model `impressions` is drawn from: each term's coefficient,
+/// named as `estimate` names it (`position` 1 and `device` `pc` are the
+/// reference levels).
+pub const PLANTED_EFFECTS: &[(&str, f64)] = &[
+    ("const", -4.2),
+    ("salary", 0.025),
+    ("remote", 0.5),
+    ("position_2", -0.3),
+    ("position_3", -0.6),
+    ("device_app", 0.4),
+    ("device_sp", -0.2),
+];
 
 /// Japanese job titles per topic, in the order of `TOPICS`.
 const TOPICS_JA: &[&[&str]] = &[
@@ -325,13 +343,75 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
     ])
     .expect("columns have equal length");
     let item_counts = item_counts(spec, &item_weight, &item_topic[..spec.items]);
+    let impressions = impressions(spec, &item_weight);
     SynthData {
         interactions,
         items,
         user_topics,
         item_topics: item_topic,
         item_counts,
+        impressions,
     }
+}
+
+/// Impressions drawn from [`PLANTED_EFFECTS`] (see [`SynthData::impressions`]);
+/// each item has a fixed salary and remote flag, each impression a position
+/// and a device. A generator of its own, like `item_counts`.
+fn impressions(spec: &SynthSpec, weight: &[f64]) -> RecordBatch {
+    let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x1a7e);
+    let effect = |name: &str| {
+        PLANTED_EFFECTS
+            .iter()
+            .find(|e| e.0 == name)
+            .map_or(0.0, |e| e.1)
+    };
+    let salary: Vec<f64> = weight
+        .iter()
+        .map(|_| rng.random_range(18..60) as f64)
+        .collect();
+    let remote: Vec<f64> = weight
+        .iter()
+        .map(|_| rng.random_bool(0.3) as u8 as f64)
+        .collect();
+    let pick = WeightedIndex::new(weight).expect("weights are positive");
+    let devices = ["pc", "sp", "app"];
+    let n = spec.events;
+    let start = 1_764_547_200_000_000i64; // 2025-12-01T00:00:00Z
+    let mut rows = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for k in 0..n {
+        let item = pick.sample(&mut rng);
+        let position = rng.random_range(1..=3i64);
+        let device = devices[rng.random_range(0..3)];
+        let eta = effect("const")
+            + effect("salary") * salary[item]
+            + effect("remote") * remote[item]
+            + effect(&format!("position_{position}"))
+            + effect(&format!("device_{device}"));
+        let p = 1.0 / (1.0 + (-eta).exp());
+        rows.0.push(item as i64 + 1);
+        rows.1.push(start + k as i64 * 30_000_000);
+        rows.2.push(rng.random_bool(p) as i64);
+        rows.3.push(position);
+        rows.4.push(device);
+        rows.5.push(salary[item]);
+        rows.6.push(remote[item] as i64);
+    }
+    RecordBatch::try_from_iter([
+        ("item_id", Arc::new(Int64Array::from(rows.0)) as ArrayRef),
+        (
+            "ts",
+            Arc::new(TimestampMicrosecondArray::from(rows.1).with_timezone("UTC")) as ArrayRef,
+        ),
+        ("converted", Arc::new(Int64Array::from(rows.2)) as ArrayRef),
+        ("position", Arc::new(Int64Array::from(rows.3)) as ArrayRef),
+        ("device", Arc::new(StringArray::from(rows.4)) as ArrayRef),
+        (
+            "salary",
+            Arc::new(arrow::array::Float64Array::from(rows.5)) as ArrayRef,
+        ),
+        ("remote", Arc::new(Int64Array::from(rows.6)) as ArrayRef),
+    ])
+    .expect("columns have equal length")
 }
 
 /// Outcome counts with planted rates (see [`SynthData::item_counts`]), from a

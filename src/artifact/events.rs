@@ -1,11 +1,14 @@
 //! Events, the input of `estimate`: one row per impression (`item_id`,
 //! `converted` 0/1) or pre-aggregated counts (`item_id`, `trials`, `successes`),
-//! with an optional group column. Read here into per-item counts, every value
-//! checked: a bad row is an error naming its column and row, never a guess.
+//! with an optional group column and feature columns. Read here into per-item
+//! counts ([`read_counts`]) or, for a regression, row by row ([`read_rows`]),
+//! every value checked: a bad row is an error naming its column and row, never
+//! a guess.
 
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
 use rustc_hash::FxHashMap;
 
 use super::{ArtifactError, for_each_batch};
@@ -29,16 +32,6 @@ pub struct ItemCounts {
 /// The most trials read in all: counts stay exact in f64 (2^53), and no sum of
 /// them can overflow.
 pub const MAX_TRIALS: u64 = 1 << 50;
-
-impl ItemCounts {
-    /// Appends an item with no counts yet; its index.
-    fn push_item(&mut self, id: IdValue) -> u32 {
-        self.ids.push(id);
-        self.trials.push(0);
-        self.successes.push(0);
-        (self.ids.len() - 1) as u32
-    }
-}
 
 /// Ids below this index a table directly while counting (16 MB at most).
 const DENSE_IDS: usize = 1 << 22;
@@ -64,7 +57,7 @@ fn bad(path: &Path, message: String) -> ArtifactError {
 /// Column `name` cast to `to`, or an error naming it.
 fn column(
     path: &Path,
-    batch: &arrow::record_batch::RecordBatch,
+    batch: &RecordBatch,
     name: &str,
     to: &DataType,
 ) -> Result<ArrayRef, ArtifactError> {
@@ -110,105 +103,250 @@ fn ints(col: &ArrayRef) -> Option<Vec<i64>> {
     })
 }
 
+/// Item ids to dense indices, items in first-seen order.
+#[derive(Default)]
+struct IdIndex {
+    ids: Vec<IdValue>,
+    ints: FxHashMap<i64, u32>,
+    dense: Vec<u32>,
+    strs: FxHashMap<String, u32>,
+}
+
+impl IdIndex {
+    fn add(&mut self, id: IdValue) -> u32 {
+        self.ids.push(id);
+        (self.ids.len() - 1) as u32
+    }
+
+    /// Each row's item index; a new item is appended in row order.
+    fn rows(
+        &mut self,
+        path: &Path,
+        batch: &RecordBatch,
+        at: &dyn Fn(usize) -> u64,
+    ) -> Result<Vec<u32>, ArtifactError> {
+        let ids = batch
+            .column_by_name("item_id")
+            .ok_or_else(|| bad(path, "no `item_id` column".into()))?;
+        let null_id = |i: usize| bad(path, format!("row {}: `item_id` is null", at(i)));
+        let mut idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
+        match ids.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let s = column(path, batch, "item_id", &DataType::Utf8)?;
+                let s = s.as_any().downcast_ref::<StringArray>().unwrap();
+                for i in 0..s.len() {
+                    if s.is_null(i) {
+                        return Err(null_id(i));
+                    }
+                    let k = match self.strs.get(s.value(i)) {
+                        Some(&k) => k,
+                        None => {
+                            let k = self.add(IdValue::Str(s.value(i).to_string()));
+                            self.strs.insert(s.value(i).to_string(), k);
+                            k
+                        }
+                    };
+                    idx.push(k);
+                }
+            }
+            _ => {
+                if let Some(i) = first_null(ids.as_ref()) {
+                    return Err(null_id(i));
+                }
+                let v = match ints(ids) {
+                    Some(v) => v,
+                    None => {
+                        let v = column(path, batch, "item_id", &DataType::Int64)?;
+                        v.as_any()
+                            .downcast_ref::<Int64Array>()
+                            .unwrap()
+                            .values()
+                            .to_vec()
+                    }
+                };
+                for &id in &v {
+                    // Small non-negative ids (the usual case) index a table directly.
+                    let slot = match usize::try_from(id) {
+                        Ok(d) if d < DENSE_IDS => {
+                            if self.dense.len() <= d {
+                                self.dense.resize(d + 1, u32::MAX);
+                            }
+                            Some(d)
+                        }
+                        _ => None,
+                    };
+                    let known = match slot {
+                        Some(d) => (self.dense[d] != u32::MAX).then_some(self.dense[d]),
+                        None => self.ints.get(&id).copied(),
+                    };
+                    let k = match known {
+                        Some(k) => k,
+                        None => {
+                            let k = self.add(IdValue::Int(id));
+                            match slot {
+                                Some(d) => self.dense[d] = k,
+                                None => {
+                                    self.ints.insert(id, k);
+                                }
+                            }
+                            k
+                        }
+                    };
+                    idx.push(k);
+                }
+            }
+        }
+        Ok(idx)
+    }
+}
+
+/// Which shape `batch` has: impressions or counts.
+fn shape_of(path: &Path, batch: &RecordBatch) -> Result<Shape, ArtifactError> {
+    let schema = batch.schema();
+    let has = |c: &str| schema.column_with_name(c).is_some();
+    match (has("converted"), has("trials") && has("successes")) {
+        (true, false) => Ok(Shape::Impressions),
+        (false, true) => Ok(Shape::Counts),
+        (true, true) => Err(bad(path, "has both `converted` and `trials`/`successes`: give one row per impression (`converted`) or counts per item (`trials`, `successes`)".into())),
+        (false, false) => Err(bad(path, "needs `converted` (0/1 per impression) or `trials` and `successes` (counts per item)".into())),
+    }
+}
+
+/// Each row's trials (`None`: one each, an impression) and successes, checked.
+type RowOutcome = (Option<Vec<u64>>, Vec<u64>);
+
+fn outcome(
+    path: &Path,
+    batch: &RecordBatch,
+    shape: Shape,
+    at: &dyn Fn(usize) -> u64,
+) -> Result<RowOutcome, ArtifactError> {
+    match shape {
+        Shape::Impressions => {
+            let col = batch.column_by_name("converted").unwrap();
+            if let Some(i) = first_null(col.as_ref()) {
+                return Err(bad(
+                    path,
+                    format!("row {}: `converted` is null; it must be 0 or 1", at(i)),
+                ));
+            }
+            // 0/1 integers are taken as they are; anything else through f64,
+            // so that 0.5 or NaN is named as it is.
+            let not_binary = |i: usize, v: &dyn std::fmt::Display| {
+                bad(
+                    path,
+                    format!("row {}: `converted` is {v}; it must be 0 or 1", at(i)),
+                )
+            };
+            let values: Vec<u64> = match ints(col) {
+                Some(v) => match v.iter().position(|&x| x != 0 && x != 1) {
+                    Some(i) => return Err(not_binary(i, &v[i])),
+                    None => v.into_iter().map(|x| x as u64).collect(),
+                },
+                None => {
+                    let conv = column(path, batch, "converted", &DataType::Float64)?;
+                    let v = conv
+                        .as_any()
+                        .downcast_ref::<arrow::array::Float64Array>()
+                        .unwrap()
+                        .values();
+                    if let Some(i) = v.iter().position(|&x| !(x == 0.0 || x == 1.0)) {
+                        return Err(not_binary(i, &v[i]));
+                    }
+                    v.iter().map(|&x| x as u64).collect()
+                }
+            };
+            Ok((None, values))
+        }
+        Shape::Counts => {
+            let counts = |name: &str| -> Result<Vec<u64>, ArtifactError> {
+                let c = column(path, batch, name, &DataType::Int64)?;
+                let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+                match (0..c.len()).find(|&i| c.is_null(i) || c.value(i) < 0) {
+                    Some(i) => Err(bad(
+                        path,
+                        format!(
+                            "row {}: `{name}` is {}; counts must be 0 or more",
+                            at(i),
+                            if c.is_null(i) {
+                                "null".into()
+                            } else {
+                                c.value(i).to_string()
+                            }
+                        ),
+                    )),
+                    None => Ok(c.values().iter().map(|&v| v as u64).collect()),
+                }
+            };
+            let (t, s) = (counts("trials")?, counts("successes")?);
+            if let Some(i) = (0..t.len()).find(|&i| s[i] > t[i]) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "row {}: `successes` ({}) is more than `trials` ({})",
+                        at(i),
+                        s[i],
+                        t[i]
+                    ),
+                ));
+            }
+            Ok((Some(t), s))
+        }
+    }
+}
+
+/// Adds `batch`'s trials to `total`, refusing more than [`MAX_TRIALS`].
+fn add_trials(
+    path: &Path,
+    total: &mut u64,
+    trials: &Option<Vec<u64>>,
+    rows: usize,
+    at: &dyn Fn(usize) -> u64,
+) -> Result<(), ArtifactError> {
+    let too_many = |i: usize| {
+        bad(
+            path,
+            format!(
+                "row {}: more than {MAX_TRIALS} trials in all; counts this large are not trials of one experiment",
+                at(i)
+            ),
+        )
+    };
+    match trials {
+        None => {
+            *total += rows as u64;
+            if *total > MAX_TRIALS {
+                return Err(too_many(rows - 1));
+            }
+        }
+        Some(t) => {
+            for (i, &n) in t.iter().enumerate() {
+                *total += n;
+                if *total > MAX_TRIALS {
+                    return Err(too_many(i));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the events at `path` into per-item counts, grouped by `group` if given.
 pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, ArtifactError> {
     let mut out = ItemCounts {
         groups: group.map(|_| Vec::new()),
         ..Default::default()
     };
-    let mut int_index: FxHashMap<i64, u32> = FxHashMap::default();
-    let mut dense: Vec<u32> = Vec::new();
-    let mut str_index: FxHashMap<String, u32> = FxHashMap::default();
+    let mut index = IdIndex::default();
     let mut shape = None;
     for_each_batch(path, |batch| {
         let started = std::time::Instant::now();
-        let schema = batch.schema();
-        let has = |c: &str| schema.column_with_name(c).is_some();
-        let this = match (has("converted"), has("trials") && has("successes")) {
-            (true, false) => Shape::Impressions,
-            (false, true) => Shape::Counts,
-            (true, true) => {
-                return Err(bad(path, "has both `converted` and `trials`/`successes`: give one row per impression (`converted`) or counts per item (`trials`, `successes`)".into()));
-            }
-            (false, false) => {
-                return Err(bad(path, "needs `converted` (0/1 per impression) or `trials` and `successes` (counts per item)".into()));
-            }
-        };
+        let this = shape_of(path, &batch)?;
         shape = Some(this);
         let first_row = out.rows;
         let at = |i: usize| first_row + i as u64 + 1;
-        let (trials, successes) = match this {
-            Shape::Impressions => {
-                let col = batch.column_by_name("converted").unwrap();
-                if let Some(i) = first_null(col.as_ref()) {
-                    return Err(bad(
-                        path,
-                        format!("row {}: `converted` is null; it must be 0 or 1", at(i)),
-                    ));
-                }
-                // 0/1 integers are taken as they are; anything else through f64,
-                // so that 0.5 or NaN is named as it is.
-                let not_binary = |i: usize, v: &dyn std::fmt::Display| {
-                    bad(
-                        path,
-                        format!("row {}: `converted` is {v}; it must be 0 or 1", at(i)),
-                    )
-                };
-                let values: Vec<u64> = match ints(col) {
-                    Some(v) => match v.iter().position(|&x| x != 0 && x != 1) {
-                        Some(i) => return Err(not_binary(i, &v[i])),
-                        None => v.into_iter().map(|x| x as u64).collect(),
-                    },
-                    None => {
-                        let conv = column(path, &batch, "converted", &DataType::Float64)?;
-                        let v = conv
-                            .as_any()
-                            .downcast_ref::<arrow::array::Float64Array>()
-                            .unwrap()
-                            .values();
-                        if let Some(i) = v.iter().position(|&x| !(x == 0.0 || x == 1.0)) {
-                            return Err(not_binary(i, &v[i]));
-                        }
-                        v.iter().map(|&x| x as u64).collect()
-                    }
-                };
-                (None, values)
-            }
-            Shape::Counts => {
-                let counts = |name: &str| -> Result<Vec<u64>, ArtifactError> {
-                    let c = column(path, &batch, name, &DataType::Int64)?;
-                    let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
-                    match (0..c.len()).find(|&i| c.is_null(i) || c.value(i) < 0) {
-                        Some(i) => Err(bad(
-                            path,
-                            format!(
-                                "row {}: `{name}` is {}; counts must be 0 or more",
-                                at(i),
-                                if c.is_null(i) {
-                                    "null".into()
-                                } else {
-                                    c.value(i).to_string()
-                                }
-                            ),
-                        )),
-                        None => Ok(c.values().iter().map(|&v| v as u64).collect()),
-                    }
-                };
-                let (t, s) = (counts("trials")?, counts("successes")?);
-                if let Some(i) = (0..t.len()).find(|&i| s[i] > t[i]) {
-                    return Err(bad(
-                        path,
-                        format!(
-                            "row {}: `successes` ({}) is more than `trials` ({})",
-                            at(i),
-                            s[i],
-                            t[i]
-                        ),
-                    ));
-                }
-                (Some(t), s)
-            }
-        };
+        let (trials, successes) = outcome(path, &batch, this, &at)?;
+        add_trials(path, &mut out.total, &trials, batch.num_rows(), &at)?;
         let group_values = match group {
             Some(g) => {
                 let col = column(path, &batch, g, &DataType::Utf8)?;
@@ -227,78 +365,9 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
             }
             None => None,
         };
-        let ids = batch
-            .column_by_name("item_id")
-            .ok_or_else(|| bad(path, "no `item_id` column".into()))?;
-        let null_id = |i: usize| bad(path, format!("row {}: `item_id` is null", at(i)));
-        // Each row's item index; a new item is appended in row order.
-        let mut idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        match ids.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                let s = column(path, &batch, "item_id", &DataType::Utf8)?;
-                let s = s.as_any().downcast_ref::<StringArray>().unwrap();
-                for i in 0..s.len() {
-                    if s.is_null(i) {
-                        return Err(null_id(i));
-                    }
-                    let k = match str_index.get(s.value(i)) {
-                        Some(&k) => k,
-                        None => {
-                            let k = out.push_item(IdValue::Str(s.value(i).to_string()));
-                            str_index.insert(s.value(i).to_string(), k);
-                            k
-                        }
-                    };
-                    idx.push(k);
-                }
-            }
-            _ => {
-                if let Some(i) = first_null(ids.as_ref()) {
-                    return Err(null_id(i));
-                }
-                let v = match ints(ids) {
-                    Some(v) => v,
-                    None => {
-                        let v = column(path, &batch, "item_id", &DataType::Int64)?;
-                        v.as_any()
-                            .downcast_ref::<Int64Array>()
-                            .unwrap()
-                            .values()
-                            .to_vec()
-                    }
-                };
-                for &id in &v {
-                    // Small non-negative ids (the usual case) index a table directly.
-                    let slot = match usize::try_from(id) {
-                        Ok(d) if d < DENSE_IDS => {
-                            if dense.len() <= d {
-                                dense.resize(d + 1, u32::MAX);
-                            }
-                            Some(d)
-                        }
-                        _ => None,
-                    };
-                    let known = match slot {
-                        Some(d) => (dense[d] != u32::MAX).then_some(dense[d]),
-                        None => int_index.get(&id).copied(),
-                    };
-                    let k = match known {
-                        Some(k) => k,
-                        None => {
-                            let k = out.push_item(IdValue::Int(id));
-                            match slot {
-                                Some(d) => dense[d] = k,
-                                None => {
-                                    int_index.insert(id, k);
-                                }
-                            }
-                            k
-                        }
-                    };
-                    idx.push(k);
-                }
-            }
-        }
+        let idx = index.rows(path, &batch, &at)?;
+        out.trials.resize(index.ids.len(), 0);
+        out.successes.resize(index.ids.len(), 0);
         for (i, &k) in idx.iter().enumerate() {
             let k = k as usize;
             if let (Some(groups), Some(col), Some(g)) = (&mut out.groups, &group_values, group) {
@@ -310,7 +379,7 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
                         format!(
                             "row {}: item {:?} is in group `{}` here and `{}` before (column `{g}`); an item has one group",
                             at(i),
-                            out.ids[k],
+                            index.ids[k],
                             col.value(i),
                             groups[k]
                         ),
@@ -319,23 +388,184 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
             }
             out.trials[k] += trials.as_ref().map_or(1, |t| t[i]);
             out.successes[k] += successes[i];
-            out.total += trials.as_ref().map_or(1, |t| t[i]);
-            if out.total > MAX_TRIALS {
-                return Err(bad(
-                    path,
-                    format!(
-                        "row {}: more than {MAX_TRIALS} trials in all; counts this large are not trials of one experiment",
-                        at(i)
-                    ),
-                ));
-            }
         }
         out.rows += batch.num_rows() as u64;
         out.count_seconds += started.elapsed().as_secs_f64();
         Ok(())
     })?;
+    out.ids = index.ids;
     if shape.is_none() || out.rows == 0 {
         return Err(bad(path, "has no rows: nothing to estimate".into()));
+    }
+    Ok(out)
+}
+
+/// Events row by row, for a regression: each row's item, outcome and time, and
+/// the feature columns asked for.
+#[derive(Debug, Default)]
+pub struct EventRows {
+    /// Items in first-seen order.
+    pub ids: Vec<IdValue>,
+    /// Each row's item (an index into `ids`).
+    pub item: Vec<u32>,
+    pub trials: Vec<f64>,
+    pub successes: Vec<f64>,
+    /// `ts` (microseconds), when the events have it.
+    pub time: Option<Vec<i64>>,
+    /// Per numeric column asked for, its values.
+    pub numeric: Vec<Vec<f64>>,
+    /// Per categorical column asked for, its values coded.
+    pub categorical: Vec<Levels>,
+}
+
+/// A categorical column: each row's code, an index into `names`.
+#[derive(Debug, Default, Clone)]
+pub struct Levels {
+    pub codes: Vec<u32>,
+    pub names: Vec<String>,
+    /// Set when the column holds integers: levels sort as numbers, not text.
+    pub numbers: Option<Vec<i64>>,
+}
+
+impl Levels {
+    /// Level codes in their natural order (numbers by value, text by text).
+    pub fn sorted(&self, codes: &mut [u32]) {
+        match &self.numbers {
+            Some(n) => codes.sort_by_key(|&c| n[c as usize]),
+            None => codes.sort_by(|&a, &b| self.names[a as usize].cmp(&self.names[b as usize])),
+        }
+    }
+
+    /// Codes `col`'s values, adding levels not seen before.
+    fn push(
+        &mut self,
+        path: &Path,
+        name: &str,
+        col: &ArrayRef,
+        at: &dyn Fn(usize) -> u64,
+        index: &mut (FxHashMap<String, u32>, FxHashMap<i64, u32>),
+    ) -> Result<(), ArtifactError> {
+        if let Some(i) = first_null(col.as_ref()) {
+            return Err(bad(
+                path,
+                format!(
+                    "row {}: `{name}` is null; give every row a level (e.g. \"unknown\")",
+                    at(i)
+                ),
+            ));
+        }
+        if let Some(values) = ints(col) {
+            let numbers = self.numbers.get_or_insert_with(Vec::new);
+            for v in values {
+                let code = *index.1.entry(v).or_insert_with(|| {
+                    self.names.push(v.to_string());
+                    numbers.push(v);
+                    (self.names.len() - 1) as u32
+                });
+                self.codes.push(code);
+            }
+            return Ok(());
+        }
+        let text =
+            cast(col, &DataType::Utf8).map_err(|e| bad(path, format!("column `{name}`: {e}")))?;
+        let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..text.len() {
+            let v = text.value(i);
+            let code = match index.0.get(v) {
+                Some(&c) => c,
+                None => {
+                    self.names.push(v.to_string());
+                    let c = (self.names.len() - 1) as u32;
+                    index.0.insert(v.to_string(), c);
+                    c
+                }
+            };
+            self.codes.push(code);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the events at `path` row by row with the `numeric` and `categorical`
+/// columns: a null or non-finite number is an error naming its column and row.
+pub fn read_rows(
+    path: &Path,
+    numeric: &[String],
+    categorical: &[String],
+) -> Result<EventRows, ArtifactError> {
+    let mut out = EventRows {
+        numeric: vec![Vec::new(); numeric.len()],
+        categorical: vec![Levels::default(); categorical.len()],
+        ..Default::default()
+    };
+    let mut index = IdIndex::default();
+    let mut level_index: Vec<(FxHashMap<String, u32>, FxHashMap<i64, u32>)> =
+        vec![Default::default(); categorical.len()];
+    let mut total = 0u64;
+    for_each_batch(path, |batch| {
+        let this = shape_of(path, &batch)?;
+        let first_row = out.item.len() as u64;
+        let at = |i: usize| first_row + i as u64 + 1;
+        let (trials, successes) = outcome(path, &batch, this, &at)?;
+        add_trials(path, &mut total, &trials, batch.num_rows(), &at)?;
+        match trials {
+            Some(t) => out.trials.extend(t.iter().map(|&v| v as f64)),
+            None => out
+                .trials
+                .extend(std::iter::repeat_n(1.0, batch.num_rows())),
+        }
+        out.successes.extend(successes.iter().map(|&v| v as f64));
+        out.item.extend(index.rows(path, &batch, &at)?);
+        if batch.column_by_name("ts").is_some() {
+            let ts = column(path, &batch, "ts", &DataType::Int64)?;
+            if let Some(i) = first_null(ts.as_ref()) {
+                return Err(bad(path, format!("row {}: `ts` is null", at(i))));
+            }
+            let ts = ts.as_any().downcast_ref::<Int64Array>().unwrap();
+            out.time
+                .get_or_insert_with(Vec::new)
+                .extend(ts.values().iter());
+        }
+        for (name, values) in numeric.iter().zip(&mut out.numeric) {
+            let col = column(path, &batch, name, &DataType::Float64)?;
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .unwrap();
+            if let Some(i) = (0..col.len()).find(|&i| col.is_null(i) || !col.value(i).is_finite()) {
+                let v = if col.is_null(i) {
+                    "null".to_string()
+                } else {
+                    col.value(i).to_string()
+                };
+                return Err(bad(
+                    path,
+                    format!(
+                        "row {}: `{name}` is {v}; a numeric feature must be a finite number",
+                        at(i)
+                    ),
+                ));
+            }
+            values.extend(col.values().iter());
+        }
+        for ((name, levels), index) in categorical
+            .iter()
+            .zip(&mut out.categorical)
+            .zip(&mut level_index)
+        {
+            let col = batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(path, format!("no `{name}` column")))?;
+            levels.push(path, name, col, &at, index)?;
+        }
+        Ok(())
+    })?;
+    out.ids = index.ids;
+    if out.item.is_empty() {
+        return Err(bad(path, "has no rows: nothing to estimate".into()));
+    }
+    if out.time.as_ref().is_some_and(|t| t.len() != out.item.len()) {
+        return Err(bad(path, "`ts` is missing from part of the file".into()));
     }
     Ok(out)
 }

@@ -330,6 +330,8 @@ pub enum ArtifactKind {
     Events,
     /// Per-item rates with their uncertainty.
     Estimates,
+    /// A logistic regression's coefficients and per-item predicted rates.
+    Coefficients,
 }
 
 impl ArtifactKind {
@@ -346,6 +348,7 @@ impl ArtifactKind {
             ArtifactKind::Published => "published",
             ArtifactKind::Events => "events",
             ArtifactKind::Estimates => "estimates",
+            ArtifactKind::Coefficients => "coefficients",
         }
     }
 }

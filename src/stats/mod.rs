@@ -1,6 +1,8 @@
-//! Estimation: per-item rates by empirical Bayes ([`beta_binomial`]) and the
-//! special functions it needs ([`special`]). Pure compute, like `models/`: no
+//! Estimation: per-item rates by empirical Bayes ([`beta_binomial`]), the
+//! effects of attributes by logistic regression ([`logistic`]), and the special
+//! functions they need ([`special`]). Pure compute, like `models/`: no
 //! files, no tokio, no config.
 
 pub mod beta_binomial;
+pub mod logistic;
 pub mod special;

@@ -97,11 +97,14 @@ pub struct WriteArgs {
     allow_empty: bool,
 }
 
-/// What a write step publishes: lists, and per-item estimates.
+/// What a write step publishes: lists, per-item estimates and coefficients.
 fn publishable(kind: ArtifactKind) -> bool {
     matches!(
         kind,
-        ArtifactKind::UserRecs | ArtifactKind::ItemRecs | ArtifactKind::Estimates
+        ArtifactKind::UserRecs
+            | ArtifactKind::ItemRecs
+            | ArtifactKind::Estimates
+            | ArtifactKind::Coefficients
     )
 }
 
@@ -112,6 +115,7 @@ impl StepKind for WriteSpec {
         (ArtifactKind::UserRecs, 0, 1),
         (ArtifactKind::ItemRecs, 0, 1),
         (ArtifactKind::Estimates, 0, 1),
+        (ArtifactKind::Coefficients, 0, 1),
     ]);
     type Args = WriteArgs;
 
@@ -179,7 +183,7 @@ impl StepKind for WriteSpec {
                 _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
             };
             return Some(vec![format!(
-                "a `write` step needs exactly one list (`user_recs` or `item_recs`) or `estimates`, not {}{several}",
+                "a `write` step needs exactly one list (`user_recs` or `item_recs`), `estimates` or `coefficients`, not {}{several}",
                 lists.len()
             )]);
         }
@@ -351,10 +355,13 @@ fn check_list(path: &Path) -> Result<u64, String> {
     if has("item_id") && has("posterior_mean") {
         return check_estimates(builder);
     }
+    if has("term") && has("estimate") {
+        return check_coefficients(builder);
+    }
     let ids = (has("user_id") && has("item_id")) || (has("item_id") && has("similar_item_id"));
     if !(ids && has("rank") && has("score")) {
         return Err(
-            "not a list: a list has `user_id, item_id` (or `item_id, similar_item_id`), `rank` and `score`; estimates have `item_id` and `posterior_mean`"
+            "not a list: a list has `user_id, item_id` (or `item_id, similar_item_id`), `rank` and `score`; estimates have `item_id` and `posterior_mean`, coefficients `term` and `estimate`"
                 .into(),
         );
     }
@@ -414,6 +421,37 @@ fn check_estimates(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<u64
         {
             return Err(format!(
                 "row {}: `posterior_mean`, `lower` and `upper` must be rates in [0, 1], `lower` ≤ `upper`",
+                rows + i as u64 + 1
+            ));
+        }
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
+}
+
+/// The rows of a coefficients file, once every estimate is finite and every
+/// interval (where there is one) holds it.
+fn check_coefficients(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<u64, String> {
+    let columns = ["estimate", "lower", "upper"];
+    let reader = checked_columns(builder, &columns)?;
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
+        let [estimate, lower, upper] =
+            columns.map(|c| as_type::<Float64Array>(&batch, c, &DataType::Float64));
+        let (estimate, lower, upper) = (estimate?, lower?, upper?);
+        let ok = |i: usize| {
+            let e = estimate.value(i);
+            let interval = match (lower.is_null(i), upper.is_null(i)) {
+                (true, true) => true,
+                (false, false) => lower.value(i) <= e && e <= upper.value(i),
+                _ => false,
+            };
+            !estimate.is_null(i) && e.is_finite() && interval
+        };
+        if let Some(i) = (0..batch.num_rows()).find(|&i| !ok(i)) {
+            return Err(format!(
+                "row {}: `estimate` must be a finite number within `lower` and `upper`",
                 rows + i as u64 + 1
             ));
         }

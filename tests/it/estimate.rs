@@ -352,3 +352,366 @@ fn the_example_pipeline_publishes_rates_that_cover_the_planted_ones() {
         text(&o)
     );
 }
+
+/// A table's rows by its `term` column: (estimate, std_error, z, p_value, lower, upper).
+fn coefficients(path: &Path) -> std::collections::BTreeMap<String, [f64; 6]> {
+    let (_, batches) = read_parquet(path).unwrap();
+    let b = &batches[0];
+    let terms = b
+        .column_by_name("term")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let cols = ["estimate", "std_error", "z", "p_value", "lower", "upper"].map(|c| floats(b, c));
+    (0..b.num_rows())
+        .map(|i| (terms.value(i).to_string(), cols.each_ref().map(|c| c[i])))
+        .collect()
+}
+
+fn logit(s: f64, n: f64) -> f64 {
+    (s / (n - s)).ln()
+}
+
+#[test]
+fn logistic_matches_the_closed_form_of_a_saturated_model() {
+    // One categorical feature: the MLE is each level's log-odds against the
+    // reference level's, and the variance of a log-odds is 1/s + 1/(n − s).
+    let dir = tempfile::tempdir().unwrap();
+    let color = ["blue", "blue", "green", "green", "red", "red"];
+    let trials = [40, 60, 100, 50, 30, 90];
+    let successes = [3, 5, 20, 8, 1, 6];
+    let input = events(
+        dir.path(),
+        "colors",
+        vec![
+            ("item_id", Arc::new(Int64Array::from_iter_values(1..=6))),
+            ("color", Arc::new(StringArray::from(color.to_vec()))),
+            ("trials", Arc::new(Int64Array::from(trials.to_vec()))),
+            ("successes", Arc::new(Int64Array::from(successes.to_vec()))),
+        ],
+    );
+    let cell = |c: &str| {
+        let pick = |v: &[i64]| {
+            (0..6)
+                .filter(|&i| color[i] == c)
+                .map(|i| v[i] as f64)
+                .sum::<f64>()
+        };
+        (pick(&successes), pick(&trials))
+    };
+    let args = [
+        "--method",
+        "logistic",
+        "--categorical",
+        "color",
+        "--holdout",
+        "0",
+    ];
+    for reference in ["blue", "red"] {
+        let mut a = args.to_vec();
+        let flag = format!("color={reference}");
+        if reference == "red" {
+            a.extend(["--reference-level", &flag]);
+        }
+        let o = estimate(dir.path(), &input, &a);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let got = coefficients(&dir.path().join("out/data.parquet"));
+        let (sr, nr) = cell(reference);
+        let var = |(s, n): (f64, f64)| 1.0 / s + 1.0 / (n - s);
+        let mut want = vec![("const".to_string(), logit(sr, nr), var((sr, nr)).sqrt())];
+        for c in ["blue", "green", "red"]
+            .into_iter()
+            .filter(|c| *c != reference)
+        {
+            let (s, n) = cell(c);
+            want.push((
+                format!("color_{c}"),
+                logit(s, n) - logit(sr, nr),
+                (var((s, n)) + var((sr, nr))).sqrt(),
+            ));
+        }
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (term, beta, se) in want {
+            let [est, got_se, z, p, lower, upper] = got[&term];
+            assert!((est - beta).abs() < 1e-9, "{term}: {est} against {beta}");
+            assert!(
+                (got_se - se).abs() < 1e-9,
+                "{term}: se {got_se} against {se}"
+            );
+            assert!((z - beta / se).abs() < 1e-6);
+            let p_want = libm::erfc((beta / se).abs() / std::f64::consts::SQRT_2);
+            assert!(
+                (p - p_want).abs() < 1e-9 * p_want.max(1e-300),
+                "{term}: p {p} against {p_want}"
+            );
+            assert!((lower - (beta - 1.959963984540054 * se)).abs() < 1e-9);
+            assert!((upper - (beta + 1.959963984540054 * se)).abs() < 1e-9);
+        }
+    }
+    // Saturated in color: each item's predicted rate is its color's pooled rate.
+    let (_, batches) = read_parquet(&dir.path().join("out/predictions.parquet")).unwrap();
+    let predicted = floats(&batches[0], "predicted_rate");
+    for (i, c) in color.iter().enumerate() {
+        let (s, n) = cell(c);
+        assert!(
+            (predicted[i] - s / n).abs() < 1e-9,
+            "item {}: {}",
+            i + 1,
+            predicted[i]
+        );
+    }
+    let fit: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/fit.json")).unwrap())
+            .unwrap();
+    assert_eq!(fit["reference_levels"]["color"], "red");
+    assert_eq!(fit["heldout"], Value::Null);
+}
+
+#[test]
+fn the_example_pipeline_recovers_the_planted_effects() {
+    let dir = project();
+    let p = dir.path();
+    let o = recpipe(p, &["run", "example-effects", "--run-id", "r1"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let got = coefficients(&p.join("state/published/example_apply_effects/current/data.parquet"));
+    assert_eq!(got.len(), recpipe::synth::PLANTED_EFFECTS.len(), "{got:?}");
+    // Every planted coefficient within 3.3 standard errors: a 0.1% miss each.
+    // (The example's seed happens to give the device terms a 2.5σ draw; the
+    // numbers match statsmodels on the same rows.)
+    for (term, truth) in recpipe::synth::PLANTED_EFFECTS {
+        let [est, se, ..] = got[*term];
+        assert!(
+            (est - truth).abs() < 3.3 * se,
+            "{term}: {est} ± {se} against {truth}"
+        );
+    }
+    let fit: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.join("state/runs/example-effects/r1/apply_effects/fit.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let heldout = &fit["heldout"];
+    assert!(
+        heldout["logloss"].as_f64().unwrap() < heldout["logloss_global"].as_f64().unwrap(),
+        "{heldout}"
+    );
+    assert!(heldout["auc"].as_f64().unwrap() > 0.6, "{heldout}");
+    assert_eq!(fit["split"]["by"], "ts");
+    assert_eq!(fit["split"]["test"]["rows"], 12_000);
+
+    // Interactions the generator did not plant come out near zero; L-BFGS
+    // lands where Newton does.
+    let input = p.join("data/example/impressions.parquet");
+    let mut args = vec![
+        "--method",
+        "logistic",
+        "--numeric",
+        "salary,remote",
+        "--categorical",
+        "position,device",
+        "--reference-level",
+        "device=pc",
+        "--interaction",
+        "position*remote",
+        "--interaction",
+        "device*position",
+        "--interaction",
+        "salary*remote",
+    ];
+    let o = estimate(p, &input, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let newton = coefficients(&p.join("out/data.parquet"));
+    // 7 main terms, 2 position×remote, 4 device×position, 1 salary×remote.
+    assert_eq!(newton.len(), 14, "{:?}", newton.keys());
+    for (term, [est, se, ..]) in newton.iter().filter(|(t, _)| t.contains(':')) {
+        assert!(est.abs() < 4.0 * se, "{term}: {est} ± {se}");
+    }
+    args.extend(["--solver", "lbfgs"]);
+    let o = estimate(p, &input, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let lbfgs = coefficients(&p.join("out/data.parquet"));
+    for (term, n) in &newton {
+        let l = lbfgs[term];
+        assert!(
+            (n[0] - l[0]).abs() < 1e-5 * (1.0 + n[0].abs()),
+            "{term}: {} against {}",
+            l[0],
+            n[0]
+        );
+        assert!(
+            (n[1] - l[1]).abs() < 1e-4 * n[1],
+            "{term}: se {} against {}",
+            l[1],
+            n[1]
+        );
+    }
+}
+
+#[test]
+fn logistic_refuses_what_it_cannot_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let n = 2000;
+    let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
+    let level: Vec<&str> = (0..n).map(|i| ["a", "b", "c"][i % 3]).collect();
+    // Level `c` never converts; `x` is otherwise a real effect.
+    let converted: Vec<i64> = (0..n)
+        .map(|i| (level[i] != "c" && rng.random::<f64>() < 0.05 + 0.2 * x[i]) as i64)
+        .collect();
+    let base = |extra: Columns<'static>| -> Columns<'static> {
+        let mut c: Columns = vec![
+            (
+                "item_id",
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 50))),
+            ),
+            ("x", Arc::new(Float64Array::from(x.clone()))),
+            ("level", Arc::new(StringArray::from(level.clone()))),
+            ("converted", Arc::new(Int64Array::from(converted.clone()))),
+        ];
+        c.extend(extra);
+        c
+    };
+    let fails = |name: &str, columns: Columns<'static>, args: &[&str], expected: &[&str]| {
+        let input = events(dir.path(), name, columns);
+        let mut a = vec!["--method", "logistic"];
+        a.extend_from_slice(args);
+        let o = estimate(dir.path(), &input, &a);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", text(&o));
+        for e in expected {
+            assert!(text(&o).contains(e), "{name}: wanted {e:?} in {}", text(&o));
+        }
+    };
+    fails(
+        "separated_level",
+        base(vec![]),
+        &["--numeric", "x", "--categorical", "level"],
+        &["the outcome is separated: `level_c`", "set `l2`"],
+    );
+    let flat: Columns = vec![("flat", Arc::new(Float64Array::from(vec![2.5; n])))];
+    fails(
+        "constant",
+        base(flat),
+        &["--numeric", "x,flat"],
+        &["`flat` takes one value in every training row"],
+    );
+    let twice: Columns = vec![(
+        "x2",
+        Arc::new(Float64Array::from_iter_values(
+            x.iter().map(|v| 2.0 * v + 1.0),
+        )),
+    )];
+    fails(
+        "collinear",
+        base(twice),
+        &["--numeric", "x,x2"],
+        &["collinear", "`x2`", "`x`"],
+    );
+    // `y` above 0.5 converts, below never: complete separation by a number.
+    let y: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
+    let separating: Columns = vec![
+        (
+            "item_id",
+            Arc::new(Int64Array::from_iter_values(0..n as i64)),
+        ),
+        ("y", Arc::new(Float64Array::from(y.clone()))),
+        (
+            "converted",
+            Arc::new(Int64Array::from_iter_values(
+                y.iter().map(|&v| (v > 0.5) as i64),
+            )),
+        ),
+    ];
+    fails(
+        "separating_number",
+        separating,
+        &["--numeric", "y"],
+        &["separated by `y`"],
+    );
+    let mut with_nan = x.clone();
+    with_nan[7] = f64::NAN;
+    let nan: Columns = vec![("z", Arc::new(Float64Array::from(with_nan)))];
+    fails(
+        "nan",
+        base(nan),
+        &["--numeric", "z"],
+        &["row 8: `z` is NaN", "nan.parquet"],
+    );
+    let mut with_null: Vec<Option<&str>> = level.iter().map(|l| Some(*l)).collect();
+    with_null[1] = None;
+    let null: Columns = vec![("site", Arc::new(StringArray::from(with_null)))];
+    fails(
+        "null_level",
+        base(null),
+        &["--categorical", "site"],
+        &["row 2: `site` is null"],
+    );
+    fails(
+        "unknown_reference",
+        base(vec![]),
+        &[
+            "--categorical",
+            "level",
+            "--reference-level",
+            "level=z",
+            "--l2",
+            "1",
+        ],
+        &["`reference_levels.level` is `z`", "`a`, `b`, `c`"],
+    );
+    let none: Columns = vec![("converted", Arc::new(Int64Array::from(vec![0; n])))];
+    let mut cols = base(vec![]);
+    cols.pop();
+    cols.extend(none);
+    fails(
+        "no_successes",
+        cols,
+        &["--numeric", "x"],
+        &["needs both outcomes"],
+    );
+    fails(
+        "flags",
+        base(vec![]),
+        &[
+            "--numeric",
+            "x",
+            "--interaction",
+            "x*nope",
+            "--l2=-1",
+            "--group",
+            "level",
+        ],
+        &[
+            "`nope` is not a feature",
+            "--l2: -1 is out of range",
+            "applies to `method = \"beta_binomial\"`",
+        ],
+    );
+
+    // With L2 the separated level is held finite, and the fit says so.
+    let input = events(dir.path(), "held", base(vec![]));
+    let o = estimate(
+        dir.path(),
+        &input,
+        &[
+            "--method",
+            "logistic",
+            "--numeric",
+            "x",
+            "--categorical",
+            "level",
+            "--l2",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fit: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/fit.json")).unwrap())
+            .unwrap();
+    assert_eq!(fit["separated"], serde_json::json!(["level_c"]));
+    let got = coefficients(&dir.path().join("out/data.parquet"));
+    let [c, ..] = got["level_c"];
+    assert!((-10.0..-1.0).contains(&c), "level_c {c}");
+    let [xe, xse, ..] = got["x"];
+    assert!(xe > 2.0 * xse, "x {xe} ± {xse}");
+}

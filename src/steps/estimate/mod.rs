@@ -1,8 +1,11 @@
-//! `estimate`: per-item conversion rates with honest uncertainty, from an
-//! `events` extract. `method = "beta_binomial"` shrinks each item's raw rate
-//! toward a Beta prior fitted to all items (empirical Bayes, [`crate::stats`]),
-//! per group if asked; the estimates artifact ([`crate::artifact::estimates`])
-//! is published by `write` like a list.
+//! `estimate`: conversion rates with honest uncertainty, from an `events`
+//! extract. `method = "beta_binomial"` shrinks each item's raw rate toward a
+//! Beta prior fitted to all items (empirical Bayes, [`crate::stats`]), per group
+//! if asked; `method = "logistic"` ([`logistic`]) fits the effect of attributes
+//! on the outcome. Both artifacts ([`crate::artifact::estimates`]) are
+//! published by `write` like a list.
+
+mod logistic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,9 +41,41 @@ pub struct EstimateSpec {
     /// A column of the events (a category …): one prior per group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// A group with fewer items is shrunk toward the prior of all items.
-    #[serde(default = "default_min_group_items")]
-    pub min_group_items: usize,
+    /// A group with fewer items is shrunk toward the prior of all items
+    /// (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_group_items: Option<usize>,
+    /// logistic: numeric feature columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numeric: Vec<String>,
+    /// logistic: categorical feature columns, one-hot against a reference level.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categorical: Vec<String>,
+    /// logistic: pairs of features whose product is a feature too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interactions: Vec<[String; 2]>,
+    /// logistic: the level each categorical is compared with (default: its
+    /// first level, in number or text order).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reference_levels: BTreeMap<String, String>,
+    /// logistic: levels in a smaller share of the training trials count as the
+    /// column's most frequent level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_level_share: Option<f64>,
+    /// logistic: the L2 penalty ½·l2·Σβ² (the intercept is not penalised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    /// logistic: the latest share of the rows (by `ts`, else file order) held
+    /// out to measure the model (default 0.3; 0 for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+    /// logistic: default 100 for Newton, 1000 for L-BFGS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iterations: Option<usize>,
+    /// logistic: `newton` or `lbfgs`; by default Newton up to
+    /// 500 columns, L-BFGS beyond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver: Option<logistic::SolverChoice>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -48,15 +83,15 @@ pub struct EstimateSpec {
 pub enum Method {
     /// Empirical Bayes: a Beta prior by maximum marginal likelihood.
     BetaBinomial,
+    /// Logistic regression of the outcome on attributes.
+    Logistic,
 }
 
 fn default_level() -> f64 {
     0.95
 }
 
-fn default_min_group_items() -> usize {
-    20
-}
+const DEFAULT_MIN_GROUP_ITEMS: usize = 20;
 
 #[derive(clap::Args)]
 pub struct EstimateArgs {
@@ -72,11 +107,47 @@ pub struct EstimateArgs {
     reference: Option<f64>,
     #[arg(long)]
     group: Option<String>,
-    #[arg(long, default_value_t = 20)]
-    min_group_items: usize,
-    /// Folder for the estimates.
+    #[arg(long)]
+    min_group_items: Option<usize>,
+    /// logistic: numeric feature columns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    numeric: Vec<String>,
+    /// logistic: categorical feature columns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    categorical: Vec<String>,
+    /// logistic: an interaction of two features, `a*b` (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    interaction: Vec<[String; 2]>,
+    /// logistic: a categorical's reference level, `column=level` (repeatable).
+    #[arg(long, value_parser = parse_reference)]
+    reference_level: Vec<(String, String)>,
+    #[arg(long)]
+    min_level_share: Option<f64>,
+    #[arg(long)]
+    l2: Option<f64>,
+    #[arg(long)]
+    holdout: Option<f64>,
+    #[arg(long)]
+    max_iterations: Option<usize>,
+    #[arg(long, value_enum)]
+    solver: Option<logistic::SolverChoice>,
+    /// Folder for the estimates (or coefficients).
     #[arg(long)]
     output: PathBuf,
+}
+
+fn parse_pair(s: &str) -> Result<[String; 2], String> {
+    match s.split_once('*') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok([a.into(), b.into()]),
+        _ => Err(format!("`{s}` is not `a*b`, two feature columns")),
+    }
+}
+
+fn parse_reference(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((c, l)) if !c.is_empty() => Ok((c.into(), l.into())),
+        _ => Err(format!("`{s}` is not `column=level`")),
+    }
 }
 
 impl EstimateSpec {
@@ -91,6 +162,46 @@ impl EstimateSpec {
                 ),
             ));
         }
+        let method = match self.method {
+            Method::BetaBinomial => "beta_binomial",
+            Method::Logistic => "logistic",
+        };
+        let mut only = |key: &str, set: bool, of: &str| {
+            if set && of != method {
+                problems.push(Problem::new(
+                    key,
+                    format!("applies to `method = \"{of}\"`, not `{method}`; remove it"),
+                ));
+            }
+        };
+        only("reference", self.reference.is_some(), "beta_binomial");
+        only("group", self.group.is_some(), "beta_binomial");
+        only(
+            "min_group_items",
+            self.min_group_items.is_some(),
+            "beta_binomial",
+        );
+        for (key, set) in [
+            ("numeric", !self.numeric.is_empty()),
+            ("categorical", !self.categorical.is_empty()),
+            ("interactions", !self.interactions.is_empty()),
+            ("reference_levels", !self.reference_levels.is_empty()),
+            ("min_level_share", self.min_level_share.is_some()),
+            ("l2", self.l2.is_some()),
+            ("holdout", self.holdout.is_some()),
+            ("max_iterations", self.max_iterations.is_some()),
+            ("solver", self.solver.is_some()),
+        ] {
+            only(key, set, "logistic");
+        }
+        match self.method {
+            Method::BetaBinomial => self.beta_binomial_problems(&mut problems),
+            Method::Logistic => logistic::problems(self, &mut problems),
+        }
+        problems
+    }
+
+    fn beta_binomial_problems(&self, problems: &mut Vec<Problem>) {
         if let Some(r) = self.reference
             && !(r > 0.0 && r < 1.0)
         {
@@ -110,13 +221,12 @@ impl EstimateSpec {
                 ),
             ));
         }
-        if self.min_group_items < 2 {
+        if self.min_group_items.is_some_and(|m| m < 2) {
             problems.push(Problem::new(
                 "min_group_items",
                 "must be at least 2: a prior is fitted to the variation between items",
             ));
         }
-        problems
     }
 }
 
@@ -126,7 +236,10 @@ impl StepKind for EstimateSpec {
     type Args = EstimateArgs;
 
     fn output(&self) -> ArtifactKind {
-        ArtifactKind::Estimates
+        match self.method {
+            Method::BetaBinomial => ArtifactKind::Estimates,
+            Method::Logistic => ArtifactKind::Coefficients,
+        }
     }
 
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
@@ -134,15 +247,20 @@ impl StepKind for EstimateSpec {
     }
 
     fn describe(&self) -> String {
-        let by = self
-            .group
-            .as_ref()
-            .map(|g| format!(", a prior per `{g}`"))
-            .unwrap_or_default();
-        format!(
-            "per-item rates by empirical Bayes, {}% intervals{by}",
-            self.level * 100.0
-        )
+        match self.method {
+            Method::BetaBinomial => {
+                let by = self
+                    .group
+                    .as_ref()
+                    .map(|g| format!(", a prior per `{g}`"))
+                    .unwrap_or_default();
+                format!(
+                    "per-item rates by empirical Bayes, {}% intervals{by}",
+                    self.level * 100.0
+                )
+            }
+            Method::Logistic => logistic::describe(self),
+        }
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
@@ -153,7 +271,10 @@ impl StepKind for EstimateSpec {
             step.cx.run_id.clone(),
         );
         step.cx
-            .compute(move |stop| run(&spec, &input, &out, &run_id, stop))
+            .compute(move |stop| match spec.method {
+                Method::BetaBinomial => run(&spec, &input, &out, &run_id, stop),
+                Method::Logistic => logistic::run(&spec, &input, &out, &run_id, stop),
+            })
             .await
     }
 
@@ -164,12 +285,24 @@ impl StepKind for EstimateSpec {
             reference: a.reference,
             group: a.group,
             min_group_items: a.min_group_items,
+            numeric: a.numeric,
+            categorical: a.categorical,
+            interactions: a.interaction,
+            reference_levels: a.reference_level.into_iter().collect(),
+            min_level_share: a.min_level_share,
+            l2: a.l2,
+            holdout: a.holdout,
+            max_iterations: a.max_iterations,
+            solver: a.solver,
         };
         refuse_flags(spec.problems())?;
         create_output(&a.output)?;
         let (input, out) = (a.input, a.output);
-        cx.compute(move |stop| run(&spec, &input, &out, "cli", stop))
-            .await
+        cx.compute(move |stop| match spec.method {
+            Method::BetaBinomial => run(&spec, &input, &out, "cli", stop),
+            Method::Logistic => logistic::run(&spec, &input, &out, "cli", stop),
+        })
+        .await
     }
 }
 
@@ -198,7 +331,7 @@ pub fn run(
         }
         for (g, items) in members {
             stop.check()?;
-            let fallback = items.len() < spec.min_group_items;
+            let fallback = items.len() < spec.min_group_items.unwrap_or(DEFAULT_MIN_GROUP_ITEMS);
             let prior = match fallback {
                 true => global.clone(),
                 false => {
