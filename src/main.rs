@@ -60,7 +60,8 @@ enum Command {
     /// Time ALS fit, rec-all and sim-all and score p@10/nDCG@10 on a split written by
     /// the benchmark anchors (`anchors.py --write-split`); prints one JSON line.
     Bench(cli::bench::BenchArgs),
-    /// Write seeded example data: interactions.parquet and items.parquet.
+    /// Write seeded example data: interactions, items, per-item outcome counts
+    /// and impressions (Parquet).
     GenData(cli::gen_data::GenDataArgs),
 }
 

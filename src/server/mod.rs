@@ -33,6 +33,11 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
         .route("/", get(ui::index))
         .route("/ui/pipelines/{name}", get(ui::pipeline))
         .route("/ui/runs/{pipeline}/{run_id}", get(ui::run))
+        .route("/ui/estimates/{pipeline}/{step}", get(ui::estimates))
+        .route(
+            "/ui/estimates/{pipeline}/{step}/csv",
+            get(ui::estimates_csv),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -541,9 +541,22 @@ impl Browser {
     fn eval(&mut self, expression: &str) -> Value {
         let r = self.call(
             "Runtime.evaluate",
-            serde_json::json!({ "expression": expression, "returnByValue": true }),
+            serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
         );
         r["result"]["value"].clone()
+    }
+
+    /// Evaluates `expression`, which navigates (a click, a form submitted),
+    /// and waits for the new page; returns the errors it caused.
+    fn act(&mut self, expression: &str) -> Vec<String> {
+        self.errors.clear();
+        self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression }),
+        );
+        while self.read()["method"] != "Page.loadEventFired" {}
+        self.call("Runtime.evaluate", serde_json::json!({ "expression": "1" }));
+        std::mem::take(&mut self.errors)
     }
 }
 
@@ -594,6 +607,95 @@ async fn web_ui_renders_in_headless_chromium() {
         let errors = b.open(&format!("{base}/ui/pipelines/example"));
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(b.eval("document.querySelectorAll('#durations rect').length"), 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_estimates_viewer_reads_in_headless_chromium() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let run_id = match d.start_run("example-effects", None, Utc::now()).unwrap() {
+        Started::Started { run_id } => run_id,
+        other => panic!("{other:?}"),
+    };
+    let run = wait_finished(&d, &run_id).await;
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let base = format!("http://127.0.0.1:{port}");
+
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        let errors = b.open(&format!("{base}/ui/pipelines/example-effects"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let viewers = b.eval("[...document.querySelectorAll('#viewers a')].map(a => a.textContent)");
+        assert_eq!(viewers, serde_json::json!(["apply_rates", "apply_effects"]));
+        // The run page links each estimate to its viewer.
+        b.open(&format!("{base}/ui/runs/example-effects/{run_id}"));
+        let links = b.eval("document.querySelectorAll('#steps a[href^=\"/ui/estimates/\"]').length");
+        assert_eq!(links, 2);
+
+        // Empirical Bayes: 500 jobs, 100 to a page, the best estimate first.
+        let rates = format!("{base}/ui/estimates/example-effects/apply_rates");
+        let errors = b.open(&rates);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(b.eval("document.getElementById('shown').textContent"), "500 of 500 items");
+        assert_eq!(b.eval("document.querySelectorAll('#items tr').length"), 101);
+        let means = "[...document.querySelectorAll('#items td.mean')].map(td => +td.dataset.value)";
+        let sorted = |v: &Value, descending: bool| {
+            let v: Vec<f64> = v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            !v.is_empty() && v.windows(2).all(|w| if descending { w[0] >= w[1] } else { w[0] <= w[1] })
+        };
+        assert!(sorted(&b.eval(means), true));
+        // Every interval is drawn, inside its bar, with the estimate on it.
+        let drawn = b.eval(
+            "[...document.querySelectorAll('svg.bar')].every(s => {                const i = s.querySelector('rect.interval').getBBox(), e = s.querySelector('circle.estimate');                return i.width > 0 && i.x >= 0 && i.x + i.width <= s.width.baseVal.value                  && e.cx.baseVal.value >= i.x - 0.5 && e.cx.baseVal.value <= i.x + i.width + 0.5; })",
+        );
+        assert_eq!(drawn, Value::Bool(true));
+        // The prior of all jobs and one per category.
+        assert!(b.eval("document.querySelectorAll('#prior tr').length").as_u64().unwrap() > 2);
+        // Sorting by a header: once descending, again ascending.
+        b.act("document.querySelector('th a[data-sort=\"posterior_mean\"]').click()");
+        assert!(sorted(&b.eval(means), false), "ascending after a second click");
+        // The filter form in the browser: one category.
+        let errors = b.act(
+            "document.querySelector('#filters select').value = 'care';              document.getElementById('filters').submit()",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let groups = b.eval("[...new Set([...document.querySelectorAll('#items td.group')].map(td => td.textContent))]");
+        assert_eq!(groups, serde_json::json!(["care"]));
+        assert!(sorted(&b.eval(means), false), "the sort stays while filtering");
+        // Search by id.
+        b.open(&format!("{rates}?q=12"));
+        let ids = b.eval("[...document.querySelectorAll('#items td.id')].map(td => td.textContent)");
+        let ids = ids.as_array().unwrap();
+        assert!(!ids.is_empty() && ids.iter().all(|i| i.as_str().unwrap().contains("12")), "{ids:?}");
+        // The CSV link downloads every row.
+        let lines = b.eval("fetch(document.getElementById('csv').href).then(r => r.text()).then(t => t.trim().split('\\r\\n').length)");
+        assert_eq!(lines, 501);
+
+        // Logistic regression: the forest plot, held-out figures, items.
+        let errors = b.open(&format!("{base}/ui/estimates/example-effects/apply_effects"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let terms = b.eval("[...document.querySelectorAll('#forest g.term')].map(g => g.dataset.term)");
+        assert_eq!(
+            terms,
+            serde_json::json!(["salary", "remote", "position_2", "position_3", "device_app", "device_sp"])
+        );
+        let lines_drawn = b.eval("[...document.querySelectorAll('#forest g.term line')].every(l => l.getBBox().width > 0)");
+        assert_eq!(lines_drawn, Value::Bool(true));
+        assert_eq!(b.eval("document.querySelectorAll('#coefficients tr').length"), 8);
+        let heldout = b.eval("document.getElementById('heldout').textContent");
+        assert!(heldout.as_str().unwrap().contains("better than the overall rate"), "{heldout}");
+        let items = b.eval("fetch(document.getElementById('csv-items').href).then(r => r.text()).then(t => t.trim().split('\\r\\n').length - 1)");
+        let shown = b.eval("document.getElementById('shown').textContent");
+        assert_eq!(shown, format!("{items} of {items} items"));
+        // A step that is not an estimate has no viewer.
+        let status = b.eval(&format!("fetch('{base}/ui/estimates/example-effects/publish').then(r => r.status)"));
+        assert_eq!(status, 404);
     })
     .await
     .unwrap();

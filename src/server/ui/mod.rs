@@ -1,7 +1,9 @@
 //! The web UI: server-rendered HTML and inline SVG, no scripts and no build step,
-//! one module per page. Pages refresh themselves every few seconds. Every value
-//! from configuration or history is HTML-escaped.
+//! one module per page. Pages about runs refresh themselves every few seconds;
+//! the estimates viewer, which is read at length, does not. Every value from
+//! configuration, history or data is HTML-escaped.
 
+mod estimates;
 mod index;
 mod pipeline;
 mod run;
@@ -10,6 +12,7 @@ use axum::response::Html;
 
 use crate::pipeline::RunRecord;
 
+pub use estimates::{csv as estimates_csv, estimates};
 pub use index::index;
 pub use pipeline::pipeline;
 pub use run::run;
@@ -26,12 +29,24 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
 .succeeded,.reused{color:#17803d}.failed,.interrupted{color:#c0262d}.running{color:#1f5fbf}\
 .skipped,.cancelled{color:#777}.problems{background:#fde8e8;padding:.5em 1em;white-space:pre-wrap}\
-pre{background:#f4f4f4;padding:1em;overflow:auto}";
+pre{background:#f4f4f4;padding:1em;overflow:auto}\
+.explain{max-width:50em;background:#f4f8fd;padding:.2em 1em}#items td{vertical-align:middle;white-space:nowrap}\
+#filters{margin:1em 0}th a{color:inherit}";
 
+/// A page that reloads itself every 5 seconds.
 pub(super) fn page(title: &str, body: &str) -> Html<String> {
+    document(title, body, "<meta http-equiv=\"refresh\" content=\"5\">")
+}
+
+/// A page that stays as it is.
+pub(super) fn page_still(title: &str, body: &str) -> Html<String> {
+    document(title, body, "")
+}
+
+fn document(title: &str, body: &str, head: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"5\"><link rel=\"icon\" href=\"data:,\"><title>{} · recpipe</title>\
+         {head}<link rel=\"icon\" href=\"data:,\"><title>{} · recpipe</title>\
          <style>{STYLE}</style></head><body><p><a href=\"/\">recpipe</a></p>{body}</body></html>",
         esc(title)
     ))

@@ -149,6 +149,24 @@ pub async fn pipeline(State(d): State<Arc<Daemon>>, Path(name): Path<String>) ->
         let _ = write!(body, "<p>{}</p>", esc(desc));
     }
     body.push_str(&dag_svg(&p, &BTreeMap::new()));
+    let estimates: Vec<_> = p
+        .steps
+        .iter()
+        .filter(|s| s.spec.kind() == "estimate")
+        .collect();
+    if !estimates.is_empty() {
+        body.push_str("<h2>Estimates</h2><ul id=\"viewers\">");
+        for s in estimates {
+            let _ = write!(
+                body,
+                "<li><a href=\"/ui/estimates/{}/{id}\">{id}</a>: {}</li>",
+                esc(&p.name),
+                esc(&s.spec.describe()),
+                id = esc(&s.id)
+            );
+        }
+        body.push_str("</ul>");
+    }
     body.push_str("<h2>Run durations</h2>");
     body.push_str(&duration_chart(&runs));
     body.push_str("<h2>Runs</h2><table id=\"runs\"><tr><th>run</th><th>status</th><th>started (UTC)</th><th>duration</th></tr>");

@@ -50,10 +50,19 @@ pub async fn run(
     body.push_str("<table id=\"steps\"><tr><th>step</th><th>status</th><th>duration</th><th>attempts</th><th>rows</th><th>error</th></tr>");
     for s in &r.steps {
         let st = s.status.as_str();
+        // An estimate that succeeded links to its viewer.
+        let name = match s.kind == "estimate" && matches!(st, "succeeded" | "reused") {
+            true => format!(
+                "<a href=\"/ui/estimates/{}/{id}?run={}\">{id}</a>",
+                esc(&r.pipeline),
+                esc(&r.run_id),
+                id = esc(&s.id)
+            ),
+            false => esc(&s.id),
+        };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td class=\"{st}\">{st}</td><td>{:.2} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.id),
+            "<tr><td>{name}</td><td class=\"{st}\">{st}</td><td>{:.2} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             s.duration_ms as f64 / 1000.0,
             s.attempts,
             s.rows,
