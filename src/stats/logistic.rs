@@ -192,6 +192,7 @@ struct Pass {
     hessian: Option<Vec<f64>>,
 }
 
+/// Rows between checks of the stop flag.
 const CHUNK: usize = 1 << 14;
 
 fn pass(
@@ -207,12 +208,18 @@ fn pass(
         gradient: vec![0.0; p],
         hessian: hessian.then(|| vec![0.0; p * p]),
     };
-    let rows: Vec<usize> = (0..x.rows()).step_by(CHUNK).collect();
-    let total = rows
+    // One accumulator per thread (a Hessian may be 2000² floats), each over
+    // a contiguous share of the rows, checking the stop flag as it goes.
+    let parts = rayon::current_num_threads().max(1);
+    let share = x.rows().div_ceil(parts).max(1);
+    let totals: Vec<Pass> = (0..parts)
         .into_par_iter()
-        .try_fold(empty, |mut acc, start| {
-            stop.check()?;
-            for i in start..(start + CHUNK).min(x.rows()) {
+        .map(|k| {
+            let mut acc = empty();
+            for i in (k * share)..((k + 1) * share).min(x.rows()) {
+                if i % CHUNK == 0 {
+                    stop.check()?;
+                }
                 let (idx, val) = x.row(i);
                 let eta: f64 = idx.iter().zip(val).map(|(&j, v)| w[j as usize] * v).sum();
                 let (n, s) = (y.trials[i], y.successes[i]);
@@ -235,18 +242,16 @@ fn pass(
             }
             Ok(acc)
         })
-        .try_reduce(empty, |mut a, b| {
-            a.loglik += b.loglik;
-            a.gradient
-                .iter_mut()
-                .zip(&b.gradient)
-                .for_each(|(x, y)| *x += y);
-            if let (Some(ha), Some(hb)) = (&mut a.hessian, &b.hessian) {
-                ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
-            }
-            Ok(a)
-        })?;
-    let mut total = total;
+        .collect::<Result<_, Stopped>>()?;
+    let mut totals = totals.into_iter();
+    let mut total = totals.next().unwrap_or_else(empty);
+    for b in totals {
+        total.loglik += b.loglik;
+        total.gradient.iter_mut().zip(&b.gradient).for_each(|(x, y)| *x += y);
+        if let (Some(ha), Some(hb)) = (&mut total.hessian, &b.hessian) {
+            ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
+        }
+    }
     // Entries were added at (a, b) in the order the row lists its columns:
     // fold both triangles into one symmetric matrix.
     if let Some(h) = &mut total.hessian {

@@ -519,6 +519,12 @@ pub fn run(
         None if x.columns <= NEWTON_MAX_COLUMNS => Solver::Newton,
         None => Solver::Lbfgs,
     };
+    if solver == Solver::Newton && x.columns > logistic::MAX_SE_COLUMNS {
+        return Err(data_error(format!(
+            "`solver = \"newton\"` with {} columns would hold a {0}×{0} Hessian; use `lbfgs` (the default beyond {NEWTON_MAX_COLUMNS} columns)",
+            x.columns
+        )));
+    }
     let mut penalty = vec![l2; x.columns];
     penalty[0] = 0.0;
     let options = Options {
