@@ -12,7 +12,7 @@ Empirical Bayes (method = "beta_binomial", `--part eb`):
 For each: the prior's a and b and their relative difference from the anchor's,
 and the time of aggregation + fit + posteriors (the anchor's bincount, L-BFGS and
 scipy's beta.ppf; recpipe's count, fit and posteriors, from the step's manifest;
-both without reading the file), median of 5.
+both without reading the file, on one thread), median of 5.
 
 Logistic regression (method = "logistic", `--part logit`), on the anchor's specs
 and train/test rows:
@@ -60,7 +60,8 @@ def recpipe(events, out):
     times = []
     for _ in range(REPEATS):
         done = subprocess.run([BIN, "step", "estimate", "--input", events, "--output", out],
-                              check=True, capture_output=True, text=True)
+                              check=True, capture_output=True, text=True,
+                              env=dict(os.environ, RAYON_NUM_THREADS="1"))
         d = json.loads(done.stdout)["details"]
         times.append(d["seconds"]["count"] + d["seconds"]["fit_and_posteriors"])
     return d, float(np.median(times))

@@ -247,7 +247,11 @@ fn pass(
     let mut total = totals.next().unwrap_or_else(empty);
     for b in totals {
         total.loglik += b.loglik;
-        total.gradient.iter_mut().zip(&b.gradient).for_each(|(x, y)| *x += y);
+        total
+            .gradient
+            .iter_mut()
+            .zip(&b.gradient)
+            .for_each(|(x, y)| *x += y);
         if let (Some(ha), Some(hb)) = (&mut total.hessian, &b.hessian) {
             ha.iter_mut().zip(hb).for_each(|(x, y)| *x += y);
         }

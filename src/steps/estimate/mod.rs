@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -347,31 +348,48 @@ pub fn run(
             groups.insert(g.to_string(), (record, prior));
         }
     }
-    let prior_of = |i: usize| -> &Prior {
-        match &counts.groups {
-            Some(of_item) => &groups[&of_item[i]].1,
-            None => &global,
-        }
-    };
-    let rows: Vec<Estimate> = (0..counts.ids.len())
-        .into_par_iter()
+    // Items with the same counts under the same prior have the same posterior,
+    // and tiny counts repeat: 10k items of a Zipf catalogue have about 1,400
+    // distinct (trials, successes). Each distinct one is computed once.
+    let group_of = |i: usize| -> Option<&str> { counts.groups.as_ref().map(|g| g[i].as_str()) };
+    let mut distinct: FxHashMap<(Option<&str>, u64, u64), usize> = FxHashMap::default();
+    let mut keys = Vec::new();
+    let slot: Vec<usize> = (0..counts.ids.len())
         .map(|i| {
+            let key = (group_of(i), counts.trials[i], counts.successes[i]);
+            *distinct.entry(key).or_insert_with(|| {
+                keys.push(key);
+                keys.len() - 1
+            })
+        })
+        .collect();
+    let posteriors: Vec<beta_binomial::Posterior> = keys
+        .par_iter()
+        .map(|&(group, n, c)| {
             stop.check()?;
-            let (n, c) = (counts.trials[i], counts.successes[i]);
-            let post = beta_binomial::posterior(prior_of(i), c, n, spec.level, reference);
-            Ok(Estimate {
+            let prior = match group {
+                Some(g) => &groups[g].1,
+                None => &global,
+            };
+            Ok(beta_binomial::posterior(prior, c, n, spec.level, reference))
+        })
+        .collect::<Result<_, Stopped>>()?;
+    let rows: Vec<Estimate> = (0..counts.ids.len())
+        .map(|i| {
+            let post = &posteriors[slot[i]];
+            Estimate {
                 id: counts.ids[i].clone(),
-                group: counts.groups.as_ref().map(|g| g[i].clone()),
-                trials: n,
-                successes: c,
+                group: group_of(i).map(str::to_string),
+                trials: counts.trials[i],
+                successes: counts.successes[i],
                 posterior_mean: post.mean,
                 lower: post.lower,
                 upper: post.upper,
                 p_above: post.p_above,
                 shrinkage: post.shrinkage,
-            })
+            }
         })
-        .collect::<Result<_, Stopped>>()?;
+        .collect();
     stop.check()?;
     check_finite(&rows)?;
     let mut details = summary(spec, &counts, &global, &groups, reference);
