@@ -210,7 +210,9 @@ fn pass(
     };
     // One accumulator per thread (a Hessian may be 2000² floats), each over
     // a contiguous share of the rows, checking the stop flag as it goes.
-    let parts = rayon::current_num_threads().max(1);
+    let parts = rayon::current_num_threads()
+        .min(x.rows() / CHUNK + 1)
+        .max(1);
     let share = x.rows().div_ceil(parts).max(1);
     let totals: Vec<Pass> = (0..parts)
         .into_par_iter()
@@ -304,8 +306,15 @@ fn penalised_hessian(h: Vec<f64>, penalty: &[f64]) -> DMatrix<f64> {
     m
 }
 
+/// The largest |v|; NaN if any is NaN (so a NaN step never looks converged).
 fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+    v.iter().fold(0.0, |m: f64, x| {
+        if x.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(x.abs())
+        }
+    })
 }
 
 /// Fits the coefficients. `start` is where the intercept (column 0) begins:
@@ -383,8 +392,12 @@ fn newton(
             let (f_next, _) = objective(&trial, &next, &options.penalty);
             // Equal within rounding counts as no worse: near the optimum the
             // objective is flat to the last digits.
-            if f_next <= f + 1e-12 * f.abs().max(1.0) || scale < 1e-10 {
+            if f_next <= f + 1e-12 * f.abs().max(1.0) {
                 break (next, trial);
+            }
+            if scale < 1e-10 || !f_next.is_finite() && scale < 1e-3 {
+                // No step lowers the objective: give up, unconverged.
+                return Ok((iteration, false, step_size, at));
             }
             scale /= 2.0;
         };
@@ -460,8 +473,14 @@ fn lbfgs(
             let approximate = fn_ <= f + 1e-12 * f.abs()
                 && new_slope <= (2.0 * 1e-4 - 1.0) * slope
                 && new_slope >= 0.9 * slope;
-            if fn_ <= f + 1e-4 * t * slope || approximate || t < 1e-12 {
+            if fn_ <= f + 1e-4 * t * slope || approximate {
                 break (next, fn_, gn);
+            }
+            if t < 1e-12 {
+                // No step lowers the objective: converged only if the
+                // quasi-Newton step says the optimum is this close.
+                let near = max_abs(&q) < 1e-6 * (1.0 + max_abs(w));
+                return Ok((iteration, near, max_abs(&q)));
             }
             t /= 2.0;
         };
@@ -476,11 +495,10 @@ fn lbfgs(
             }
             pairs.push_back((s, yv, 1.0 / sy));
         }
-        let stalled = f_next > f + 1e-12 * f.abs();
         w.copy_from_slice(&next);
         (f, g) = (f_next, g_next);
-        if step_size < LBFGS_TOLERANCE * (1.0 + max_abs(w)) || stalled {
-            return Ok((iteration, step_size < 1e-6 * (1.0 + max_abs(w)), step_size));
+        if step_size < LBFGS_TOLERANCE * (1.0 + max_abs(w)) {
+            return Ok((iteration, true, step_size));
         }
     }
     Ok((options.max_iterations, false, step_size))
@@ -511,11 +529,22 @@ fn collinear(h: &DMatrix<f64>) -> Vec<usize> {
         .map(|j| h[(j, j)].max(f64::MIN_POSITIVE).sqrt())
         .collect();
     let scaled = DMatrix::from_fn(p, p, |a, b| h[(a, b)] / (d[a] * d[b]));
-    let eigen = SymmetricEigen::new(scaled);
+    // Bounded: nalgebra's default runs until convergence, which a singular
+    // matrix may not reach.
+    let Some(eigen) = SymmetricEigen::try_new(scaled, f64::EPSILON, 10_000) else {
+        return Vec::new();
+    };
     let smallest = eigen.eigenvalues.imin();
     let v = eigen.eigenvectors.column(smallest);
-    let mut columns: Vec<usize> = (0..p).filter(|&j| v[j].abs() > 0.1).collect();
+    let mut columns: Vec<usize> = (0..p).collect();
     columns.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+    // Those that carry the dependency, and at least the three that carry most.
+    let keep = columns
+        .iter()
+        .take_while(|&&j| v[j].abs() > 0.1)
+        .count()
+        .max(3);
+    columns.truncate(keep);
     columns
 }
 
@@ -538,7 +567,7 @@ pub fn heldout(p: &[f64], y: &Outcome) -> (f64, Option<f64>) {
     while k < order.len() {
         let mut end = k;
         let (mut pos, mut neg) = (0.0, 0.0);
-        while end < order.len() && p[order[end]] == p[order[k]] {
+        while end < order.len() && p[order[end]].total_cmp(&p[order[k]]).is_eq() {
             let i = order[end];
             pos += y.successes[i];
             neg += y.trials[i] - y.successes[i];

@@ -715,3 +715,149 @@ fn logistic_refuses_what_it_cannot_estimate() {
     let [xe, xse, ..] = got["x"];
     assert!(xe > 2.0 * xse, "x {xe} ± {xse}");
 }
+
+#[test]
+fn a_saturated_interaction_matches_its_closed_form() {
+    // Two binary features and their product, saturated: the interaction is the
+    // difference of log-odds differences, its variance Σ 1/s + 1/(n − s).
+    let dir = tempfile::tempdir().unwrap();
+    let cells = [
+        ("a0", "b0", 50, 4),
+        ("a0", "b1", 80, 10),
+        ("a1", "b0", 60, 9),
+        ("a1", "b1", 40, 2),
+    ];
+    let input = events(
+        dir.path(),
+        "cells",
+        vec![
+            ("item_id", Arc::new(Int64Array::from_iter_values(1..=4))),
+            (
+                "a",
+                Arc::new(StringArray::from_iter_values(cells.iter().map(|c| c.0))),
+            ),
+            (
+                "b",
+                Arc::new(StringArray::from_iter_values(cells.iter().map(|c| c.1))),
+            ),
+            (
+                "trials",
+                Arc::new(Int64Array::from_iter_values(cells.iter().map(|c| c.2))),
+            ),
+            (
+                "successes",
+                Arc::new(Int64Array::from_iter_values(cells.iter().map(|c| c.3))),
+            ),
+        ],
+    );
+    let o = estimate(
+        dir.path(),
+        &input,
+        &[
+            "--method",
+            "logistic",
+            "--categorical",
+            "a,b",
+            "--interaction",
+            "a*b",
+            "--holdout",
+            "0",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let got = coefficients(&dir.path().join("out/data.parquet"));
+    let l = |k: usize| logit(cells[k].3 as f64, cells[k].2 as f64);
+    let want = l(3) - l(2) - l(1) + l(0);
+    let var: f64 = cells
+        .iter()
+        .map(|c| 1.0 / c.3 as f64 + 1.0 / (c.2 - c.3) as f64)
+        .sum();
+    let [est, se, ..] = got["a_a1:b_b1"];
+    assert!((est - want).abs() < 1e-9, "{est} against {want}");
+    assert!(
+        (se - var.sqrt()).abs() < 1e-9,
+        "{se} against {}",
+        var.sqrt()
+    );
+    assert!((got["a_a1"][0] - (l(2) - l(0))).abs() < 1e-9);
+    assert!((got["b_b1"][0] - (l(1) - l(0))).abs() < 1e-9);
+}
+
+#[test]
+fn the_latest_rows_are_held_out_and_rare_levels_merge() {
+    // File order is the reverse of time: the held-out rows are the first ones
+    // in the file. Level `rare` is under the 5% floor; `new` appears only in
+    // the held-out rows.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let n = 1000usize;
+    let ts: Vec<i64> = (0..n as i64).map(|i| 1_000_000 * (n as i64 - i)).collect();
+    let level: Vec<&str> = (0..n)
+        .map(|i| match i {
+            i if i < 300 && i % 10 == 0 => "new",
+            i if i >= 300 && i % 100 == 7 => "rare",
+            i if i % 2 == 0 => "a",
+            _ => "b",
+        })
+        .collect();
+    let converted: Vec<i64> = (0..n)
+        .map(|i| (rng.random::<f64>() < if level[i] == "b" { 0.2 } else { 0.1 }) as i64)
+        .collect();
+    let input = events(
+        dir.path(),
+        "timed",
+        vec![
+            (
+                "item_id",
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 20))),
+            ),
+            (
+                "ts",
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+            ),
+            ("level", Arc::new(StringArray::from(level.clone()))),
+            ("converted", Arc::new(Int64Array::from(converted.clone()))),
+        ],
+    );
+    let o = estimate(
+        dir.path(),
+        &input,
+        &[
+            "--method",
+            "logistic",
+            "--categorical",
+            "level",
+            "--min-level-share",
+            "0.05",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let fit: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/fit.json")).unwrap())
+            .unwrap();
+    let latest: i64 = converted[..300].iter().sum();
+    assert_eq!(fit["split"]["by"], "ts");
+    assert_eq!(fit["split"]["test"]["rows"], 300);
+    assert_eq!(
+        fit["split"]["test"]["successes"].as_f64().unwrap(),
+        latest as f64
+    );
+    assert_eq!(fit["merged_levels"]["level"], serde_json::json!(["rare"]));
+    let got = coefficients(&dir.path().join("out/data.parquet"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["const", "level_b"]);
+    let rate = |l: &str| {
+        let (s, t) = (300..n)
+            .filter(|&i| level[i] == l)
+            .fold((0.0, 0.0), |(s, t), i| (s + converted[i] as f64, t + 1.0));
+        (s, t)
+    };
+    let (sb, nb) = rate("b");
+    let ((sa, na), (sr, nr)) = (rate("a"), rate("rare"));
+    // `rare` joins `a`, the most frequent level in training (350 rows, `b` 343).
+    let want = logit(sb, nb) - logit(sa + sr, na + nr);
+    assert!(
+        (got["level_b"][0] - want).abs() < 1e-8,
+        "{:?} against {want}",
+        got["level_b"]
+    );
+}

@@ -71,12 +71,10 @@ impl Cell {
         }
     }
 
+    /// Numbers by value, text by text (nulls are placed by the caller).
     fn cmp(&self, other: &Cell) -> std::cmp::Ordering {
         match (self.float(), other.float()) {
             (Some(a), Some(b)) => a.total_cmp(&b),
-            // Nulls last, whichever the order.
-            (None, Some(_)) if *self == Cell::Null => std::cmp::Ordering::Less,
-            (Some(_), None) if *other == Cell::Null => std::cmp::Ordering::Greater,
             _ => self.text().cmp(&other.text()),
         }
     }
@@ -112,9 +110,16 @@ impl Table {
 
     /// RFC 4180 CSV of the whole table.
     fn csv(&self) -> String {
-        let quote = |s: String| match s.contains([',', '"', '\n', '\r']) {
-            true => format!("\"{}\"", s.replace('"', "\"\"")),
-            false => s,
+        let quote = |s: String| {
+            // A spreadsheet would run a cell that starts like a formula.
+            let s = match s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
+                true => format!("'{s}"),
+                false => s,
+            };
+            match s.contains([',', '"', '\n', '\r']) {
+                true => format!("\"{}\"", s.replace('"', "\"\"")),
+                false => s,
+            }
         };
         let mut out = self
             .columns
@@ -182,33 +187,45 @@ fn find(d: &Daemon, pipeline: &str, step: &str, run: Option<&str>) -> Result<Fou
         Some(_) => return Err(format!("`{step}` is not an estimate step")),
         None => return Err(format!("no step `{step}` in {pipeline}")),
     };
-    let runs = d
-        .history
-        .runs(&RunFilter {
-            pipeline: Some(pipeline.to_string()),
-            limit: 50,
-            ..RunFilter::default()
-        })
-        .map_err(|e| e.to_string())?;
+    let runs = match run {
+        Some(id) => d
+            .history
+            .run(pipeline, id)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect(),
+        None => d
+            .history
+            .runs(&RunFilter {
+                pipeline: Some(pipeline.to_string()),
+                limit: 50,
+                ..RunFilter::default()
+            })
+            .map_err(|e| e.to_string())?,
+    };
     let done = |r: &&crate::pipeline::RunRecord| {
         r.steps
             .iter()
             .any(|s| s.id == step && matches!(s.status, StepStatus::Succeeded | StepStatus::Reused))
     };
-    let r = runs
-        .iter()
-        .filter(|r| run.is_none_or(|id| r.run_id == id))
-        .find(done)
-        .ok_or_else(|| match run {
-            Some(id) => format!("`{step}` did not succeed in run {id}"),
-            None => format!("`{step}` has not succeeded in the last {} runs", runs.len()),
-        })?;
+    let r = runs.iter().find(done).ok_or_else(|| match run {
+        Some(id) => format!("`{step}` did not succeed in run {id}"),
+        None => format!("`{step}` has not succeeded in the last {} runs", runs.len()),
+    })?;
     let dir = RunDir::new(&d.settings.state_dir, pipeline, &r.run_id).step_dir(step);
     Ok(Found {
         method,
         run_id: r.run_id.clone(),
         dir,
     })
+}
+
+fn failed(message: &str) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        page_still("error", &format!("<p>{}</p>", esc(message))),
+    )
+        .into_response()
 }
 
 fn not_found(message: &str) -> Response {
@@ -240,8 +257,8 @@ pub async fn estimates(
     .await;
     match rendered {
         Ok((title, Ok(body))) => page_still(&title, &body).into_response(),
-        Ok((_, Err(e))) => not_found(&format!("the step's output cannot be read: {e}")),
-        Err(e) => not_found(&e.to_string()),
+        Ok((_, Err(e))) => failed(&format!("the step's output cannot be read: {e}")),
+        Err(e) => failed(&e.to_string()),
     }
 }
 
@@ -279,8 +296,8 @@ pub async fn csv(
             text,
         )
             .into_response(),
-        Ok(Err(e)) => not_found(&e),
-        Err(e) => not_found(&e.to_string()),
+        Ok(Err(e)) => failed(&e),
+        Err(e) => failed(&e.to_string()),
     }
 }
 
@@ -363,9 +380,16 @@ fn select<'t>(
         .or_else(|| t.index(default_sort))
         .unwrap_or(0);
     let ascending = q.order.as_deref() == Some("asc");
+    // Nulls (an item with no trials has no raw rate) last in either order.
     rows.sort_by(|a, b| {
-        let o = a[sort].cmp(&b[sort]);
-        if ascending { o } else { o.reverse() }
+        let (x, y) = (&a[sort], &b[sort]);
+        match (*x == Cell::Null, *y == Cell::Null) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ if ascending => x.cmp(y),
+            _ => y.cmp(x),
+        }
     });
     rows
 }
@@ -412,7 +436,11 @@ fn controls(
             } else {
                 ""
             };
-            let _ = write!(s, "<option{selected}>{}</option>", esc(v));
+            let _ = write!(
+                s,
+                "<option value=\"{v}\"{selected}>{v}</option>",
+                v = esc(v)
+            );
         }
         s.push_str("</select></label> ");
     }
@@ -421,6 +449,11 @@ fn controls(
         "<button>Show</button> <span id=\"shown\">{rows} of {total} items</span></form>"
     );
     s
+}
+
+/// The first row of the page asked for (clamped to the pages there are).
+fn page_start(q: &ViewQuery, rows: usize) -> usize {
+    (q.page.unwrap_or(1).clamp(1, rows.div_ceil(PAGE).max(1)) - 1) * PAGE
 }
 
 /// Page links under a table.
@@ -466,7 +499,8 @@ fn header(q: &ViewQuery, column: &str, label: &str, default_sort: &str) -> Strin
     let mut href = with(q, "sort", column);
     let _ = write!(href, "&amp;order={order}");
     format!(
-        "<th><a href=\"{href}\" data-sort=\"{column}\">{}{arrow}</a></th>",
+        "<th><a href=\"{href}\" data-sort=\"{}\">{}{arrow}</a></th>",
+        esc(column),
         esc(label)
     )
 }
@@ -586,12 +620,7 @@ fn rates_page(pipeline: &str, step: &str, f: &Found, q: &ViewQuery) -> Result<St
         ),
         h("shrinkage", "pulled toward typical"),
     );
-    let start = (q
-        .page
-        .unwrap_or(1)
-        .clamp(1, rows.len().div_ceil(PAGE).max(1))
-        - 1)
-        * PAGE;
+    let start = page_start(q, rows.len());
     for r in rows.iter().skip(start).take(PAGE) {
         let f = |i: usize| r[i].float().unwrap_or(f64::NAN);
         let _ = write!(
@@ -852,12 +881,7 @@ fn effects_page(pipeline: &str, step: &str, f: &Found, q: &ViewQuery) -> Result<
         h("raw_rate", "observed rate"),
         h("predicted_rate", "predicted rate"),
     );
-    let start = (q
-        .page
-        .unwrap_or(1)
-        .clamp(1, rows.len().div_ceil(PAGE).max(1))
-        - 1)
-        * PAGE;
+    let start = page_start(q, rows.len());
     for r in rows.iter().skip(start).take(PAGE) {
         let _ = write!(
             body,
@@ -941,4 +965,94 @@ fn heldout_section(fit: &Value) -> String {
     }
     s.push_str("</div>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: Vec<Vec<Cell>>) -> Table {
+        Table {
+            columns: vec!["item_id".into(), "raw_rate".into()],
+            rows,
+        }
+    }
+
+    #[test]
+    fn nulls_sort_last_both_ways_and_search_filters() {
+        let t = table(vec![
+            vec![Cell::Int(1), Cell::Float(0.2)],
+            vec![Cell::Int(12), Cell::Null],
+            vec![Cell::Int(3), Cell::Float(0.1)],
+        ]);
+        for order in ["asc", "desc"] {
+            let q = ViewQuery {
+                sort: Some("raw_rate".into()),
+                order: Some(order.into()),
+                ..ViewQuery::default()
+            };
+            let ids: Vec<String> = select(&t, &q, None, "raw_rate")
+                .iter()
+                .map(|r| r[0].text())
+                .collect();
+            let want = if order == "asc" {
+                ["3", "1", "12"]
+            } else {
+                ["1", "3", "12"]
+            };
+            assert_eq!(ids, want, "{order}");
+        }
+        let q = ViewQuery {
+            q: Some("1".into()),
+            ..ViewQuery::default()
+        };
+        assert_eq!(select(&t, &q, None, "raw_rate").len(), 2);
+    }
+
+    #[test]
+    fn links_keep_the_view_and_escape_it() {
+        let q = ViewQuery {
+            run: Some("r1".into()),
+            group: Some("a&b <c>".into()),
+            sort: Some("trials".into()),
+            order: Some("asc".into()),
+            ..ViewQuery::default()
+        };
+        assert_eq!(
+            with(&q, "page", "2"),
+            "?run=r1&amp;sort=trials&amp;order=asc&amp;group=a%26b%20%3Cc%3E&amp;page=2"
+        );
+        // A new sort drops the old order.
+        assert_eq!(
+            with(&q, "sort", "weight"),
+            "?run=r1&amp;group=a%26b%20%3Cc%3E&amp;sort=weight"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_and_defuses_formulas() {
+        let t = Table {
+            columns: vec!["item_id".into(), "x".into()],
+            rows: vec![
+                vec![Cell::Text("=HYPERLINK(\"x\")".into()), Cell::Float(-0.5)],
+                vec![Cell::Text("a,b".into()), Cell::Null],
+            ],
+        };
+        assert_eq!(
+            t.csv(),
+            "item_id,x\r\n\"'=HYPERLINK(\"\"x\"\")\",-0.5\r\n\"a,b\",\r\n"
+        );
+    }
+
+    #[test]
+    fn pages_clamp() {
+        let q = |p| ViewQuery {
+            page: Some(p),
+            ..ViewQuery::default()
+        };
+        assert_eq!(page_start(&q(0), 250), 0);
+        assert_eq!(page_start(&q(3), 250), 200);
+        assert_eq!(page_start(&q(99), 250), 200);
+        assert_eq!(page_start(&q(2), 0), 0);
+    }
 }

@@ -44,7 +44,8 @@ const MAX_COLUMNS: usize = 100_000;
 /// its column's range (odds × 5·10⁸) is separation, not an effect.
 const MAX_LOG_ODDS_SPAN: f64 = 20.0;
 /// Columns the outcome lives in: never features.
-const OUTCOME_COLUMNS: &[&str] = &["converted", "trials", "successes", "ts"];
+/// Columns the outcome lives in, and the intercept's name: never features.
+const OUTCOME_COLUMNS: &[&str] = &["converted", "trials", "successes", "ts", "const"];
 
 pub fn problems(spec: &EstimateSpec, problems: &mut Vec<Problem>) {
     let features: Vec<&String> = spec.numeric.iter().chain(&spec.categorical).collect();
@@ -63,7 +64,7 @@ pub fn problems(spec: &EstimateSpec, problems: &mut Vec<Problem>) {
             if OUTCOME_COLUMNS.contains(&name.as_str()) {
                 problems.push(Problem::new(
                     key,
-                    format!("`{name}` holds the outcome or its time; it cannot be a feature"),
+                    format!("`{name}` holds the outcome, its time or the intercept; it cannot be a feature"),
                 ));
             } else if !seen.insert(name.as_str()) {
                 problems.push(Problem::new(
@@ -241,14 +242,22 @@ impl Terms<'_> {
         }
     }
 
-    fn design(&self, rows: &[usize]) -> Design {
+    /// The design of `rows`; a product that overflows is an error naming it.
+    fn design(&self, rows: &[usize]) -> Result<Design, StepError> {
         let mut x = Design::new(self.names.len());
         let mut entries = Vec::new();
         for &i in rows {
             self.row(i, &mut entries);
+            if let Some(&(j, v)) = entries.iter().find(|e| !e.1.is_finite()) {
+                return Err(data_error(format!(
+                    "`{}` is {v} in row {}: a product of two features overflows; rescale them",
+                    self.names[j as usize],
+                    i + 1
+                )));
+            }
             x.push(entries.iter().copied());
         }
-        x
+        Ok(x)
     }
 }
 
@@ -398,6 +407,12 @@ fn terms<'a>(
         };
         interactions.push((ia, ib, product));
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(data_error(format!(
+            "two columns would both be named `{twice}` (a feature named like another's level, or a level with `:`); rename one"
+        )));
+    }
     if names.len() > MAX_COLUMNS {
         return Err(data_error(format!(
             "the features make {} columns, more than {MAX_COLUMNS}; merge rare levels (`min_level_share`) or drop a feature",
@@ -457,7 +472,14 @@ pub fn run(
         order.sort_by_key(|&i| t[i]);
     }
     let holdout = spec.holdout.unwrap_or(DEFAULT_HOLDOUT);
-    let n_train = ((n as f64) * (1.0 - holdout)).floor() as usize;
+    let mut n_train = ((n as f64) * (1.0 - holdout)).floor() as usize;
+    // Rows at the same time as the last training row train too: the held-out
+    // rows are strictly later.
+    if let Some(t) = &rows.time {
+        while n_train > 0 && n_train < n && t[order[n_train]] == t[order[n_train - 1]] {
+            n_train += 1;
+        }
+    }
     let (train, test) = order.split_at(n_train);
     let train_successes: f64 = train.iter().map(|&i| rows.successes[i]).sum();
     let train_trials: f64 = train.iter().map(|&i| rows.trials[i]).sum();
@@ -473,7 +495,7 @@ pub fn run(
         )));
     }
     let (terms, empty_pairs) = terms(spec, &rows, train)?;
-    let x = terms.design(train);
+    let x = terms.design(train)?;
     let pick = |v: &[f64]| train.iter().map(|&i| v[i]).collect::<Vec<_>>();
     let (t, s) = (pick(&rows.trials), pick(&rows.successes));
     let y = Outcome {
@@ -519,6 +541,13 @@ pub fn run(
         None if x.columns <= NEWTON_MAX_COLUMNS => Solver::Newton,
         None => Solver::Lbfgs,
     };
+    if l2 == 0.0 && x.columns > logistic::MAX_SE_COLUMNS {
+        return Err(data_error(format!(
+            "{} columns without `l2`: beyond {} columns collinear columns cannot be checked; set `l2` (e.g. 1.0)",
+            x.columns,
+            logistic::MAX_SE_COLUMNS
+        )));
+    }
     if solver == Solver::Newton && x.columns > logistic::MAX_SE_COLUMNS {
         return Err(data_error(format!(
             "`solver = \"newton\"` with {} columns would hold a {0}×{0} Hessian; use `lbfgs` (the default beyond {NEWTON_MAX_COLUMNS} columns)",
@@ -548,7 +577,7 @@ pub fn run(
         },
     )?;
     let fit_s = started.elapsed().as_secs_f64() - read_s - design_s;
-    if l2 == 0.0 {
+    if l2 == 0.0 && !fit.converged {
         // A coefficient that swings the odds by 10⁸ over its column's range is
         // separation the 0/1 check cannot see (a numeric column); Newton then
         // runs off without converging, so this is checked first, to name it.
@@ -598,14 +627,22 @@ pub fn run(
     }
     // Every row's predicted rate: held-out figures, and each item's mean.
     let mut entries = Vec::new();
-    let mut predict = |i: usize| {
-        terms.row(i, &mut entries);
-        sigmoid(entries.iter().map(|&(j, v)| fit.coef[j as usize] * v).sum())
-    };
+    let predicted: Vec<f64> = (0..n)
+        .map(|i| {
+            terms.row(i, &mut entries);
+            sigmoid(entries.iter().map(|&(j, v)| fit.coef[j as usize] * v).sum())
+        })
+        .collect();
+    // A held-out row's values can lie far outside the training rows'.
+    if let Some(i) = predicted.iter().position(|p| !p.is_finite()) {
+        return Err(data_error(format!(
+            "the predicted rate of row {} is not a number: its features overflow the model (values far outside the training rows?)",
+            i + 1
+        )));
+    }
     let heldout = (!test.is_empty()).then(|| {
-        let p: Vec<f64> = test.iter().map(|&i| predict(i)).collect();
         let pick = |v: &[f64]| test.iter().map(|&i| v[i]).collect::<Vec<_>>();
-        let (t, s) = (pick(&rows.trials), pick(&rows.successes));
+        let (p, t, s) = (pick(&predicted), pick(&rows.trials), pick(&rows.successes));
         let y = Outcome {
             trials: &t,
             successes: &s,
@@ -619,7 +656,7 @@ pub fn run(
         let item = &mut per_item[rows.item[i] as usize];
         item.0 += rows.trials[i];
         item.1 += rows.successes[i];
-        item.2 += rows.trials[i] * predict(i);
+        item.2 += rows.trials[i] * predicted[i];
     }
     let predictions: Vec<Prediction> = rows
         .ids
