@@ -19,6 +19,7 @@ fn required(role: Role) -> &'static [&'static str] {
     match role {
         Role::Interactions => &["user_id", "item_id"],
         Role::Items | Role::Filter | Role::Events => &["item_id"],
+        Role::Arms => &["arm_id"],
     }
 }
 
@@ -35,7 +36,13 @@ fn id_type(dt: &DataType) -> Option<DataType> {
 }
 
 fn is_id_column(role: Role, name: &str) -> bool {
-    name == "item_id" || (name == "user_id" && matches!(role, Role::Interactions | Role::Filter))
+    match role {
+        Role::Arms => name == "arm_id",
+        _ => {
+            name == "item_id"
+                || (name == "user_id" && matches!(role, Role::Interactions | Role::Filter))
+        }
+    }
 }
 
 /// The schema an extracted table is stored with, or what is wrong with it.
@@ -86,7 +93,7 @@ pub fn conform_schema(role: Role, schema: &Schema) -> Result<SchemaRef, String> 
                 continue;
             }
             DataType::Float32
-        } else if matches!(role, Role::Interactions | Role::Events) && name == "ts" {
+        } else if matches!(role, Role::Interactions | Role::Events | Role::Arms) && name == "ts" {
             match f.data_type() {
                 DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
                     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

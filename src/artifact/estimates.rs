@@ -138,7 +138,7 @@ pub fn write(
 }
 
 /// The `item_id` column, typed as the data had it.
-fn id_array<'a>(ids: impl ExactSizeIterator<Item = &'a IdValue> + Clone) -> ArrayRef {
+pub(super) fn id_array<'a>(ids: impl ExactSizeIterator<Item = &'a IdValue> + Clone) -> ArrayRef {
     let text = ids.clone().any(|id| matches!(id, IdValue::Str(_)));
     match text {
         true => Arc::new(StringArray::from_iter_values(ids.map(|id| match id {
@@ -153,7 +153,7 @@ fn id_array<'a>(ids: impl ExactSizeIterator<Item = &'a IdValue> + Clone) -> Arra
 }
 
 /// Adds `run_id, generated_at` and writes the batch.
-fn finish(
+pub(super) fn finish(
     path: &Path,
     mut fields: Vec<Field>,
     mut columns: Vec<ArrayRef>,

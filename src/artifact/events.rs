@@ -127,16 +127,17 @@ impl IdIndex {
         &mut self,
         path: &Path,
         batch: &RecordBatch,
+        id: &str,
         at: &dyn Fn(usize) -> u64,
     ) -> Result<Vec<u32>, ArtifactError> {
         let ids = batch
-            .column_by_name("item_id")
-            .ok_or_else(|| bad(path, "no `item_id` column".into()))?;
-        let null_id = |i: usize| bad(path, format!("row {}: `item_id` is null", at(i)));
+            .column_by_name(id)
+            .ok_or_else(|| bad(path, format!("no `{id}` column")))?;
+        let null_id = |i: usize| bad(path, format!("row {}: `{id}` is null", at(i)));
         let mut idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
         match ids.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                let s = column(path, batch, "item_id", &DataType::Utf8)?;
+                let s = column(path, batch, id, &DataType::Utf8)?;
                 let s = s.as_any().downcast_ref::<StringArray>().unwrap();
                 for i in 0..s.len() {
                     if s.is_null(i) {
@@ -160,7 +161,7 @@ impl IdIndex {
                 let v = match ints(ids) {
                     Some(v) => v,
                     None => {
-                        let v = column(path, batch, "item_id", &DataType::Int64)?;
+                        let v = column(path, batch, id, &DataType::Int64)?;
                         Cow::Owned(
                             v.as_any()
                                 .downcast_ref::<Int64Array>()
@@ -337,8 +338,13 @@ fn add_trials(
     Ok(())
 }
 
-/// Reads the events at `path` into per-item counts, grouped by `group` if given.
-pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, ArtifactError> {
+/// Reads the events at `path` into counts per `id` (`item_id`, or `arm_id`
+/// for an experiment), grouped by `group` if given.
+pub fn read_counts(
+    path: &Path,
+    id: &str,
+    group: Option<&str>,
+) -> Result<ItemCounts, ArtifactError> {
     let mut out = ItemCounts {
         groups: group.map(|_| Vec::new()),
         ..Default::default()
@@ -371,7 +377,7 @@ pub fn read_counts(path: &Path, group: Option<&str>) -> Result<ItemCounts, Artif
             }
             None => None,
         };
-        let idx = index.rows(path, &batch, &at)?;
+        let idx = index.rows(path, &batch, id, &at)?;
         out.trials.resize(index.ids.len(), 0);
         out.successes.resize(index.ids.len(), 0);
         if let (None, None) = (group, &trials) {
@@ -531,7 +537,7 @@ pub fn read_rows(
                 .extend(std::iter::repeat_n(1.0, batch.num_rows())),
         }
         out.successes.extend(successes.iter().map(|&v| v as f64));
-        out.item.extend(index.rows(path, &batch, &at)?);
+        out.item.extend(index.rows(path, &batch, "item_id", &at)?);
         if batch.column_by_name("ts").is_some() {
             let ts = column(path, &batch, "ts", &DataType::Int64)?;
             if let Some(i) = first_null(ts.as_ref()) {

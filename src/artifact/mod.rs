@@ -6,6 +6,7 @@
 //! written to a temporary name in the same folder, fsynced, renamed, and the folder
 //! fsynced, so a crash leaves either the old file, the new file, or a stray temp.
 
+pub mod allocation;
 pub mod contract;
 pub mod estimates;
 pub mod events;
@@ -332,6 +333,10 @@ pub enum ArtifactKind {
     Estimates,
     /// A logistic regression's coefficients and per-item predicted rates.
     Coefficients,
+    /// An experiment's trials and successes per arm, for `allocate`.
+    Arms,
+    /// An experiment's arm weights with P(best) and the posteriors.
+    Allocation,
 }
 
 impl ArtifactKind {
@@ -349,6 +354,8 @@ impl ArtifactKind {
             ArtifactKind::Events => "events",
             ArtifactKind::Estimates => "estimates",
             ArtifactKind::Coefficients => "coefficients",
+            ArtifactKind::Arms => "arms",
+            ArtifactKind::Allocation => "allocation",
         }
     }
 }
@@ -366,6 +373,8 @@ pub enum Role {
     /// `item_id` with `converted` (0/1, one row per impression) or `trials` and
     /// `successes` (counts per item), optional `ts` and attribute columns.
     Events,
+    /// `arm_id` with `converted` or `trials` and `successes`: an experiment's logs.
+    Arms,
 }
 
 impl Role {
@@ -375,6 +384,7 @@ impl Role {
             Role::Items => "items",
             Role::Filter => "filter",
             Role::Events => "events",
+            Role::Arms => "arms",
         }
     }
 }

@@ -69,6 +69,7 @@ impl StepKind for ExtractSpec {
             Role::Items => ArtifactKind::Items,
             Role::Filter => ArtifactKind::Filter,
             Role::Events => ArtifactKind::Events,
+            Role::Arms => ArtifactKind::Arms,
         }
     }
 

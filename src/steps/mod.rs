@@ -7,6 +7,7 @@
 //! Invariant: CPU-heavy work goes through [`compute`] onto the rayon pool and
 //! blocking file I/O through `spawn_blocking`; no step blocks a tokio worker.
 
+pub mod allocate;
 pub mod estimate;
 pub mod evaluate;
 pub mod extract;
@@ -51,8 +52,11 @@ step_kinds! {
     MergeFilters(merge_filters::MergeFiltersSpec),
     /// Hold out part of an interactions file and score a model against popularity.
     Evaluate(evaluate::EvaluateSpec),
-    /// Per-item conversion rates with credible intervals (empirical Bayes).
+    /// Per-item conversion rates with credible intervals (empirical Bayes), or
+    /// the effects of attributes on them (logistic regression).
     Estimate(estimate::EstimateSpec),
+    /// An A/B experiment's arm weights by Thompson sampling, from its logs.
+    Allocate(allocate::AllocateSpec),
     /// Publish a list file to a configured sink, atomically.
     Write(write::WriteSpec),
 }

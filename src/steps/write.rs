@@ -105,6 +105,7 @@ fn publishable(kind: ArtifactKind) -> bool {
             | ArtifactKind::ItemRecs
             | ArtifactKind::Estimates
             | ArtifactKind::Coefficients
+            | ArtifactKind::Allocation
     )
 }
 
@@ -116,6 +117,7 @@ impl StepKind for WriteSpec {
         (ArtifactKind::ItemRecs, 0, 1),
         (ArtifactKind::Estimates, 0, 1),
         (ArtifactKind::Coefficients, 0, 1),
+        (ArtifactKind::Allocation, 0, 1),
     ]);
     type Args = WriteArgs;
 
@@ -183,7 +185,7 @@ impl StepKind for WriteSpec {
                 _ => "; publish several together with `tables = { <step> = \"<table>\", … }`",
             };
             return Some(vec![format!(
-                "a `write` step needs exactly one list (`user_recs` or `item_recs`), `estimates` or `coefficients`, not {}{several}",
+                "a `write` step needs exactly one list (`user_recs` or `item_recs`), `estimates`, `coefficients` or `allocation`, not {}{several}",
                 lists.len()
             )]);
         }
@@ -358,6 +360,9 @@ fn check_list(path: &Path) -> Result<u64, String> {
     if has("term") && has("estimate") {
         return check_coefficients(builder);
     }
+    if has("arm_id") && has("weight") {
+        return check_allocation(builder);
+    }
     let ids = (has("user_id") && has("item_id")) || (has("item_id") && has("similar_item_id"));
     if !(ids && has("rank") && has("score")) {
         return Err(
@@ -456,6 +461,31 @@ fn check_coefficients(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<
             ));
         }
         rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
+}
+
+/// The rows of an allocation file, once every weight is a share and the
+/// weights sum to 1: a service must never be served a broken split.
+fn check_allocation(builder: ParquetRecordBatchReaderBuilder<File>) -> Result<u64, String> {
+    let reader = checked_columns(builder, &["weight"])?;
+    let (mut rows, mut total) = (0u64, 0.0);
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("unreadable: {e}"))?;
+        let weight = as_type::<Float64Array>(&batch, "weight", &DataType::Float64)?;
+        if let Some(i) = (0..batch.num_rows())
+            .find(|&i| weight.is_null(i) || !(0.0..=1.0).contains(&weight.value(i)))
+        {
+            return Err(format!(
+                "row {}: `weight` must be a share in [0, 1]",
+                rows + i as u64 + 1
+            ));
+        }
+        total += weight.values().iter().sum::<f64>();
+        rows += batch.num_rows() as u64;
+    }
+    if (total - 1.0).abs() > 1e-9 {
+        return Err(format!("the weights sum to {total}, not 1"));
     }
     Ok(rows)
 }

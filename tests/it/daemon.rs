@@ -85,6 +85,7 @@ async fn api_requires_the_token_to_act_and_lists_runs() {
         names,
         vec![
             "example",
+            "example-ab",
             "example-als",
             "example-effects",
             "example-fm",
@@ -590,7 +591,7 @@ async fn web_ui_renders_in_headless_chromium() {
         let errors = b.open(&format!("{base}/"));
         assert!(errors.is_empty(), "{errors:?}");
         let links = b.eval("[...document.querySelectorAll('#pipelines a[href^=\"/ui/pipelines/\"]')].map(a => a.textContent)");
-        assert_eq!(links, serde_json::json!(["example", "example-als", "example-effects", "example-fm", "example-postgres"]));
+        assert_eq!(links, serde_json::json!(["example", "example-ab", "example-als", "example-effects", "example-fm", "example-postgres"]));
 
         let errors = b.open(&format!("{base}/ui/runs/example/{run_id}"));
         assert!(errors.is_empty(), "{errors:?}");

@@ -1,5 +1,6 @@
 //! Integration tests, one binary (ripgrep's layout): modules by topic.
 
+mod allocate;
 mod argo;
 mod bigquery;
 mod common;

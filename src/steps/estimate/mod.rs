@@ -317,7 +317,7 @@ pub fn run(
     stop: &StopFlag,
 ) -> StepResult {
     let started = Instant::now();
-    let counts = read_counts(input, spec.group.as_deref())?;
+    let counts = read_counts(input, "item_id", spec.group.as_deref())?;
     let read_s = started.elapsed().as_secs_f64();
     stop.check()?;
     let global = beta_binomial::fit(&counts.trials, &counts.successes);
