@@ -26,7 +26,7 @@ const TAIL: f64 = 1e-15;
 const PILOT: usize = 32;
 
 /// P(arm i is best) for every arm, by adaptive Gauss–Kronrod integration of
-/// fᵢ(x)·Πⱼ≠ᵢ Fⱼ(x) over the range holding all but [`TAIL`] of arm i's mass.
+/// fᵢ(x)·Πⱼ≠ᵢ Fⱼ(x) over the range holding all but 10⁻¹⁵ of arm i's mass.
 /// Costs about arms² × a few hundred incomplete-beta evaluations.
 pub fn p_best_exact(arms: &[Arm], stop: &StopFlag) -> Result<Vec<f64>, Stopped> {
     let ln_b: Vec<f64> = arms.iter().map(|r| ln_beta(r.a, r.b)).collect();

@@ -645,15 +645,30 @@ fn rates_page(pipeline: &str, step: &str, f: &Found, q: &ViewQuery) -> Result<St
     }
     body.push_str("</table>");
     body.push_str(&pages(q, rows.len()));
-    let _ = write!(
-        body,
-        "<p><a id=\"csv\" href=\"/ui/estimates/{}/{}/csv?table=estimates&amp;run={}\">Download all {} items as CSV</a></p>",
+    body.push_str(&csv_link(
+        pipeline,
+        step,
+        f,
+        ("estimates", "csv"),
+        &format!("all {} items", t.rows.len()),
+    ));
+    Ok(body)
+}
+
+/// The link that downloads `table` of this step's run as CSV (`id` for tests).
+fn csv_link(
+    pipeline: &str,
+    step: &str,
+    f: &Found,
+    (table, id): (&str, &str),
+    what: &str,
+) -> String {
+    format!(
+        "<p><a id=\"{id}\" href=\"/ui/estimates/{}/{}/csv?table={table}&amp;run={}\">Download {what} as CSV</a></p>",
         esc(pipeline),
         esc(step),
         esc(&url_encode(&f.run_id)),
-        t.rows.len()
-    );
-    Ok(body)
+    )
 }
 
 /// The prior (or priors, per group) in words and numbers.
@@ -852,13 +867,14 @@ fn effects_page(pipeline: &str, step: &str, f: &Found, q: &ViewQuery) -> Result<
                 .unwrap_or_else(|| "–".into()),
         );
     }
-    let _ = write!(
-        body,
-        "</table><p><a id=\"csv-coefficients\" href=\"/ui/estimates/{}/{}/csv?table=coefficients&amp;run={}\">Download the coefficients as CSV</a></p>",
-        esc(pipeline),
-        esc(step),
-        esc(&url_encode(&f.run_id))
-    );
+    body.push_str("</table>");
+    body.push_str(&csv_link(
+        pipeline,
+        step,
+        f,
+        ("coefficients", "csv-coefficients"),
+        "the coefficients",
+    ));
     body.push_str(&heldout_section(&fit));
     // Every item's predicted rate against its observed one.
     let (id, trials, successes, raw, predicted) = (
@@ -896,14 +912,13 @@ fn effects_page(pipeline: &str, step: &str, f: &Found, q: &ViewQuery) -> Result<
     }
     body.push_str("</table>");
     body.push_str(&pages(q, rows.len()));
-    let _ = write!(
-        body,
-        "<p><a id=\"csv-items\" href=\"/ui/estimates/{}/{}/csv?table=items&amp;run={}\">Download all {} items as CSV</a></p>",
-        esc(pipeline),
-        esc(step),
-        esc(&url_encode(&f.run_id)),
-        items.rows.len()
-    );
+    body.push_str(&csv_link(
+        pipeline,
+        step,
+        f,
+        ("items", "csv-items"),
+        &format!("all {} items", items.rows.len()),
+    ));
     Ok(body)
 }
 

@@ -1,7 +1,7 @@
 //! `estimate`: conversion rates with honest uncertainty, from an `events`
 //! extract. `method = "beta_binomial"` shrinks each item's raw rate toward a
 //! Beta prior fitted to all items (empirical Bayes, [`crate::stats`]), per group
-//! if asked; `method = "logistic"` ([`logistic`]) fits the effect of attributes
+//! if asked; `method = "logistic"` (the `logistic` module) fits the effect of attributes
 //! on the outcome. Both artifacts ([`crate::artifact::estimates`]) are
 //! published by `write` like a list.
 
