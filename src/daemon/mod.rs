@@ -13,6 +13,7 @@
 //! found `running` at startup counts a crash; after [`MAX_CRASHES`] it is failed
 //! with the reason instead of resumed, so one run cannot crash-loop the daemon.
 
+pub mod experiments;
 pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +119,8 @@ pub struct Daemon {
     pending: Mutex<Vec<RunRecord>>,
     /// Counts runs in progress; shutdown waits for zero.
     running: watch::Sender<usize>,
+    /// The allocations the assignment API serves.
+    experiments: experiments::Experiments,
 }
 
 impl Daemon {
@@ -155,6 +158,7 @@ impl Daemon {
             draining: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
             running: watch::channel(0).0,
+            experiments: Default::default(),
         });
         daemon.reload(true);
         let d = Arc::downgrade(&daemon);

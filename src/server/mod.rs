@@ -47,6 +47,7 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
+        .route("/api/v1/experiments/{name}/assign", get(assign))
         .layer(axum::middleware::map_response(redact_body))
         .with_state(daemon)
 }
@@ -347,6 +348,46 @@ async fn cancel(
             .into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no run `{id}` in progress"))
+    }
+}
+
+#[derive(Deserialize)]
+struct AssignQuery {
+    unit: Option<String>,
+}
+
+/// `GET /api/v1/experiments/{name}/assign?unit=ID`: the arm for a unit from
+/// the latest published allocation, and the probability it was chosen with.
+/// Read-only and answered from memory: no token, no disk, no compute.
+async fn assign(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Query(q): Query<AssignQuery>,
+) -> Response {
+    use crate::daemon::experiments::ServeError;
+    let Some(unit) = q.unit.filter(|u| !u.is_empty() && u.len() <= 256) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the unit to assign: `?unit=<id>` (1 to 256 bytes)",
+        );
+    };
+    match d.allocation(&name).await {
+        Ok(s) => {
+            let a = s.assign(&unit);
+            Json(json!({
+                "experiment": s.experiment,
+                "unit": unit,
+                "arm": a.arm,
+                "probability": a.probability,
+                "state": s.state,
+                "version": s.version,
+                "run_id": s.run_id,
+            }))
+            .into_response()
+        }
+        Err(e @ ServeError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ ServeError::NotYet(..)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e @ ServeError::Unreadable(..)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
