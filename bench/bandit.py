@@ -10,7 +10,12 @@
   quadrature (target 0.005 for Monte Carlo);
 - 10k arms x 1e4 draws (synth_effects.py --mode eb, the anchor's EB prior):
   recpipe's Monte Carlo against numpy's (target >= 10x), one thread each, and
-  recpipe on two.
+  recpipe on two;
+- off-policy evaluation, the kit's six OBD evaluations: BernoulliTS with the
+  ZOZOTOWN prior (its exact top-3 slate probabilities, from the anchor's grid)
+  on the random logs, and uniform random on the bts logs. `recpipe step
+  off-policy` against the anchor's IPW / SNIPW / ESS, unclipped and clipped at
+  100 (target 1e-12).
 
 Times are of the whole `recpipe step allocate` process (reading the file and
 writing the allocation included) against the anchor's function alone. Not part
@@ -63,6 +68,58 @@ def allocate(tmp, name, trials, successes, prior=(1.0, 1.0), exact_max_arms=100,
         raise SystemExit(done.stderr)
     t = pq.read_table(os.path.join(tmp, name + "-out", "data.parquet")).to_pandas()
     return t["p_best"].to_numpy(), t["p_best_se"].to_numpy(), wall
+
+
+def off_policy(tmp, name, arm, position, reward, pscore, policy):
+    """`recpipe step off-policy` of `policy` (items x positions) on the logged
+    rows: its rows (unclipped, clip 100) and the wall seconds."""
+    logs, pol = os.path.join(tmp, f"{name}-logs.parquet"), os.path.join(tmp, f"{name}-policy.parquet")
+    pq.write_table(pa.table({"arm_id": [str(a) for a in arm], "position": position.astype(np.int64),
+                             "converted": reward.astype(np.int64), "propensity": pscore}), logs)
+    items, slots = policy.shape
+    pq.write_table(pa.table({"arm_id": [str(i) for i in range(items) for _ in range(slots)],
+                             "position": np.tile(np.arange(slots, dtype=np.int64), items),
+                             "probability": policy.reshape(-1)}), pol)
+    out = os.path.join(tmp, name + "-ope")
+    t0 = time.perf_counter()
+    done = subprocess.run([BIN, "step", "off-policy", "--logs", logs, "--policy", pol, "--clips", "100",
+                           "--output", out], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    return pq.read_table(os.path.join(out, "data.parquet")).to_pandas(), wall
+
+
+def ope_rows(tmp):
+    prior = anchor.load_prior()
+    rows = []
+    for camp in ("all", "men", "women"):
+        rnd, items = anchor.load_log("random", camp)
+        bts, _ = anchor.load_log("bts", camp)
+        k = len(items)
+        pi_bts = anchor.slate_probs_grid(np.array(prior[camp]["alpha"]), np.array(prior[camp]["beta"]),
+                                         G=8001, L=3)[0]
+        for label, log, policy in ((f"BTS(prior) <- random, {camp}", rnd, pi_bts),
+                                   (f"random <- bts, {camp}", bts, np.full((k, 3), 1.0 / k))):
+            a, pos = log["item_id"].to_numpy(), log["position"].to_numpy() - 1
+            r, ps = log["click"].to_numpy(float), log["propensity_score"].to_numpy()
+            t0 = time.perf_counter()
+            est = anchor.ipw_estimates(r, policy[a, pos] / ps, lambdas=(np.inf, 100.0))
+            t_np = time.perf_counter() - t0
+            ours, wall = off_policy(tmp, f"ope-{camp}-{len(rows)}", a, pos, r, ps, policy)
+            diffs = {}
+            for i, key in enumerate(("no_clip", "clip_100")):
+                e = est[key]
+                for ours_col, theirs in (("ipw", "ipw"), ("ipw_se", "ipw_se"), ("snipw", "snipw"),
+                                         ("snipw_se", "snipw_se"), ("max_weight", "max_w"),
+                                         ("effective_sample_size", "ess")):
+                    d = abs(ours[ours_col][i] - e[theirs]) / max(abs(e[theirs]), 1e-300)
+                    diffs[f"{key}.{ours_col}"] = float(d)
+            rows.append(dict(case=f"off-policy {label}", rows=len(r), ipw=float(ours["ipw"][0]),
+                             snipw=float(ours["snipw"][0]), ess=float(ours["effective_sample_size"][0]),
+                             max_rel_diff=max(diffs.values()), worst=max(diffs, key=diffs.get),
+                             recpipe_process_s=wall, numpy_s=t_np))
+    return rows
 
 
 def main():
@@ -124,6 +181,7 @@ def main():
     rec["max_abs_diff_vs_numpy"] = float(np.max(np.abs(ours - p_np)))
     rec["top5"] = [dict(arm=int(i), recpipe=float(ours[i]), numpy=float(p_np[i])) for i in np.argsort(-p_np)[:5]]
     rows.append(rec)
+    rows.extend(ope_rows(tmp))
     for r in rows:
         print(json.dumps(r))
 

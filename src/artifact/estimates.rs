@@ -153,7 +153,7 @@ pub(super) fn id_array<'a>(ids: impl ExactSizeIterator<Item = &'a IdValue> + Clo
 }
 
 /// Adds `run_id, generated_at` and writes the batch.
-pub(super) fn finish(
+pub(crate) fn finish(
     path: &Path,
     mut fields: Vec<Field>,
     mut columns: Vec<ArrayRef>,

@@ -15,6 +15,7 @@ pub mod kind;
 pub mod memory;
 pub mod merge_filters;
 pub mod model;
+pub mod off_policy;
 pub mod recommend;
 pub mod similar_items;
 pub mod spec;
@@ -57,6 +58,8 @@ step_kinds! {
     Estimate(estimate::EstimateSpec),
     /// An A/B experiment's arm weights by Thompson sampling, from its logs.
     Allocate(allocate::AllocateSpec),
+    /// IPW and self-normalised IPW of an allocation on logged propensities.
+    OffPolicy(off_policy::OffPolicySpec),
     /// Publish a list file to a configured sink, atomically.
     Write(write::WriteSpec),
 }

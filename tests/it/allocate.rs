@@ -244,3 +244,102 @@ fn bad_experiments_and_logs_are_refused_and_the_published_weights_stay() {
         text(&o)
     );
 }
+
+#[test]
+fn off_policy_weighs_logged_rows_by_the_candidate_over_the_logged_propensity() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
+                .collect::<Vec<_>>(),
+        ));
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())
+                .unwrap();
+        let path = dir.path().join(name);
+        write_parquet(&path, schema, &[batch]).unwrap();
+        path
+    };
+    let logs = |propensity: Vec<f64>| {
+        write(
+            "logs.parquet",
+            vec![
+                (
+                    "arm_id",
+                    Arc::new(StringArray::from(vec!["a", "b", "a", "c"])),
+                ),
+                ("converted", Arc::new(Int64Array::from(vec![1, 0, 1, 0]))),
+                ("propensity", Arc::new(Float64Array::from(propensity))),
+            ],
+        )
+    };
+    let policy = write(
+        "policy.parquet",
+        vec![
+            ("arm_id", Arc::new(StringArray::from(vec!["a", "b", "c"]))),
+            (
+                "probability",
+                Arc::new(Float64Array::from(vec![0.2, 0.8, 0.0])),
+            ),
+        ],
+    );
+    let run = |logs: &Path| {
+        let out = dir.path().join("ope");
+        recpipe(
+            dir.path(),
+            &[
+                "step",
+                "off-policy",
+                "--logs",
+                logs.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+                "--clips",
+                "1",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let o = run(&logs(vec![0.5, 0.25, 0.5, 0.25]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_, batches) = read_parquet(&dir.path().join("ope/data.parquet")).unwrap();
+    let col = |name: &str| {
+        batches[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone()
+    };
+    // Weights 0.4, 3.2, 0.4, 0: by hand.
+    let (ipw, snipw, ess, max) = (
+        col("ipw"),
+        col("snipw"),
+        col("effective_sample_size"),
+        col("max_weight"),
+    );
+    assert!((ipw.value(0) - 0.2).abs() < 1e-15);
+    assert!((snipw.value(0) - 0.8 / 4.0).abs() < 1e-15);
+    assert!((ess.value(0) - 16.0 / 10.56).abs() < 1e-12);
+    assert_eq!(max.value(0), 3.2);
+    // Four rows worth about two: the estimate says so.
+    let caution = batches[0].column_by_name("caution").unwrap();
+    let caution = caution.as_any().downcast_ref::<StringArray>().unwrap();
+    assert!(
+        caution.value(0).contains("about 2 of 4 rows"),
+        "{}",
+        caution.value(0)
+    );
+    // Clipped at 1: 0.4, 1, 0.4, 0.
+    assert_eq!(col("clip").value(1), 1.0);
+    assert!((snipw.value(1) - 0.8 / 1.8).abs() < 1e-15);
+    // A propensity of 0 cannot weigh a row.
+    let o = run(&logs(vec![0.5, 0.0, 0.5, 0.25]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("row 2: propensity 0"), "{}", text(&o));
+}
