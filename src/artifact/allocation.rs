@@ -10,8 +10,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::Field;
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -110,4 +111,57 @@ pub fn write(
         columns.push(column);
     }
     finish(path, fields, columns, stamp)
+}
+
+/// The allocation in step folder `dir`: its state and its arms, in order.
+pub fn read(dir: &Path) -> Result<(AllocationRecord, Vec<ArmRow>), ArtifactError> {
+    let record: AllocationRecord = super::read_json(&dir.join(STATE_FILE))?;
+    let path = dir.join(super::DATA_FILE);
+    let mut rows = Vec::new();
+    super::for_each_batch(&path, |batch| {
+        let column = |name: &str, to: &DataType| {
+            let c = batch.column_by_name(name).ok_or_else(|| {
+                ArtifactError::Invalid(format!("{}: no `{name}` column", path.display()))
+            })?;
+            cast(c, to)
+                .map_err(|e| ArtifactError::Invalid(format!("{}: `{name}`: {e}", path.display())))
+        };
+        let (ids, descriptions) = (
+            column("arm_id", &DataType::Utf8)?,
+            column("description", &DataType::Utf8)?,
+        );
+        let (ids, descriptions) = (ids.as_string::<i32>(), descriptions.as_string::<i32>());
+        let counts = ["trials", "successes"].map(|n| column(n, &DataType::Int64));
+        let floats = [
+            "posterior_mean",
+            "lower",
+            "upper",
+            "p_best",
+            "p_best_se",
+            "weight",
+        ]
+        .map(|n| column(n, &DataType::Float64));
+        let [trials, successes] = counts.map(|c| c.map(|c| c.as_primitive::<Int64Type>().clone()));
+        let [mean, lower, upper, p_best, p_best_se, weight] =
+            floats.map(|c| c.map(|c| c.as_primitive::<Float64Type>().clone()));
+        let (trials, successes) = (trials?, successes?);
+        let (mean, lower, upper, p_best, p_best_se, weight) =
+            (mean?, lower?, upper?, p_best?, p_best_se?, weight?);
+        for i in 0..batch.num_rows() {
+            rows.push(ArmRow {
+                id: IdValue::Str(ids.value(i).to_string()),
+                description: descriptions.value(i).to_string(),
+                trials: trials.value(i).max(0) as u64,
+                successes: successes.value(i).max(0) as u64,
+                posterior_mean: mean.value(i),
+                lower: lower.value(i),
+                upper: upper.value(i),
+                p_best: p_best.value(i),
+                p_best_se: p_best_se.value(i),
+                weight: weight.value(i),
+            });
+        }
+        Ok(())
+    })?;
+    Ok((record, rows))
 }

@@ -45,6 +45,15 @@ pub enum IdValue {
     Str(String),
 }
 
+impl std::fmt::Display for IdValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdValue::Int(v) => write!(f, "{v}"),
+            IdValue::Str(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Which shape the events have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {

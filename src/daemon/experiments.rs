@@ -7,16 +7,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
-use arrow::datatypes::Float64Type;
 use sha2::{Digest, Sha256};
 
 use super::Daemon;
-use crate::artifact::allocation::{AllocationRecord, STATE_FILE, State};
-use crate::artifact::{DATA_FILE, read_json, read_parquet};
+use crate::artifact::allocation::{self, State};
 use crate::pipeline::history::RunFilter;
-use crate::pipeline::{RunDir, RunStatus, StepStatus};
+use crate::pipeline::{RunDir, RunRecord, RunStatus, StepStatus};
 use crate::steps::StepSpec;
+use crate::steps::allocate::AllocateSpec;
 
 /// How long a loaded allocation is served before the history is asked again
 /// (in the background: requests keep the one they have meanwhile).
@@ -123,13 +121,24 @@ impl Daemon {
         let name = experiment.to_string();
         let load = move || {
             let served = d.load_allocation(&name).map(Arc::new);
-            if let Ok(s) = &served {
-                d.experiments
-                    .served
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(name.clone(), s.clone());
+            let mut cache = d
+                .experiments
+                .served
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &served {
+                Ok(s) => {
+                    cache.insert(name.clone(), s.clone());
+                }
+                // An experiment removed from the pipelines (or whose runs were
+                // pruned) stops being served; an unreadable file keeps the last
+                // good allocation in service.
+                Err(ServeError::Unknown(_) | ServeError::NotYet(..)) => {
+                    cache.remove(&name);
+                }
+                Err(ServeError::Unreadable(..)) => {}
             }
+            drop(cache);
             d.experiments
                 .refreshing
                 .lock()
@@ -156,65 +165,63 @@ impl Daemon {
         }
     }
 
-    /// Finds the experiment's step and reads its latest successful run's
-    /// allocation. Blocking.
-    fn load_allocation(&self, experiment: &str) -> Result<Served, ServeError> {
-        let pipelines = self.pipelines();
-        let (pipeline, step) = pipelines
-            .values()
-            .find_map(|p| {
-                p.steps.iter().find_map(|s| match &s.spec {
-                    StepSpec::Allocate(a) if a.experiment == experiment => {
-                        Some((p.name.clone(), s.id.clone()))
-                    }
-                    _ => None,
-                })
+    /// The pipeline and `allocate` step that run `experiment`.
+    pub fn find_experiment(&self, experiment: &str) -> Option<(String, String, AllocateSpec)> {
+        self.pipelines().values().find_map(|p| {
+            p.steps.iter().find_map(|s| match &s.spec {
+                StepSpec::Allocate(a) if a.experiment == experiment => {
+                    Some((p.name.clone(), s.id.clone(), a.clone()))
+                }
+                _ => None,
             })
-            .ok_or_else(|| ServeError::Unknown(experiment.into()))?;
-        let unreadable = |e: String| ServeError::Unreadable(experiment.into(), e);
+        })
+    }
+
+    /// The last `limit` runs of `pipeline` that published `step`'s
+    /// allocation, newest first. Published means the whole run succeeded: its
+    /// write steps too.
+    pub fn published_runs(
+        &self,
+        pipeline: &str,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, String> {
         let runs = self
             .history
             .runs(&RunFilter {
-                pipeline: Some(pipeline.clone()),
-                limit: 50,
-                ..RunFilter::default()
+                pipeline: Some(pipeline.to_string()),
+                status: Some(RunStatus::Succeeded),
+                limit,
             })
-            .map_err(|e| unreadable(e.to_string()))?;
-        // Published means the whole run succeeded: its write steps too.
-        let run = runs
-            .iter()
-            .find(|r| {
-                r.status == RunStatus::Succeeded
-                    && r.steps.iter().any(|s| {
-                        s.id == step
-                            && matches!(s.status, StepStatus::Succeeded | StepStatus::Reused)
-                    })
+            .map_err(|e| e.to_string())?;
+        Ok(runs
+            .into_iter()
+            .filter(|r| {
+                r.steps.iter().any(|s| {
+                    s.id == step && matches!(s.status, StepStatus::Succeeded | StepStatus::Reused)
+                })
             })
+            .collect())
+    }
+
+    /// Reads the latest published allocation of `experiment`. Blocking.
+    fn load_allocation(&self, experiment: &str) -> Result<Served, ServeError> {
+        let (pipeline, step, _) = self
+            .find_experiment(experiment)
+            .ok_or_else(|| ServeError::Unknown(experiment.into()))?;
+        let unreadable = |e: String| ServeError::Unreadable(experiment.into(), e);
+        let run = self
+            .published_runs(&pipeline, &step, 50)
+            .map_err(unreadable)?
+            .into_iter()
+            .next()
             .ok_or_else(|| ServeError::NotYet(experiment.into(), pipeline.clone()))?;
         let dir = RunDir::new(&self.settings.state_dir, &pipeline, &run.run_id).step_dir(&step);
-        let record: AllocationRecord =
-            read_json(&dir.join(STATE_FILE)).map_err(|e| unreadable(e.to_string()))?;
-        let (_, batches) =
-            read_parquet(&dir.join(DATA_FILE)).map_err(|e| unreadable(e.to_string()))?;
-        let mut arms = Vec::new();
-        for b in &batches {
-            let (Some(ids), Some(weights)) =
-                (b.column_by_name("arm_id"), b.column_by_name("weight"))
-            else {
-                return Err(unreadable(
-                    "the allocation has no `arm_id` or `weight`".into(),
-                ));
-            };
-            let ids = arrow::compute::cast(ids, &arrow::datatypes::DataType::Utf8)
-                .map_err(|e| unreadable(e.to_string()))?;
-            let (ids, weights) = (
-                ids.as_string::<i32>(),
-                weights.as_primitive::<Float64Type>(),
-            );
-            for i in 0..b.num_rows() {
-                arms.push((ids.value(i).to_string(), weights.value(i)));
-            }
-        }
+        let (record, rows) = allocation::read(&dir).map_err(|e| unreadable(e.to_string()))?;
+        let arms: Vec<(String, f64)> = rows
+            .into_iter()
+            .map(|r| (r.id.to_string(), r.weight))
+            .collect();
         let total: f64 = arms.iter().map(|a| a.1).sum();
         if arms.is_empty()
             || (total - 1.0).abs() > 1e-9

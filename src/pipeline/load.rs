@@ -41,6 +41,9 @@ pub struct Pipeline {
     pub steps: Vec<Step>,
     /// Where the write steps publish, for the plan and cross-pipeline checks.
     pub writes: Vec<WriteTarget>,
+    /// The experiments its `allocate` steps run: one name, one experiment,
+    /// across pipelines.
+    pub experiments: Vec<ExperimentName>,
 }
 
 impl Pipeline {
@@ -87,6 +90,16 @@ pub struct WriteTarget {
     pub step: String,
     pub sink: String,
     pub table: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// An experiment's name and where it is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentName {
+    pub name: String,
+    pub step: String,
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
@@ -188,7 +201,8 @@ pub fn load_file(settings: &Settings, file: &Path) -> Result<Pipeline, Diagnosti
 }
 
 /// Two pipelines with one name, or two write steps publishing the same table, would
-/// overwrite each other's lists.
+/// overwrite each other's lists; two `allocate` steps with one experiment would
+/// serve each other's units.
 fn check_across(pipelines: &[Pipeline]) -> Diagnostics {
     let mut diags = Diagnostics::default();
     let mut names: BTreeMap<&str, &Path> = BTreeMap::new();
@@ -218,6 +232,26 @@ fn check_across(pipelines: &[Pipeline]) -> Diagnostics {
                      give each pipeline its own table",
                     w.table,
                     w.sink,
+                    first.file.display(),
+                    first.line,
+                    first.col,
+                    first.step
+                ),
+            });
+        }
+    }
+    let mut experiments: BTreeMap<&str, &ExperimentName> = BTreeMap::new();
+    for e in pipelines.iter().flat_map(|p| &p.experiments) {
+        if let Some(first) = experiments.insert(&e.name, e) {
+            diags.push(Diagnostic {
+                file: e.file.clone(),
+                line: e.line,
+                col: e.col,
+                key: format!("steps.{}.experiment", e.step),
+                message: format!(
+                    "experiment `{}` is also run by {}:{}:{} (steps.{}); the assignment API \
+                     serves one allocation per name",
+                    e.name,
                     first.file.display(),
                     first.line,
                     first.col,
@@ -332,6 +366,23 @@ impl<'a> Checker<'a> {
                 })
             })
             .collect();
+        let experiments = steps
+            .iter()
+            .filter_map(|(step, spans)| match &step.spec {
+                StepSpec::Allocate(a) => {
+                    let span = spans.get("experiment").cloned().unwrap_or(0..0);
+                    let (line, col) = crate::config::diagnostic::line_col(self.src, span.start);
+                    Some(ExperimentName {
+                        name: a.experiment.clone(),
+                        step: step.id.clone(),
+                        file: self.file.to_path_buf(),
+                        line,
+                        col,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
         Some(Pipeline {
             name: header.name,
             file: self.file.to_path_buf(),
@@ -342,6 +393,7 @@ impl<'a> Checker<'a> {
             catch_up: header.catch_up,
             steps: steps.into_iter().map(|(s, _)| s).collect(),
             writes,
+            experiments,
         })
     }
 

@@ -34,6 +34,7 @@ pub fn app(daemon: Arc<Daemon>) -> Router {
         .route("/ui/pipelines/{name}", get(ui::pipeline))
         .route("/ui/runs/{pipeline}/{run_id}", get(ui::run))
         .route("/ui/estimates/{pipeline}/{step}", get(ui::estimates))
+        .route("/ui/experiments/{name}", get(ui::experiment))
         .route(
             "/ui/estimates/{pipeline}/{step}/csv",
             get(ui::estimates_csv),

@@ -337,15 +337,11 @@ pub fn run(
     stop: &StopFlag,
 ) -> StepResult {
     let counts = read_counts(input, "arm_id", None)?;
-    let text = |id: &IdValue| match id {
-        IdValue::Str(s) => s.clone(),
-        IdValue::Int(v) => v.to_string(),
-    };
     let logged: std::collections::HashMap<String, usize> = counts
         .ids
         .iter()
         .enumerate()
-        .map(|(i, id)| (text(id), i))
+        .map(|(i, id)| (id.to_string(), i))
         .collect();
     let configured: std::collections::HashSet<&str> =
         spec.arms.iter().map(|a| a.id.as_str()).collect();
@@ -525,7 +521,7 @@ pub fn run(
         "winner": record.winner,
         "method": record.method,
         "arms": rows.iter().map(|r| serde_json::json!({
-            "arm": text(&r.id), "trials": r.trials, "successes": r.successes,
+            "arm": r.id.to_string(), "trials": r.trials, "successes": r.successes,
             "p_best": r.p_best, "weight": r.weight,
         })).collect::<Vec<_>>(),
     });

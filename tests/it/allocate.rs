@@ -243,6 +243,30 @@ fn bad_experiments_and_logs_are_refused_and_the_published_weights_stay() {
         "{}",
         text(&o)
     );
+    // Two pipelines running one experiment would serve each other's units.
+    edit(p, "example_ab.toml", "min_share = 0.5", "min_share = 0.05");
+    let copy = std::fs::read_to_string(p.join("pipelines/example_ab.toml"))
+        .unwrap()
+        .replace("name = \"example-ab\"", "name = \"example-ab-copy\"")
+        .replace(
+            "table = \"example_ab_weights\"",
+            "table = \"example_ab_copy\"",
+        );
+    std::fs::write(p.join("pipelines/example_ab_copy.toml"), copy).unwrap();
+    let o = recpipe(p, &["validate"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let line = std::fs::read_to_string(p.join("pipelines/example_ab.toml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("experiment ="))
+        .unwrap()
+        + 1;
+    assert!(
+        text(&o).contains(&format!("example_ab_copy.toml:{line}:"))
+            && text(&o).contains("experiment `apply_button` is also run by"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -703,6 +703,96 @@ async fn the_estimates_viewer_reads_in_headless_chromium() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_experiment_page_reads_in_headless_chromium() {
+    let project = common::project();
+    let d = daemon(project.path(), None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let base = format!("http://127.0.0.1:{port}");
+    let page = format!("{base}/ui/experiments/apply_button");
+    let before = tokio::task::spawn_blocking(move || {
+        http_get(port, "/ui/experiments/apply_button").unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(before.0, 200);
+    assert!(
+        before.1.contains("Nothing is published yet"),
+        "{}",
+        before.1
+    );
+    // Two published runs: two points of history per arm.
+    for _ in 0..2 {
+        let Started::Started { run_id } = d.start_run("example-ab", None, Utc::now()).unwrap()
+        else {
+            panic!("not started");
+        };
+        assert_eq!(
+            wait_finished(&d, &run_id).await["run"]["status"],
+            "succeeded"
+        );
+    }
+    let (_, batches) = recpipe::artifact::read_parquet(
+        &project
+            .path()
+            .join("state/published/example_ab_weights/current/data.parquet"),
+    )
+    .unwrap();
+    let published: Vec<f64> = batches[0]
+        .column_by_name("weight")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        b.open(&format!("{base}/ui/pipelines/example-ab"));
+        let links = b.eval("[...document.querySelectorAll('#experiments a')].map(a => a.textContent)");
+        assert_eq!(links, serde_json::json!(["apply_button"]));
+        let errors = b.act("document.querySelector('#experiments a').click()");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(b.eval("location.href"), page.as_str());
+        // The arms in their configured order, with the published shares.
+        let arms = b.eval("[...document.querySelectorAll('#arms tr[data-arm]')].map(r => r.dataset.arm)");
+        assert_eq!(arms, serde_json::json!(["blue", "green", "orange"]));
+        let shares = b.eval("[...document.querySelectorAll('#arms td.share')].map(td => +td.dataset.value)");
+        let shares: Vec<f64> = shares.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(shares, published);
+        let p_best = b.eval("[...document.querySelectorAll('#arms td.p-best')].reduce((s, td) => s + +td.dataset.value, 0)");
+        assert!((p_best.as_f64().unwrap() - 1.0).abs() < 1e-9, "{p_best}");
+        // Each interval is drawn inside its bar, the estimate on it.
+        let drawn = b.eval(
+            "[...document.querySelectorAll('#arms svg.bar')].every(s => {                const i = s.querySelector('rect.interval').getBBox(), e = s.querySelector('circle.estimate');                return i.width > 0 && e.cx.baseVal.value >= i.x - 0.5 && e.cx.baseVal.value <= i.x + i.width + 0.5; })",
+        );
+        assert_eq!(drawn, Value::Bool(true));
+        // The state in words, matching the published state.
+        let state = b.eval("document.getElementById('state').dataset.state");
+        let sentence = b.eval("document.getElementById('state').textContent");
+        let sentence = sentence.as_str().unwrap();
+        match state.as_str().unwrap() {
+            "running" => assert!(sentence.starts_with("Running.") && sentence.contains("95%"), "{sentence}"),
+            "winner" => assert!(sentence.starts_with("Decided"), "{sentence}"),
+            other => panic!("state {other}: {sentence}"),
+        }
+        // Both history charts: a line of two runs per arm, drawn left to right.
+        for chart in ["shares", "p-best"] {
+            let lines = b.eval(&format!(
+                "[...document.querySelectorAll('#{chart} g.arm')].map(g => [+g.dataset.points, g.querySelector('polyline').getBBox().width > 100])"
+            ));
+            assert_eq!(lines, serde_json::json!([[2, true], [2, true], [2, true]]), "{chart}");
+        }
+        let status = b.eval(&format!("fetch('{base}/ui/experiments/nope').then(r => r.status)"));
+        assert_eq!(status, 404);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experiments_assign_units_from_the_published_allocation_fast_while_training_runs() {
     let project = common::project();
     // A training that outlasts the load below.

@@ -220,7 +220,7 @@ fn find(d: &Daemon, pipeline: &str, step: &str, run: Option<&str>) -> Result<Fou
     })
 }
 
-fn failed(message: &str) -> Response {
+pub(super) fn failed(message: &str) -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         page_still("error", &format!("<p>{}</p>", esc(message))),
@@ -228,7 +228,7 @@ fn failed(message: &str) -> Response {
         .into_response()
 }
 
-fn not_found(message: &str) -> Response {
+pub(super) fn not_found(message: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
         page_still("not found", &format!("<p>{}</p>", esc(message))),
@@ -302,7 +302,7 @@ pub async fn csv(
 }
 
 /// A count with thousands separated: 199,999.
-fn count(v: f64) -> String {
+pub(super) fn count(v: f64) -> String {
     let digits = format!("{:.0}", v.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -314,7 +314,7 @@ fn count(v: f64) -> String {
     out
 }
 
-fn percent(v: f64) -> String {
+pub(super) fn percent(v: f64) -> String {
     match v {
         0.0 => "0%".into(),
         v if v < 0.001 => format!("{:.3}%", v * 100.0),
@@ -508,7 +508,14 @@ fn header(q: &ViewQuery, column: &str, label: &str, default_sort: &str) -> Strin
 /// An interval as a bar on a shared scale from 0 to `max`: the line is the
 /// interval, the dot the estimate, the hollow ring the raw rate, the dashed
 /// line the reference.
-fn bar(lower: f64, upper: f64, mean: f64, raw: Option<f64>, reference: f64, max: f64) -> String {
+pub(super) fn bar(
+    lower: f64,
+    upper: f64,
+    mean: f64,
+    raw: Option<f64>,
+    reference: f64,
+    max: f64,
+) -> String {
     const W: f64 = 220.0;
     let x = |v: f64| 5.0 + (v / max).clamp(0.0, 1.0) * (W - 10.0);
     let mut s = format!(

@@ -4,6 +4,7 @@
 //! configuration, history or data is HTML-escaped.
 
 mod estimates;
+mod experiments;
 mod index;
 mod pipeline;
 mod run;
@@ -13,6 +14,7 @@ use axum::response::Html;
 use crate::pipeline::RunRecord;
 
 pub use estimates::{csv as estimates_csv, estimates};
+pub use experiments::experiment;
 pub use index::index;
 pub use pipeline::pipeline;
 pub use run::run;
@@ -31,7 +33,7 @@ table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #
 .skipped,.cancelled{color:#777}.problems{background:#fde8e8;padding:.5em 1em;white-space:pre-wrap}\
 pre{background:#f4f4f4;padding:1em;overflow:auto}\
 .explain{max-width:50em;background:#f4f8fd;padding:.2em 1em}#items td{vertical-align:middle;white-space:nowrap}\
-#filters{margin:1em 0}th a{color:inherit}";
+#filters{margin:1em 0}th a{color:inherit}#arms td{white-space:nowrap}#arms td.description{white-space:normal}";
 
 /// A page that reloads itself every 5 seconds.
 pub(super) fn page(title: &str, body: &str) -> Html<String> {

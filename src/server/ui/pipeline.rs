@@ -13,6 +13,7 @@ use super::{duration_s, esc, page};
 use crate::daemon::Daemon;
 use crate::pipeline::history::RunFilter;
 use crate::pipeline::{Pipeline, RunRecord, RunStatus};
+use crate::steps::StepSpec;
 
 /// Column of each step: one more than the deepest step it needs.
 fn layers(p: &Pipeline) -> BTreeMap<&str, usize> {
@@ -163,6 +164,25 @@ pub async fn pipeline(State(d): State<Arc<Daemon>>, Path(name): Path<String>) ->
                 esc(&p.name),
                 esc(&s.spec.describe()),
                 id = esc(&s.id)
+            );
+        }
+        body.push_str("</ul>");
+    }
+    let experiments: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.spec {
+            StepSpec::Allocate(a) => Some(a.experiment.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !experiments.is_empty() {
+        body.push_str("<h2>Experiments</h2><ul id=\"experiments\">");
+        for e in experiments {
+            let _ = write!(
+                body,
+                "<li><a href=\"/ui/experiments/{e}\">{e}</a></li>",
+                e = esc(e)
             );
         }
         body.push_str("</ul>");
