@@ -1,4 +1,5 @@
--- Trials and applies per arm of the apply-button experiment so far. In
--- production: a GROUP BY over the assignment and conversion logs.
-SELECT arm_id, trials, successes
-FROM ab_arms
+-- Trials and applies per arm of the apply-button experiment so far: one row
+-- per user the assignment API assigned, with whether they applied.
+SELECT arm_id, COUNT(*) AS trials, SUM(converted) AS successes
+FROM ab_log
+GROUP BY arm_id

@@ -66,7 +66,23 @@ pub struct SynthData {
     /// (monthly, in 10,000 yen) and `remote` (0/1), drawn from the model in
     /// [`PLANTED_EFFECTS`].
     pub impressions: RecordBatch,
+    /// The apply-button experiment's assignment log, one row per user:
+    /// `unit`, `arm_id`, `probability` (the share the arm had when the user
+    /// was assigned, as the assignment API answers it), `converted` and
+    /// `assigned_at`, drawn from [`AB_ARMS`] over [`AB_DAYS`].
+    pub ab_log: RecordBatch,
 }
+
+/// The apply-button experiment's arms and their planted conversion rates.
+pub const AB_ARMS: &[(&str, f64)] = &[("blue", 0.028), ("green", 0.034), ("orange", 0.025)];
+
+/// Each day of the experiment: its users and the arms' shares (orange joins
+/// on the second day).
+pub const AB_DAYS: &[(usize, [f64; 3])] = &[
+    (3_000, [0.5, 0.5, 0.0]),
+    (3_500, [0.3, 0.4, 0.3]),
+    (3_500, [0.15, 0.75, 0.1]),
+];
 
 /// The logistic model `impressions` is drawn from: each term's coefficient,
 /// named as `estimate` names it (`position` 1 and `device` `pc` are the
@@ -344,6 +360,7 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
     .expect("columns have equal length");
     let item_counts = item_counts(spec, &item_weight, &item_topic[..spec.items]);
     let impressions = impressions(spec, &item_weight);
+    let ab_log = ab_log(spec.seed);
     SynthData {
         interactions,
         items,
@@ -351,7 +368,42 @@ pub fn generate(spec: &SynthSpec) -> SynthData {
         item_topics: item_topic,
         item_counts,
         impressions,
+        ab_log,
     }
+}
+
+/// The experiment's log (see [`SynthData::ab_log`]), from a generator of its
+/// own: its size does not follow the spec.
+fn ab_log(seed: u64) -> RecordBatch {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xab);
+    let start = 1_793_491_200_000_000i64; // 2026-11-01T00:00:00Z
+    let mut rows = (vec![], vec![], vec![], vec![], vec![]);
+    for (day, (users, shares)) in AB_DAYS.iter().enumerate() {
+        let pick = WeightedIndex::new(shares).expect("shares are positive");
+        for _ in 0..*users {
+            let arm = pick.sample(&mut rng);
+            rows.0.push(format!("u{}", rows.0.len() + 1));
+            rows.1.push(AB_ARMS[arm].0);
+            rows.2.push(shares[arm]);
+            rows.3.push(rng.random_bool(AB_ARMS[arm].1) as i64);
+            rows.4
+                .push(start + day as i64 * 86_400_000_000 + rng.random_range(0..86_400_000_000));
+        }
+    }
+    RecordBatch::try_from_iter([
+        ("unit", Arc::new(StringArray::from(rows.0)) as ArrayRef),
+        ("arm_id", Arc::new(StringArray::from(rows.1)) as ArrayRef),
+        (
+            "probability",
+            Arc::new(arrow::array::Float64Array::from(rows.2)) as ArrayRef,
+        ),
+        ("converted", Arc::new(Int64Array::from(rows.3)) as ArrayRef),
+        (
+            "assigned_at",
+            Arc::new(TimestampMicrosecondArray::from(rows.4).with_timezone("UTC")) as ArrayRef,
+        ),
+    ])
+    .expect("columns have equal length")
 }
 
 /// Impressions drawn from [`PLANTED_EFFECTS`] (see [`SynthData::impressions`]);

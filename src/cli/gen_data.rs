@@ -29,8 +29,8 @@ pub struct GenDataArgs {
 const MAX_USERS_OR_ITEMS: usize = 10_000_000;
 const MAX_EVENTS: usize = 100_000_000;
 
-/// Writes interactions.parquet, items.parquet, item_counts.parquet and
-/// impressions.parquet to `args.out`.
+/// Writes interactions.parquet, items.parquet, item_counts.parquet,
+/// impressions.parquet and ab_log.parquet to `args.out`.
 pub fn run(args: &GenDataArgs) -> Result<(), Failure> {
     for (flag, value, max) in [
         ("--users", args.users, MAX_USERS_OR_ITEMS),
@@ -63,6 +63,7 @@ fn gen_data(out: &Path, spec: &synth::SynthSpec) -> anyhow::Result<()> {
         ("items.parquet", &data.items),
         ("item_counts.parquet", &data.item_counts),
         ("impressions.parquet", &data.impressions),
+        ("ab_log.parquet", &data.ab_log),
     ] {
         let entry =
             artifact::write_parquet(&out.join(name), batch.schema(), std::slice::from_ref(batch))?;

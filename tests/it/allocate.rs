@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use rand::rngs::StdRng;
@@ -225,7 +225,49 @@ fn bad_experiments_and_logs_are_refused_and_the_published_weights_stay() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let published = p.join("state/published/example_ab_weights/current/data.parquet");
     let before = std::fs::read(&published).unwrap();
-    edit(p, "../data/example/ab_arms.csv", "orange,1630,41\n", "");
+    // `replay` weighs each logged assignment by its arm's new share over the
+    // share it was assigned with: recomputed here from the log itself.
+    let column = |batches: &[RecordBatch], name: &str| -> Vec<String> {
+        let c = arrow::compute::cast(
+            batches[0].column_by_name(name).unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+        (0..c.len()).map(|i| c.value(i).to_string()).collect()
+    };
+    let (_, weights) = read_parquet(&published).unwrap();
+    let share: std::collections::HashMap<String, f64> = column(&weights, "arm_id")
+        .into_iter()
+        .zip(
+            column(&weights, "weight")
+                .iter()
+                .map(|w| w.parse::<f64>().unwrap()),
+        )
+        .collect();
+    let (_, log) = read_parquet(&p.join("data/example/ab_log.parquet")).unwrap();
+    let (arms, logged, converted) = (
+        column(&log, "arm_id"),
+        column(&log, "probability"),
+        column(&log, "converted"),
+    );
+    let ipw = arms
+        .iter()
+        .zip(&logged)
+        .zip(&converted)
+        .map(|((a, q), c)| share[a] / q.parse::<f64>().unwrap() * c.parse::<f64>().unwrap())
+        .sum::<f64>()
+        / arms.len() as f64;
+    let (_, replay) =
+        read_parquet(&p.join("state/runs/example-ab/r1/replay/data.parquet")).unwrap();
+    let replayed: f64 = column(&replay, "ipw")[0].parse().unwrap();
+    assert!((replayed - ipw).abs() < 1e-12, "{replayed} vs {ipw}");
+    edit(
+        p,
+        "../sql/example_ab_arms.sql",
+        "FROM ab_log",
+        "FROM ab_log WHERE arm_id <> 'orange'",
+    );
     let o = recpipe(p, &["run", "example-ab", "--run-id", "r2"], &[]);
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
