@@ -479,3 +479,111 @@ fn a_missing_input_is_named_once() {
     assert!(stderr.contains("missing.parquet"), "{stderr}");
     assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
+
+/// Off-policy evaluation: clips that cannot run, and logs or candidates that
+/// cannot be weighed, are each refused by name, never a NaN estimate.
+#[test]
+fn off_policy_refuses_what_it_cannot_weigh() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let files = std::cell::Cell::new(0);
+    let parquet = |name: &str, columns: Vec<(&str, arrow::array::ArrayRef)>| {
+        // Every file its own: the cases are all written before any runs.
+        files.set(files.get() + 1);
+        let name = format!("{}-{name}", files.get());
+        let name = name.as_str();
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())
+                .unwrap();
+        recpipe::artifact::write_parquet(&d.join(name), schema, &[batch]).unwrap();
+        d.join(name).to_str().unwrap().to_string()
+    };
+    let strings = |v: &[&str]| Arc::new(arrow::array::StringArray::from(v.to_vec())) as _;
+    let floats = |v: &[f64]| Arc::new(arrow::array::Float64Array::from(v.to_vec())) as _;
+    let logs = |reward: &[f64], propensity: &[f64]| {
+        parquet(
+            "logs.parquet",
+            vec![
+                ("arm_id", strings(&["a", "b"][..reward.len()])),
+                ("reward", floats(reward)),
+                ("propensity", floats(propensity)),
+            ],
+        )
+    };
+    let policy = |arms: &[&str], p: &[f64]| {
+        parquet(
+            "policy.parquet",
+            vec![("arm_id", strings(arms)), ("probability", floats(p))],
+        )
+    };
+    let run = |logs: &str, policy: &str, clips: &str| {
+        recpipe(
+            d,
+            &[
+                "step",
+                "off-policy",
+                "--logs",
+                logs,
+                "--policy",
+                policy,
+                "--clips",
+                clips,
+                "--output",
+                d.join("out").to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let good = (
+        logs(&[1.0, 0.0], &[0.5, 0.5]),
+        policy(&["a", "b"], &[0.5, 0.5]),
+    );
+    assert_eq!(run(&good.0, &good.1, "10").status.code(), Some(0));
+    for (clips, expect) in [("0.5", "--clips"), ("inf", "--clips"), ("NaN", "--clips")] {
+        let out = run(&good.0, &good.1, clips);
+        assert_eq!(out.status.code(), Some(2), "{clips}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{}", text(&out));
+        no_panic(&out);
+    }
+    let cases = [
+        (
+            logs(&[f64::NAN, 0.0], &[0.5, 0.5]),
+            good.1.clone(),
+            "reward NaN is not finite",
+        ),
+        (
+            logs(&[1.0, 0.0], &[0.5, 1.5]),
+            good.1.clone(),
+            "row 2: propensity 1.5",
+        ),
+        (logs(&[], &[]), good.1.clone(), "has no rows"),
+        (
+            good.0.clone(),
+            policy(&["a", "b"], &[0.5, 2.0]),
+            "probability 2",
+        ),
+        (
+            good.0.clone(),
+            policy(&["a", "a"], &[0.5, 0.5]),
+            "appears twice",
+        ),
+        (
+            good.0.clone(),
+            policy(&["a", "b"], &[0.8, 0.8]),
+            "sum to 1.6",
+        ),
+        (good.0.clone(), policy(&["c"], &[1.0]), "nothing to weigh"),
+    ];
+    for (logs, policy, expect) in cases {
+        let out = run(&logs, &policy, "10");
+        assert_eq!(out.status.code(), Some(2), "{expect}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{expect}: {}", text(&out));
+        no_panic(&out);
+    }
+}
