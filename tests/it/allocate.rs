@@ -6,14 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recpipe::artifact::{read_parquet, write_parquet};
+use recpipe::artifact::read_parquet;
 use serde_json::Value;
 
-use crate::common::{edit, project, recpipe, text};
+use crate::common::{edit, project, published_weights, recpipe, text, write_columns};
 
 /// Writes per-arm counts and runs `recpipe step allocate`: the weights, the
 /// state file, and the process output.
@@ -29,15 +28,7 @@ fn allocate(
         ("trials", Arc::new(Int64Array::from(trials.to_vec()))),
         ("successes", Arc::new(Int64Array::from(successes.to_vec()))),
     ];
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
-            .collect::<Vec<_>>(),
-    ));
-    let batch =
-        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
-    write_parquet(&dir.join("arms.parquet"), schema, &[batch]).unwrap();
+    write_columns(&dir.join("arms.parquet"), columns);
     std::fs::write(dir.join("experiment.toml"), experiment).unwrap();
     let out = dir.join("out");
     let o = recpipe(
@@ -236,15 +227,7 @@ fn bad_experiments_and_logs_are_refused_and_the_published_weights_stay() {
         let c = c.as_any().downcast_ref::<StringArray>().unwrap();
         (0..c.len()).map(|i| c.value(i).to_string()).collect()
     };
-    let (_, weights) = read_parquet(&published).unwrap();
-    let share: std::collections::HashMap<String, f64> = column(&weights, "arm_id")
-        .into_iter()
-        .zip(
-            column(&weights, "weight")
-                .iter()
-                .map(|w| w.parse::<f64>().unwrap()),
-        )
-        .collect();
+    let share: std::collections::HashMap<String, f64> = published_weights(p).into_iter().collect();
     let (_, log) = read_parquet(&p.join("data/example/ab_log.parquet")).unwrap();
     let (arms, logged, converted) = (
         column(&log, "arm_id"),
@@ -314,20 +297,7 @@ fn bad_experiments_and_logs_are_refused_and_the_published_weights_stay() {
 #[test]
 fn off_policy_weighs_logged_rows_by_the_candidate_over_the_logged_propensity() {
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
-        let schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
-                .collect::<Vec<_>>(),
-        ));
-        let batch =
-            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())
-                .unwrap();
-        let path = dir.path().join(name);
-        write_parquet(&path, schema, &[batch]).unwrap();
-        path
-    };
+    let write = |name: &str, columns| write_columns(&dir.path().join(name), columns);
     let logs = |propensity: Vec<f64>| {
         write(
             "logs.parquet",

@@ -26,6 +26,30 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Writes the named columns (nullable) as one Parquet file at `path`.
+pub fn write_columns(path: &Path, columns: Vec<(&str, arrow::array::ArrayRef)>) -> PathBuf {
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    recpipe::artifact::write_parquet(path, batch.schema(), &[batch]).unwrap();
+    path.to_path_buf()
+}
+
+/// The arms and weights of `example-ab`'s published allocation, in order.
+pub fn published_weights(project: &Path) -> Vec<(String, f64)> {
+    let path = project.join("state/published/example_ab_weights/current/data.parquet");
+    let (_, batches) = read_parquet(&path).unwrap();
+    let b = &batches[0];
+    let ids = b.column_by_name("arm_id").unwrap();
+    let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+    let weights = b.column_by_name("weight").unwrap();
+    let weights = weights
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()
+        .unwrap();
+    (0..b.num_rows())
+        .map(|i| (ids.value(i).to_string(), weights.value(i)))
+        .collect()
+}
+
 /// A temporary project with the repository's config, pipelines, SQL and data.
 pub fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

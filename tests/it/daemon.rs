@@ -733,20 +733,10 @@ async fn the_experiment_page_reads_in_headless_chromium() {
             "succeeded"
         );
     }
-    let (_, batches) = recpipe::artifact::read_parquet(
-        &project
-            .path()
-            .join("state/published/example_ab_weights/current/data.parquet"),
-    )
-    .unwrap();
-    let published: Vec<f64> = batches[0]
-        .column_by_name("weight")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<arrow::array::Float64Array>()
-        .unwrap()
-        .values()
-        .to_vec();
+    let published: Vec<f64> = common::published_weights(project.path())
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect();
 
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
@@ -827,26 +817,9 @@ async fn experiments_assign_units_from_the_published_allocation_fast_while_train
         wait_finished(&d, &run_id).await["run"]["status"],
         "succeeded"
     );
-    let published = project
-        .path()
-        .join("state/published/example_ab_weights/current/data.parquet");
-    let (_, batches) = recpipe::artifact::read_parquet(&published).unwrap();
-    let ids = batches[0].column_by_name("arm_id").unwrap();
-    let ids = ids
-        .as_any()
-        .downcast_ref::<arrow::array::StringArray>()
-        .unwrap();
-    let arms: Vec<String> = (0..arrow::array::Array::len(ids))
-        .map(|i| ids.value(i).to_string())
-        .collect();
-    let weights = batches[0]
-        .column_by_name("weight")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<arrow::array::Float64Array>()
-        .unwrap()
-        .values()
-        .to_vec();
+    let (arms, weights): (Vec<String>, Vec<f64>) = common::published_weights(project.path())
+        .into_iter()
+        .unzip();
     let (status, body) = get(format!("{assign}?unit=u1")).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let a: Value = serde_json::from_str(&body).unwrap();

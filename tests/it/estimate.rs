@@ -6,30 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use recpipe::artifact::{read_parquet, write_parquet};
+use recpipe::artifact::read_parquet;
 use recpipe::synth::beta_sample;
 use serde_json::Value;
 
-use crate::common::{edit, i64s, project, recpipe, text};
+use crate::common::{edit, i64s, project, recpipe, text, write_columns};
 
 type Columns<'a> = Vec<(&'a str, ArrayRef)>;
 
 /// A Parquet file of the named columns.
 fn events(dir: &Path, name: &str, columns: Columns) -> PathBuf {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let batch =
-        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
-    let path = dir.join(format!("{name}.parquet"));
-    write_parquet(&path, schema, &[batch]).unwrap();
-    path
+    write_columns(&dir.join(format!("{name}.parquet")), columns)
 }
 
 fn estimate(dir: &Path, input: &Path, extra: &[&str]) -> std::process::Output {

@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use recpipe::pipeline::{RunRecord, RunStatus, StepStatus};
 
-use crate::common::{edit, project, recpipe, repo, text};
+use crate::common::{edit, project, recpipe, repo, text, write_columns};
 
 fn current(project: &Path, table: &str) -> Option<String> {
     std::fs::read_to_string(project.join("state/published").join(table).join("CURRENT"))
@@ -491,18 +491,10 @@ fn off_policy_refuses_what_it_cannot_weigh() {
         // Every file its own: the cases are all written before any runs.
         files.set(files.get() + 1);
         let name = format!("{}-{name}", files.get());
-        let name = name.as_str();
-        let schema = Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
-        let batch =
-            RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect())
-                .unwrap();
-        recpipe::artifact::write_parquet(&d.join(name), schema, &[batch]).unwrap();
-        d.join(name).to_str().unwrap().to_string()
+        write_columns(&d.join(name), columns)
+            .to_str()
+            .unwrap()
+            .to_string()
     };
     let strings = |v: &[&str]| Arc::new(arrow::array::StringArray::from(v.to_vec())) as _;
     let floats = |v: &[f64]| Arc::new(arrow::array::Float64Array::from(v.to_vec())) as _;
