@@ -33,7 +33,7 @@ const MIN_EFFECTIVE_ROWS: f64 = 30.0;
 #[serde(deny_unknown_fields)]
 pub struct OffPolicySpec {
     /// Weights above each of these are clipped to it, for an estimate each
-    /// besides the unclipped one (default [100]).
+    /// besides the unclipped one (default `[100]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clips: Option<Vec<f64>>,
 }
