@@ -1,6 +1,6 @@
-//! `recpipe bench`: times recpipe's ALS on the exact split the anchor script wrote
-//! (`anchors.py --write-split`) with the anchors' protocol, so the two can be
-//! compared as ratios from one run on one machine.
+//! `recpipe bench`: times recpipe's ALS (or RP3beta) on the exact split the
+//! anchor script wrote (`anchors.py --write-split`) with the anchors' protocol,
+//! so the two can be compared as ratios from one run on one machine.
 //!
 //! Protocol (as `../shared/bench/anchors.py`): positives are rows with
 //! `rating ≥ 4` (or every row), weighted by their rating; seen = every training
@@ -16,9 +16,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
 use recpipe::eval::{self, Metrics};
+use recpipe::models::Recommender;
 use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
 use recpipe::steps::model::als::AlsSpec;
+use recpipe::steps::model::rp3beta::Rp3BetaSpec;
+use recpipe::steps::model::{ModelKind, TrainData};
 use recpipe::topn::{self, Selection};
 
 use super::Failure;
@@ -42,6 +45,13 @@ pub struct BenchArgs {
     /// ALS-WR: scale each row's regularization by its interaction count.
     #[arg(long)]
     pub scale_regularization: bool,
+    /// `als`, or `rp3beta` (against `strong_anchors.py`).
+    #[arg(long, default_value = "als")]
+    pub model: String,
+    #[arg(long, default_value_t = 0.8)]
+    pub rp3_alpha: f32,
+    #[arg(long, default_value_t = 0.4)]
+    pub rp3_beta: f32,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     #[arg(long, default_value_t = 3)]
@@ -62,8 +72,17 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     let pool = recpipe::steps::compute_pool(a.threads).map_err(|e| Failure::Failed(e.into()))?;
+    let walk = Rp3BetaSpec {
+        alpha: a.rp3_alpha,
+        beta: a.rp3_beta,
+        neighbors: None,
+    };
     let result = pool
-        .install(|| measure(&split, &spec, a.repeats))
+        .install(|| match a.model.as_str() {
+            "als" => measure(&split, &spec, a.repeats),
+            "rp3beta" => measure_walk(&split, &walk, a.repeats),
+            other => Err(format!("--model {other}: `als` or `rp3beta`")),
+        })
         .map_err(|e| Failure::BadInput(anyhow!(e)))?;
     println!(
         "{}",
@@ -228,6 +247,89 @@ fn reset_peak_rss() -> bool {
 }
 
 /// Fits, times rec-all and sim-all (minimum over `repeats`), and evaluates.
+/// The best of `repeats` timings of top-10 lists for every user (seen items
+/// removed) and for every item (itself removed).
+fn time_lists(
+    split: &Split,
+    model: &dyn Recommender,
+    similarity: &dyn Recommender,
+    repeats: usize,
+    stop: &StopFlag,
+) -> (f64, f64) {
+    let users: Vec<u32> = (0..split.train.n_rows as u32).collect();
+    let items: Vec<u32> = (0..split.train.n_cols as u32).collect();
+    let (mut rec_all_s, mut sim_all_s) = (f64::MAX, f64::MAX);
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let selection = Selection {
+            k: 10,
+            seen: Some(split.seen()),
+            ..Selection::default()
+        };
+        std::hint::black_box(
+            topn::select_block(model, &users, &selection, stop).expect("not stopped"),
+        );
+        rec_all_s = rec_all_s.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let selection = Selection {
+            k: 10,
+            exclude_self: true,
+            ..Selection::default()
+        };
+        std::hint::black_box(
+            topn::select_block(similarity, &items, &selection, stop).expect("not stopped"),
+        );
+        sim_all_s = sim_all_s.min(start.elapsed().as_secs_f64());
+    }
+    (rec_all_s, sim_all_s)
+}
+
+/// RP3beta as a train step fits it (on positives, values ignored): the fit,
+/// the lists and the metrics; the factor-model fields are not measured.
+pub fn measure_walk(
+    split: &Split,
+    spec: &Rp3BetaSpec,
+    repeats: usize,
+) -> Result<BenchResult, String> {
+    let stop = StopFlag::default();
+    let load_peak = peak_rss_mb();
+    let reset = reset_peak_rss();
+    let data = TrainData {
+        matrix: &split.train,
+        item_features: None,
+    };
+    let mut fit_s = f64::MAX;
+    let mut model = None;
+    for _ in 0..repeats.max(1) {
+        drop(model.take());
+        let start = Instant::now();
+        let fit = spec.fit(&data, &stop).map_err(|e| e.to_string())?;
+        fit_s = fit_s.min(start.elapsed().as_secs_f64());
+        model = Some(fit.model);
+    }
+    let model = model.expect("at least one fit");
+    let similarity = model.similarity().ok_or("rp3beta has item neighbours")?;
+    let (rec_all_s, sim_all_s) =
+        time_lists(split, model.as_ref(), similarity.as_ref(), repeats, &stop);
+    let model_peak = peak_rss_mb();
+    let metrics = eval::evaluate(model.as_ref(), split.seen(), &split.test()?, 10, &stop)
+        .expect("not stopped");
+    Ok(BenchResult {
+        users: split.train.n_rows,
+        items: split.train.n_cols,
+        train_rows: split.train.nnz(),
+        fit_s,
+        rec_all_s,
+        sim_all_s,
+        gemm_gflops_peak: f64::NAN,
+        rec_all_gflops: f64::NAN,
+        metrics,
+        peak_rss_mb: load_peak.max(peak_rss_mb()),
+        model_peak_rss_mb: if reset { model_peak } else { f64::NAN },
+        csr_and_factors_mb: f64::NAN,
+    })
+}
+
 pub fn measure(split: &Split, spec: &AlsSpec, repeats: usize) -> Result<BenchResult, String> {
     let stop = StopFlag::default();
     let load_peak = peak_rss_mb();
@@ -247,42 +349,18 @@ pub fn measure(split: &Split, spec: &AlsSpec, repeats: usize) -> Result<BenchRes
         model = Some(m);
     }
     let model = model.expect("at least one fit");
-    let users: Vec<u32> = (0..split.train.n_rows as u32).collect();
-    let items: Vec<u32> = (0..split.train.n_cols as u32).collect();
-    let mut rec_all_s = f64::MAX;
-    let mut sim_all_s = f64::MAX;
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        let selection = Selection {
-            k: 10,
-            seen: Some(split.seen()),
-            ..Selection::default()
-        };
-        std::hint::black_box(
-            topn::select_block(&model, &users, &selection, &stop).expect("not stopped"),
-        );
-        rec_all_s = rec_all_s.min(start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        let sim = CosineSimilarity::new(&model.item_factors, model.factors);
-        let selection = Selection {
-            k: 10,
-            exclude_self: true,
-            ..Selection::default()
-        };
-        std::hint::black_box(
-            topn::select_block(&sim, &items, &selection, &stop).expect("not stopped"),
-        );
-        sim_all_s = sim_all_s.min(start.elapsed().as_secs_f64());
-    }
+    let sim = CosineSimilarity::new(&model.item_factors, model.factors);
+    let (rec_all_s, sim_all_s) = time_lists(split, &model, &sim, repeats, &stop);
+    let (users, items) = (split.train.n_rows, split.train.n_cols);
     let model_peak = peak_rss_mb();
     let metrics =
         eval::evaluate(&model, split.seen(), &split.test()?, 10, &stop).expect("not stopped");
-    let flops = 2.0 * users.len() as f64 * items.len() as f64 * spec.factors as f64;
+    let flops = 2.0 * users as f64 * items as f64 * spec.factors as f64;
     let csr_bytes = |m: &Csr| (m.indptr.len() * 8 + m.indices.len() * 4 + m.data.len() * 4) as f64;
     let factor_bytes = ((model.user_factors.len() + model.item_factors.len()) * 4) as f64;
     Ok(BenchResult {
-        users: users.len(),
-        items: items.len(),
+        users,
+        items,
         train_rows: split.train.nnz(),
         fit_s,
         rec_all_s,

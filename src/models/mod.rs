@@ -11,6 +11,7 @@ pub mod fm;
 pub mod ids;
 pub mod item_item;
 pub mod popular;
+pub mod rp3beta;
 pub mod similarity;
 pub mod text;
 

@@ -96,7 +96,7 @@ pub fn similar(
     let loaded = model::load(&job.model_dir)?;
     let similarity = loaded.fitted.similarity().ok_or_else(|| {
         StepError::Data(format!(
-            "model `{}` has no item similarity; train `als`, `item_item`, `fm` or `content` for similar items",
+            "model `{}` has no item similarity; train `als`, `item_item`, `rp3beta`, `fm` or `content` for similar items",
             loaded.meta.model
         ))
     })?;

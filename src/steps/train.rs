@@ -35,7 +35,7 @@ pub struct TrainArgs {
 /// A model on the command line: `--model` and its keys, as a pipeline file writes them.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// The model: `popular`, `als`, `item_item`, `fm` or `content`.
+    /// The model: `popular`, `als`, `item_item`, `rp3beta`, `fm` or `content`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).

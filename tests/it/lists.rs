@@ -146,6 +146,74 @@ similarity = "cosine"
     );
 }
 
+#[test]
+fn rp3beta_lists_users_and_items_from_its_stored_walk() {
+    let dir = project();
+    let p = dir.path();
+    let pipeline = r#"
+name = "walk"
+
+[steps.interactions]
+kind = "extract"
+source = "local"
+sql = "sql/example_interactions.sql"
+role = "interactions"
+params = { min_value = 1 }
+
+[steps.model]
+kind = "train"
+needs = ["interactions"]
+model = "rp3beta"
+neighbors = 100
+
+[steps.recs]
+kind = "recommend"
+needs = ["model"]
+
+[steps.similar]
+kind = "similar_items"
+needs = ["model"]
+
+[steps.quality]
+kind = "evaluate"
+needs = ["interactions"]
+model = "rp3beta"
+"#;
+    std::fs::write(p.join("pipelines/walk.toml"), pipeline).unwrap();
+    let out = recpipe(p, &["run", "walk", "--run-id", "w1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = p.join("state/runs/walk/w1");
+    // At most 100 neighbours kept per item, and never the item itself.
+    let (_, neighbors) = read_parquet(&run.join("model/neighbors.parquet")).unwrap();
+    let mut per_item = std::collections::HashMap::new();
+    for b in &neighbors {
+        let item = b.column_by_name("item").unwrap();
+        let item = item
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            *per_item.entry(item.value(i)).or_insert(0usize) += 1;
+        }
+    }
+    assert!(
+        per_item.values().all(|&n| n <= 100) && per_item.len() > 400,
+        "{}",
+        per_item.len()
+    );
+    let (_, recs) = read_parquet(&run.join("recs/data.parquet")).unwrap();
+    assert!(recs.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
+    let (_, similar) = read_parquet(&run.join("similar/data.parquet")).unwrap();
+    assert!(similar.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
+    let metrics: serde_json::Value =
+        recpipe::artifact::read_json(&run.join("quality/metrics.json")).unwrap();
+    let lift = metrics["ndcg_lift_over_popularity"].as_f64().unwrap();
+    assert!(
+        lift > 1.1,
+        "rp3beta should beat popularity on held-out data: {metrics}"
+    );
+}
+
 /// Runs `recpipe step extract` for `SELECT item_id FROM items WHERE <condition>`
 /// over the example items as a filter list; returns `<project>/<name>.parquet`.
 fn extract_item_filter(p: &std::path::Path, name: &str, condition: &str) -> std::path::PathBuf {

@@ -106,16 +106,24 @@ impl ModelKind for ItemItemSpec {
     }
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
-        let n = artifact.items.len();
-        let neighbors = artifact.sparse(NEIGHBORS_FILE, NEIGHBOR_COLUMNS, Some(n))?;
-        // Users are scored through their training interactions.
-        let user_items =
-            interactions::load_with(&artifact.meta.trained_on, &artifact.users, &artifact.items)?;
-        Ok(Box::new(ItemItemModel {
-            neighbors,
-            user_items,
-        }))
+        Ok(Box::new(load_neighbors(artifact, false)?))
     }
+}
+
+/// A model scored through item neighbours, read back: its neighbours, and the
+/// users' training interactions (present or absent when `binary`).
+pub fn load_neighbors(artifact: &ModelFiles, binary: bool) -> Result<ItemItemModel, StepError> {
+    let n = artifact.items.len();
+    let neighbors = artifact.sparse(NEIGHBORS_FILE, NEIGHBOR_COLUMNS, Some(n))?;
+    let mut user_items =
+        interactions::load_with(&artifact.meta.trained_on, &artifact.users, &artifact.items)?;
+    if binary {
+        user_items.data.fill(1.0);
+    }
+    Ok(ItemItemModel {
+        neighbors,
+        user_items,
+    })
 }
 
 impl Trained for ItemItemModel {

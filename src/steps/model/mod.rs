@@ -9,6 +9,7 @@ pub mod content;
 pub mod fm;
 pub mod item_item;
 pub mod popular;
+pub mod rp3beta;
 
 use std::path::Path;
 
@@ -146,6 +147,7 @@ model_kinds! {
     Popular(popular::PopularSpec),
     Als(als::AlsSpec),
     ItemItem(item_item::ItemItemSpec),
+    Rp3Beta(rp3beta::Rp3BetaSpec),
     Fm(fm::FmSpec),
     Content(content::ContentSpec),
 }
