@@ -139,6 +139,31 @@ fn user_metrics(list: &[topn::Scored], relevant: &[u32], k: usize) -> [f64; 4] {
     ]
 }
 
+/// A held-out split of generated data with planted topics (800 users, 300
+/// items), on which a model must beat popularity.
+#[cfg(test)]
+pub(crate) fn planted_split() -> (Csr, Csr) {
+    let data = crate::synth::generate(&crate::synth::SynthSpec {
+        users: 800,
+        items: 300,
+        events: 16_000,
+        ..Default::default()
+    });
+    let col = |name: &str| -> Vec<u32> {
+        let a = data.interactions.column_by_name(name).unwrap();
+        a.as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .values()
+            .iter()
+            .map(|&v| (v - 1) as u32)
+            .collect()
+    };
+    let (rows, cols) = (col("user_id"), col("item_id"));
+    let m = Csr::from_triplets(800, 300, &rows, &cols, &vec![1.0; rows.len()]);
+    split_random(&m, 0.2, 42)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,25 +203,7 @@ mod tests {
     /// On data with planted topics, ALS must find the structure popularity cannot.
     #[test]
     fn als_beats_popularity_on_held_out_data() {
-        let data = crate::synth::generate(&crate::synth::SynthSpec {
-            users: 800,
-            items: 300,
-            events: 16_000,
-            ..Default::default()
-        });
-        let col = |name: &str| -> Vec<i64> {
-            let a = data.interactions.column_by_name(name).unwrap();
-            a.as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        let (users, items) = (col("user_id"), col("item_id"));
-        let rows: Vec<u32> = users.iter().map(|&u| (u - 1) as u32).collect();
-        let cols: Vec<u32> = items.iter().map(|&i| (i - 1) as u32).collect();
-        let m = Csr::from_triplets(800, 300, &rows, &cols, &vec![1.0; rows.len()]);
-        let (train, test) = split_random(&m, 0.2, 42);
+        let (train, test) = planted_split();
         let stop = StopFlag::default();
         let pop = evaluate(&Popular::fit(&train, false), &train, &test, 10, &stop).unwrap();
         let params = AlsParams {

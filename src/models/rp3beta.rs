@@ -64,22 +64,18 @@ pub fn neighbors(
                 }
                 let scale = item_step[i];
                 let weigh = |j: u32| acc[j as usize] * scale * penalty[j as usize];
-                let row: (Vec<u32>, Vec<f32>) = match keep.filter(|&k| k + 1 < touched.len()) {
+                let js: Vec<u32> = touched
+                    .iter()
+                    .copied()
+                    .filter(|&j| j as usize != i)
+                    .collect();
+                let row: (Vec<u32>, Vec<f32>) = match keep.filter(|&k| k < js.len()) {
                     None => {
-                        let js: Vec<u32> = touched
-                            .iter()
-                            .copied()
-                            .filter(|&j| j as usize != i)
-                            .collect();
                         let ws = js.iter().map(|&j| weigh(j)).collect();
                         (js, ws)
                     }
                     Some(k) => {
-                        let mut row: Vec<(u32, f32)> = touched
-                            .iter()
-                            .filter(|&&j| j as usize != i)
-                            .map(|&j| (j, weigh(j)))
-                            .collect();
+                        let mut row: Vec<(u32, f32)> = js.iter().map(|&j| (j, weigh(j))).collect();
                         row.select_nth_unstable_by(k, |a, b| {
                             b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
                         });
@@ -118,7 +114,7 @@ pub fn neighbors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::{evaluate, split_random};
+    use crate::eval::{evaluate, planted_split};
     use crate::models::item_item::ItemItemModel;
     use crate::models::popular::Popular;
 
@@ -188,25 +184,7 @@ mod tests {
     /// On data with planted topics, the walk finds what popularity cannot.
     #[test]
     fn rp3beta_beats_popularity_on_held_out_data() {
-        let data = crate::synth::generate(&crate::synth::SynthSpec {
-            users: 800,
-            items: 300,
-            events: 16_000,
-            ..Default::default()
-        });
-        let col = |name: &str| -> Vec<u32> {
-            let a = data.interactions.column_by_name(name).unwrap();
-            a.as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap()
-                .values()
-                .iter()
-                .map(|&v| (v - 1) as u32)
-                .collect()
-        };
-        let (rows, cols) = (col("user_id"), col("item_id"));
-        let m = Csr::from_triplets(800, 300, &rows, &cols, &vec![1.0; rows.len()]);
-        let (train, test) = split_random(&m, 0.2, 42);
+        let (train, test) = planted_split();
         let stop = StopFlag::default();
         let pop = evaluate(&Popular::fit(&train, false), &train, &test, 10, &stop).unwrap();
         let model = ItemItemModel {

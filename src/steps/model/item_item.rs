@@ -9,7 +9,7 @@ use super::{Fit, Fitted, ModelKind, TrainData, Trained};
 use crate::artifact::interactions;
 use crate::artifact::model::{Columns, ModelFiles, sparse_batch};
 use crate::models::item_item::{self, ItemItemModel, NeighborSimilarity, Similarity};
-use crate::models::{Recommender, StopFlag};
+use crate::models::{Csr, Recommender, StopFlag};
 use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
@@ -80,18 +80,10 @@ impl ModelKind for ItemItemSpec {
     /// Fits item-item neighbours after checking they fit in memory.
     fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError> {
         let matrix = data.matrix;
-        // Kept lists, the transposed matrix and a dense accumulator per thread.
-        let items = matrix.n_cols as u64;
-        let bytes = items * self.neighbors.min(matrix.n_cols) as u64 * 8
-            + matrix.nnz() as u64 * 16
-            + rayon::current_num_threads() as u64 * items * 4;
-        memory::check(
-            bytes,
-            &format!(
-                "item-item with {} neighbors for {items} items",
-                self.neighbors
-            ),
-            "`neighbors`",
+        check_neighbor_memory(
+            matrix,
+            self.neighbors,
+            &format!("item-item with {} neighbors", self.neighbors),
         )?;
         let neighbors = item_item::neighbors(matrix, self.similarity(), self.neighbors, stop)?;
         let report = json!({ "neighbor_pairs": neighbors.nnz() });
@@ -108,6 +100,17 @@ impl ModelKind for ItemItemSpec {
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
         Ok(Box::new(load_neighbors(artifact, false)?))
     }
+}
+
+/// Refuses a neighbour model that would not fit in memory: `kept` lists of
+/// each item (8 bytes an entry), the transposed matrix and a dense accumulator
+/// per thread.
+pub fn check_neighbor_memory(matrix: &Csr, kept: usize, what: &str) -> Result<(), StepError> {
+    let items = matrix.n_cols as u64;
+    let bytes = items * kept.min(matrix.n_cols) as u64 * 8
+        + matrix.nnz() as u64 * 16
+        + rayon::current_num_threads() as u64 * items * 4;
+    memory::check(bytes, &format!("{what} for {items} items"), "`neighbors`")
 }
 
 /// A model scored through item neighbours, read back: its neighbours, and the

@@ -5,13 +5,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::item_item::{MAX_NEIGHBORS, load_neighbors};
+use super::item_item::{MAX_NEIGHBORS, check_neighbor_memory, load_neighbors};
 use super::{Fit, Fitted, ModelKind, TrainData};
 use crate::artifact::model::ModelFiles;
 use crate::models::item_item::ItemItemModel;
 use crate::models::{StopFlag, rp3beta};
+use crate::steps::StepError;
 use crate::steps::spec::{Problem, between, whole};
-use crate::steps::{StepError, memory};
 
 /// A random walk item → user → item, penalised by the target's popularity.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -55,20 +55,8 @@ impl ModelKind for Rp3BetaSpec {
     /// Fits the walk's weights after checking they fit in memory.
     fn fit(&self, data: &TrainData, stop: &StopFlag) -> Result<Fit, StepError> {
         let matrix = data.matrix;
-        let items = matrix.n_cols as u64;
-        // The kept weights (8 bytes each), the transposed matrix and a dense
-        // accumulator per thread.
-        let kept = self
-            .neighbors
-            .map_or(items.saturating_sub(1), |k| k.min(matrix.n_cols) as u64);
-        let bytes = items * kept * 8
-            + matrix.nnz() as u64 * 16
-            + rayon::current_num_threads() as u64 * items * 4;
-        memory::check(
-            bytes,
-            &format!("rp3beta keeping {kept} neighbours for each of {items} items"),
-            "`neighbors`",
-        )?;
+        let kept = self.neighbors.unwrap_or(matrix.n_cols.saturating_sub(1));
+        check_neighbor_memory(matrix, kept, &format!("rp3beta keeping {kept} neighbours"))?;
         let neighbors = rp3beta::neighbors(matrix, self.alpha, self.beta, self.neighbors, stop)?;
         let report = json!({ "neighbor_pairs": neighbors.nnz() });
         // The walk ignores values: so does scoring.
