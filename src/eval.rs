@@ -24,6 +24,28 @@ pub struct Metrics {
     pub coverage: f64,
 }
 
+/// A figure of [`Metrics`] a pipeline can name (`metric = "ndcg"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    #[default]
+    Ndcg,
+    Precision,
+    Recall,
+    Map,
+}
+
+impl Metrics {
+    pub fn get(&self, name: MetricName) -> f64 {
+        match name {
+            MetricName::Ndcg => self.ndcg,
+            MetricName::Precision => self.precision,
+            MetricName::Recall => self.recall,
+            MetricName::Map => self.map,
+        }
+    }
+}
+
 /// Splits the cells of `m` into train and test, `round(fraction · nnz)` of them
 /// chosen at random (seeded) for test.
 pub fn split_random(m: &Csr, fraction: f64, seed: u64) -> (Csr, Csr) {

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         Ok(()) => return ExitCode::SUCCESS,
         Err(Failure::BadInput(e)) => (ErrorClass::InvalidInput.exit_code(), e),
         Err(Failure::Transient(e)) => (ErrorClass::Transient.exit_code(), e),
+        Err(Failure::Blocked(e)) => (ErrorClass::Blocked.exit_code(), e),
         Err(Failure::Failed(e)) => (ErrorClass::Failed.exit_code(), e),
     };
     eprintln!("error: {}", redact(&format!("{e:#}")));

@@ -19,9 +19,10 @@ use recpipe::eval::{self, Metrics};
 use recpipe::models::Recommender;
 use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
+use recpipe::steps::evaluate::Cells;
 use recpipe::steps::model::als::AlsSpec;
-use recpipe::steps::model::rp3beta::Rp3BetaSpec;
-use recpipe::steps::model::{ModelKind, TrainData};
+use recpipe::steps::model::{ModelSpec, TrainData};
+use recpipe::steps::tune;
 use recpipe::topn::{self, Selection};
 
 use super::Failure;
@@ -45,13 +46,17 @@ pub struct BenchArgs {
     /// ALS-WR: scale each row's regularization by its interaction count.
     #[arg(long)]
     pub scale_regularization: bool,
-    /// `als`, or `rp3beta` (against `strong_anchors.py`).
+    /// `als` with the flags above, or any other model with its keys as
+    /// `--set key=value` (`rp3beta`, `ease` against `strong_anchors.py`).
     #[arg(long, default_value = "als")]
     pub model: String,
-    #[arg(long, default_value_t = 0.8)]
-    pub rp3_alpha: f32,
-    #[arg(long, default_value_t = 0.4)]
-    pub rp3_beta: f32,
+    /// Model keys as `key=value` in TOML syntax, for a model other than `als`.
+    #[arg(long = "set", value_parser = recpipe::steps::kind::parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// A TOML file holding a `tune` table, as in a pipeline: search on a
+    /// validation split of the training positives first, then fit the choice.
+    #[arg(long)]
+    pub tune: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     #[arg(long, default_value_t = 3)]
@@ -72,16 +77,26 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     let pool = recpipe::steps::compute_pool(a.threads).map_err(|e| Failure::Failed(e.into()))?;
-    let walk = Rp3BetaSpec {
-        alpha: a.rp3_alpha,
-        beta: a.rp3_beta,
-        neighbors: None,
+    let other = match (a.model.as_str(), &a.tune) {
+        ("als", None) => None,
+        _ => Some(model_spec(&a.model, &a.set).map_err(|e| Failure::BadInput(anyhow!(e)))?),
     };
+    let tune = a
+        .tune
+        .as_deref()
+        .map(recpipe::steps::train::read_tune)
+        .transpose()
+        .map_err(|e| Failure::BadInput(anyhow!(e)))?;
     let result = pool
-        .install(|| match a.model.as_str() {
-            "als" => measure(&split, &spec, a.repeats),
-            "rp3beta" => measure_walk(&split, &walk, a.repeats),
-            other => Err(format!("--model {other}: `als` or `rp3beta`")),
+        .install(|| match (other, tune) {
+            (None, _) => measure(&split, &spec, a.repeats),
+            (Some(base), None) => measure_model(&split, &base, a.repeats, None),
+            (Some(base), Some(tune)) => {
+                let cells = Cells::of_matrix(&split.train);
+                let search = tune::search(&tune, &base, &cells, None, &StopFlag::default())
+                    .map_err(|e| e.to_string())?;
+                measure_model(&split, &search.chosen, a.repeats, Some(search.report()))
+            }
         })
         .map_err(|e| Failure::BadInput(anyhow!(e)))?;
     println!(
@@ -108,6 +123,9 @@ pub struct BenchResult {
     /// loaded (the high-water mark is reset after reading the split).
     pub model_peak_rss_mb: f64,
     pub csr_and_factors_mb: f64,
+    /// The search that chose the settings (`--tune`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<serde_json::Value>,
 }
 
 /// The split's training side: positives for training, every train row as "seen".
@@ -284,12 +302,27 @@ fn time_lists(
     (rec_all_s, sim_all_s)
 }
 
-/// RP3beta as a train step fits it (on positives, values ignored): the fit,
-/// the lists and the metrics; the factor-model fields are not measured.
-pub fn measure_walk(
+/// A model other than ALS from its keys, read as a pipeline reads them.
+fn model_spec(model: &str, set: &[(String, String)]) -> Result<ModelSpec, String> {
+    let mut text = format!("model = {model:?}\n");
+    for (k, v) in set {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    let spec: ModelSpec = toml::from_str(&text).map_err(|e| format!("--set: {}", e.message()))?;
+    match spec.problems().first() {
+        Some(p) => Err(format!("--set {}: {}", p.key, p.message)),
+        None => Ok(spec),
+    }
+}
+
+/// A model as a train step fits it (RP3beta and EASE on positives, values
+/// ignored): the fit, the lists and the metrics; the factor-model fields are
+/// not measured. `tuned` is the search that chose it, when one did.
+pub fn measure_model(
     split: &Split,
-    spec: &Rp3BetaSpec,
+    spec: &ModelSpec,
     repeats: usize,
+    tuned: Option<serde_json::Value>,
 ) -> Result<BenchResult, String> {
     let stop = StopFlag::default();
     let load_peak = peak_rss_mb();
@@ -308,7 +341,9 @@ pub fn measure_walk(
         model = Some(fit.model);
     }
     let model = model.expect("at least one fit");
-    let similarity = model.similarity().ok_or("rp3beta has item neighbours")?;
+    let similarity = model
+        .similarity()
+        .ok_or_else(|| format!("{} has no item similarity", spec.model()))?;
     let (rec_all_s, sim_all_s) =
         time_lists(split, model.as_ref(), similarity.as_ref(), repeats, &stop);
     let model_peak = peak_rss_mb();
@@ -327,6 +362,7 @@ pub fn measure_walk(
         peak_rss_mb: load_peak.max(peak_rss_mb()),
         model_peak_rss_mb: if reset { model_peak } else { f64::NAN },
         csr_and_factors_mb: f64::NAN,
+        tuned,
     })
 }
 
@@ -371,5 +407,6 @@ pub fn measure(split: &Split, spec: &AlsSpec, repeats: usize) -> Result<BenchRes
         peak_rss_mb: load_peak.max(peak_rss_mb()),
         model_peak_rss_mb: if reset { model_peak } else { f64::NAN },
         csr_and_factors_mb: (csr_bytes(&split.train) + factor_bytes) / 1048576.0,
+        tuned: None,
     })
 }

@@ -29,6 +29,8 @@ pub enum Failure {
     BadInput(anyhow::Error),
     /// Exit 75: a retry later may succeed.
     Transient(anyhow::Error),
+    /// Exit 3: a publish gate held the lists back.
+    Blocked(anyhow::Error),
     /// Exit 1.
     Failed(anyhow::Error),
 }
@@ -38,6 +40,7 @@ impl Failure {
         match class {
             ErrorClass::InvalidInput => Failure::BadInput(e),
             ErrorClass::Transient => Failure::Transient(e),
+            ErrorClass::Blocked => Failure::Blocked(e),
             ErrorClass::Failed => Failure::Failed(e),
         }
     }

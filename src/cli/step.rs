@@ -196,6 +196,7 @@ pub async fn run_step(project_dir: &Path, command: StepCommand) -> Result<(), Fa
         stop: StopFlag::default(),
         pool,
         shard: None,
+        step_state: None,
     };
     let name = command.name();
     let output = command

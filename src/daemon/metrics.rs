@@ -45,6 +45,7 @@ pub struct Metrics {
     pub step_seconds: Family<StepLabels, Histogram, fn() -> Histogram>,
     pub last_success: Family<PipelineLabels, Gauge>,
     pub rows_written: Family<SinkLabels, Counter>,
+    pub publish_blocked: Family<StepLabels, Counter>,
     pub reload_errors: Counter,
     pub config_valid: Gauge,
 }
@@ -58,6 +59,7 @@ impl Default for Metrics {
             Family::<StepLabels, Histogram, fn() -> Histogram>::new_with_constructor(step_buckets);
         let last_success = Family::<PipelineLabels, Gauge>::default();
         let rows_written = Family::<SinkLabels, Counter>::default();
+        let publish_blocked = Family::<StepLabels, Counter>::default();
         let reload_errors = Counter::default();
         let config_valid = Gauge::default();
         registry.register("runs", "Runs by pipeline and final status", runs.clone());
@@ -78,6 +80,11 @@ impl Default for Metrics {
             rows_written.clone(),
         );
         registry.register(
+            "publish_blocked",
+            "Write steps whose publish gate held the lists back",
+            publish_blocked.clone(),
+        );
+        registry.register(
             "reload_errors",
             "Reloads of pipelines/ rejected as invalid",
             reload_errors.clone(),
@@ -94,6 +101,7 @@ impl Default for Metrics {
             step_seconds,
             last_success,
             rows_written,
+            publish_blocked,
             reload_errors,
             config_valid,
         }

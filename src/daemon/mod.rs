@@ -35,7 +35,7 @@ use crate::pipeline::retention;
 use crate::pipeline::{Event, Executor, RunDir, RunRecord, RunRequest, RunStatus};
 use crate::scheduler::cron::Schedule;
 use crate::scheduler::{Clock, Fire};
-use crate::steps::{self, Resources};
+use crate::steps::{self, ErrorClass, Resources};
 use metrics::{Metrics, PipelineLabels, RunLabels, SinkLabels, StepLabels};
 
 #[derive(Debug, thiserror::Error)]
@@ -582,6 +582,20 @@ impl Daemon {
             .entry((p.name.clone(), run_id.to_string()))
             .or_default()
             .insert(step.clone(), state);
+        if let Event::Failed {
+            step,
+            class: ErrorClass::Blocked,
+            ..
+        } = &event
+        {
+            self.metrics
+                .publish_blocked
+                .get_or_create(&StepLabels {
+                    pipeline: p.name.clone(),
+                    step: step.clone(),
+                })
+                .inc();
+        }
         if let Event::Succeeded {
             step,
             rows,

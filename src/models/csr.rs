@@ -74,6 +74,30 @@ impl Csr {
         }
     }
 
+    /// Builds a matrix of `n_cols` columns from its rows, each
+    /// `(columns, values)` with the columns sorted and unique.
+    pub fn from_rows(n_cols: usize, rows: Vec<(Vec<u32>, Vec<f32>)>) -> Self {
+        let mut indptr = Vec::with_capacity(rows.len() + 1);
+        indptr.push(0);
+        for (cols, _) in &rows {
+            indptr.push(indptr[indptr.len() - 1] + cols.len());
+        }
+        let nnz = indptr[rows.len()];
+        let (mut indices, mut data) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
+        let n_rows = rows.len();
+        for (cols, vals) in rows {
+            indices.extend(cols);
+            data.extend(vals);
+        }
+        Csr {
+            n_rows,
+            n_cols,
+            indptr,
+            indices,
+            data,
+        }
+    }
+
     /// The `n_cols × n_rows` transpose (rows stay sorted).
     pub fn transpose(&self) -> Csr {
         let mut counts = vec![0usize; self.n_cols + 1];

@@ -7,6 +7,7 @@ pub mod als;
 pub mod content;
 pub mod csr;
 pub mod dense;
+pub mod ease;
 pub mod fm;
 pub mod ids;
 pub mod item_item;

@@ -91,24 +91,7 @@ pub fn neighbors(
             },
         )
         .collect::<Result<_, _>>()?;
-    let mut indptr = Vec::with_capacity(n_items + 1);
-    indptr.push(0);
-    for (js, _) in &rows {
-        indptr.push(indptr[indptr.len() - 1] + js.len());
-    }
-    let (mut indices, mut data) = (Vec::with_capacity(indptr[n_items]), Vec::new());
-    data.reserve_exact(indptr[n_items]);
-    for (js, ws) in rows {
-        indices.extend(js);
-        data.extend(ws);
-    }
-    Ok(Csr {
-        n_rows: n_items,
-        n_cols: n_items,
-        indptr,
-        indices,
-        data,
-    })
+    Ok(Csr::from_rows(n_items, rows))
 }
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ pub enum Event {
     Failed {
         step: String,
         error: String,
+        class: ErrorClass,
     },
     Skipped {
         step: String,
@@ -129,7 +130,7 @@ impl std::fmt::Display for Event {
             Event::Reused { step } => {
                 write!(f, "{step}: reused from an earlier attempt of this run")
             }
-            Event::Failed { step, error } => write!(f, "{step}: FAILED: {error}"),
+            Event::Failed { step, error, .. } => write!(f, "{step}: FAILED: {error}"),
             Event::Skipped { step, reason } => write!(f, "{step}: skipped, {reason}"),
         }
     }
@@ -271,7 +272,7 @@ impl Executor {
                             _ => unreachable!("needs checked done above"),
                         })
                         .collect();
-                    let cx = self.step_context(&req, None);
+                    let cx = self.step_context(&req, &step.id, None);
                     let task = StepTask {
                         executor: self.clone(),
                         step: step.clone(),
@@ -467,7 +468,7 @@ impl Executor {
             },
             inputs,
             rundir,
-            cx: self.step_context(&req, shard),
+            cx: self.step_context(&req, &step.id, shard),
             hash,
             events: None,
         };
@@ -478,8 +479,10 @@ impl Executor {
     }
 
     /// What a step of `req` runs with (a part of it, with a `shard`).
-    fn step_context(&self, req: &RunRequest, shard: Option<Shard>) -> StepContext {
+    fn step_context(&self, req: &RunRequest, step: &str, shard: Option<Shard>) -> StepContext {
+        let state_dir = &self.resources.settings.state_dir;
         StepContext {
+            step_state: Some(state_dir.join("steps").join(&req.pipeline.name).join(step)),
             pipeline: req.pipeline.name.clone(),
             run_id: req.run_id.clone(),
             logical_date: req.logical_date,
@@ -637,6 +640,7 @@ impl StepTask {
                     self.emit(Event::Failed {
                         step: self.step.id.clone(),
                         error: redact(&e.to_string()).into_owned(),
+                        class: e.class(),
                     });
                     return self.finished(attempt, started, Err(e));
                 }

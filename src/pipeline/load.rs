@@ -748,7 +748,14 @@ impl<'a> Checker<'a> {
                     errors.push((needs_span.clone(), join(&path, "needs"), m));
                 }
             }
-            self.check_spec(&path, step, &mut errors);
+            let need_kinds = step
+                .common
+                .needs
+                .iter()
+                .filter_map(|n| raw.iter().find(|s| &s.id == n))
+                .map(|s| (s.id.as_str(), s.spec.kind()))
+                .collect();
+            self.check_spec(&path, step, &need_kinds, &mut errors);
         }
         for (span, key, message) in errors {
             self.error(span, key, message);
@@ -782,6 +789,7 @@ impl<'a> Checker<'a> {
         &self,
         path: &str,
         step: &RawStep,
+        need_kinds: &BTreeMap<&str, &'static str>,
         errors: &mut Vec<(Range<usize>, String, String)>,
     ) {
         let span_of = |key: &str| step.spans.get(key).cloned().unwrap_or(step.id_span.clone());
@@ -794,6 +802,7 @@ impl<'a> Checker<'a> {
         let cx = CheckContext {
             settings: self.settings,
             needs: &step.common.needs,
+            need_kinds,
         };
         for p in step.spec.check(&cx) {
             let first = p.key.split('.').next().unwrap_or_default();

@@ -12,12 +12,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::kind::{
-    CheckContext, Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output,
+    CheckContext, Inputs, ON_INTERACTIONS, Problem, SpecReader, StepKind, create_output, refuse,
     refuse_flags,
 };
 use super::model::popular::PopularSpec;
 use super::model::{FeatureUse, ModelSpec, TrainData};
-use super::train::ModelArgs;
+use super::train::{ModelArgs, read_tune};
+use super::tune::{self, TuneSpec};
 use super::{StepContext, StepError, StepOutput, StepResult, StepRun};
 use crate::artifact::ArtifactKind;
 use crate::artifact::interactions;
@@ -45,6 +46,10 @@ pub struct EvaluateSpec {
     pub k: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Search the model's settings on the training part first, and evaluate
+    /// the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<TuneSpec>,
     /// Set from the step's `model` key and that model's keys.
     #[serde(skip_deserializing, default = "default_model")]
     pub model: ModelSpec,
@@ -67,7 +72,7 @@ pub enum SplitKind {
 }
 
 /// The evaluate step's own keys; its model's keys are added as for a train step.
-const EVALUATE_KEYS: &[&str] = &["split", "test_fraction", "k", "seed", "model"];
+const EVALUATE_KEYS: &[&str] = &["split", "test_fraction", "k", "seed", "tune", "model"];
 /// The deepest cut-off an evaluation scores.
 pub const MAX_K: usize = 1000;
 
@@ -87,6 +92,10 @@ pub struct EvaluateArgs {
     k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A TOML file holding a `tune` table: search the model's settings on the
+    /// training part, then evaluate the choice.
+    #[arg(long)]
+    tune: Option<PathBuf>,
     /// Folder for metrics.json.
     #[arg(long)]
     output: PathBuf,
@@ -116,6 +125,9 @@ impl StepKind for EvaluateSpec {
     fn check(&self, _: &CheckContext) -> Vec<Problem> {
         let mut problems = self.model.problems();
         problems.extend(evaluate_problems(self));
+        if let Some(tune) = &self.tune {
+            problems.extend(tune.problems(&self.model));
+        }
         if self.model.item_features() == FeatureUse::Required {
             problems.push(Problem::new(
                 "model",
@@ -147,9 +159,13 @@ impl StepKind for EvaluateSpec {
             test_fraction: a.test_fraction,
             k: a.k,
             seed: a.seed,
+            tune: a.tune.as_deref().map(read_tune).transpose()?,
             model: a.model.spec()?,
         };
         refuse_flags(evaluate_problems(&spec))?;
+        if let Some(tune) = &spec.tune {
+            refuse(tune.problems(&spec.model), |k| format!("--tune {k}"))?;
+        }
         create_output(&a.output)?;
         cx.compute(move |stop| run(&spec, &a.input, &a.output, stop))
             .await
@@ -184,66 +200,29 @@ pub fn run(
     out_dir: &Path,
     stop: &StopFlag,
 ) -> Result<StepOutput, StepError> {
-    let (_, batches) = read_parquet(input)?;
-    let (mut user_ids, mut item_ids) = (None, None);
-    for b in &batches {
-        IdColumn::of(b, "user_id", input)?.collect_into(&mut user_ids);
-        IdColumn::of(b, "item_id", input)?.collect_into(&mut item_ids);
-    }
-    let users = IdMap::from_ids(user_ids.unwrap_or(Ids::Int(Vec::new())));
-    let items = IdMap::from_ids(item_ids.unwrap_or(Ids::Int(Vec::new())));
-    let (mut rows, mut cols, mut vals, mut ts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for b in &batches {
-        let (u, i) = (
-            IdColumn::of(b, "user_id", input)?,
-            IdColumn::of(b, "item_id", input)?,
-        );
-        let value = b
-            .column_by_name("value")
-            .and_then(|c| c.as_any().downcast_ref::<Float32Array>());
-        let time = b
-            .column_by_name("ts")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
-        if spec.split == SplitKind::Time && time.is_none() {
-            return Err(StepError::Data(format!(
-                "{}: `split = \"time\"` needs a `ts` column",
-                input.display()
-            )));
-        }
-        for r in 0..b.num_rows() {
-            let (Some(ui), Some(ii)) = (users.index(u.get(r)), items.index(i.get(r))) else {
-                continue;
-            };
-            rows.push(ui);
-            cols.push(ii);
-            vals.push(value.map_or(1.0, |v| v.value(r)));
-            ts.push(time.map_or(0, |t| if t.is_valid(r) { t.value(r) } else { i64::MIN }));
-        }
-    }
-    let is_test = split(&rows, &ts, spec);
-    let part = |test: bool| {
-        let keep: Vec<usize> = (0..rows.len()).filter(|&k| is_test[k] == test).collect();
-        let r: Vec<u32> = keep.iter().map(|&k| rows[k]).collect();
-        let c: Vec<u32> = keep.iter().map(|&k| cols[k]).collect();
-        let v: Vec<f32> = keep.iter().map(|&k| vals[k]).collect();
-        Csr::from_triplets(users.len(), items.len(), &r, &c, &v)
-    };
-    let (train_m, test_m) = (
-        interactions::finite(part(false), input)?,
-        interactions::finite(part(true), input)?,
-    );
+    let cells = Cells::read(input, spec.split == SplitKind::Time)?;
+    let is_test = cells.split(spec.split, spec.test_fraction, spec.seed);
+    let (train_m, test_m) = cells.matrices(&is_test, input)?;
     if test_m.nnz() == 0 || train_m.nnz() == 0 {
         return Err(StepError::Data(format!(
             "{}: {} interactions are too few to hold out {}",
             input.display(),
-            rows.len(),
+            cells.rows.len(),
             spec.test_fraction
         )));
     }
+    // Tuning sees only the training part: the test part judges its choice.
+    let (model_spec, tuned) = match &spec.tune {
+        Some(tune) => {
+            let train_cells = cells.subset(&is_test, false);
+            let search = tune::search(tune, &spec.model, &train_cells, None, stop)?;
+            (search.chosen.clone(), Some(search))
+        }
+        None => (spec.model.clone(), None),
+    };
     let popular = Popular::fit(&train_m, false);
     let baseline = eval::evaluate(&popular, &train_m, &test_m, spec.k, stop)?;
-    let model = spec
-        .model
+    let model = model_spec
         .fit(
             &TrainData {
                 matrix: &train_m,
@@ -254,8 +233,8 @@ pub fn run(
         .model;
     let metrics = eval::evaluate(model.as_ref(), &train_m, &test_m, spec.k, stop)?;
     let lift = |m: &Metrics, b: &Metrics| if b.ndcg > 0.0 { m.ndcg / b.ndcg } else { 0.0 };
-    let details = json!({
-        "model": spec.model.model(),
+    let mut details = json!({
+        "model": model_spec.model(),
         "split": spec.split,
         "test_fraction": spec.test_fraction,
         "train_rows": train_m.nnz(),
@@ -264,6 +243,9 @@ pub fn run(
         "popularity": baseline,
         "ndcg_lift_over_popularity": lift(&metrics, &baseline),
     });
+    if let Some(search) = tuned {
+        details["tune"] = search.report();
+    }
     let file = artifact::write_json(&out_dir.join(METRICS_FILE), &details)?;
     Ok(StepOutput {
         files: vec![file],
@@ -272,37 +254,150 @@ pub fn run(
     })
 }
 
-/// Which cells are held out: a seeded random `test_fraction` of them, or each
-/// user's latest `floor(test_fraction · n_u)` by time (ties in a seeded order).
-fn split(rows: &[u32], ts: &[i64], spec: &EvaluateSpec) -> Vec<bool> {
-    let n = rows.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(spec.seed));
-    let mut is_test = vec![false; n];
-    match spec.split {
-        SplitKind::Random => {
-            let n_test = (spec.test_fraction * n as f64).round() as usize;
-            for &k in &order[..n_test.min(n)] {
-                is_test[k] = true;
+/// Interactions as cells, each with its user and item index, value and time
+/// (`i64::MIN` when null or absent), in file order.
+pub struct Cells {
+    pub users: IdMap,
+    pub items: IdMap,
+    pub rows: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub vals: Vec<f32>,
+    pub ts: Vec<i64>,
+}
+
+impl Cells {
+    /// Reads an interactions file; `need_time` refuses one without `ts`.
+    pub fn read(input: &Path, need_time: bool) -> Result<Self, StepError> {
+        let (_, batches) = read_parquet(input)?;
+        let (mut user_ids, mut item_ids) = (None, None);
+        for b in &batches {
+            IdColumn::of(b, "user_id", input)?.collect_into(&mut user_ids);
+            IdColumn::of(b, "item_id", input)?.collect_into(&mut item_ids);
+        }
+        let users = IdMap::from_ids(user_ids.unwrap_or(Ids::Int(Vec::new())));
+        let items = IdMap::from_ids(item_ids.unwrap_or(Ids::Int(Vec::new())));
+        let (mut rows, mut cols, mut vals, mut ts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in &batches {
+            let (u, i) = (
+                IdColumn::of(b, "user_id", input)?,
+                IdColumn::of(b, "item_id", input)?,
+            );
+            let value = b
+                .column_by_name("value")
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>());
+            let time = b
+                .column_by_name("ts")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+            if need_time && time.is_none() {
+                return Err(StepError::Data(format!(
+                    "{}: `split = \"time\"` needs a `ts` column",
+                    input.display()
+                )));
+            }
+            for r in 0..b.num_rows() {
+                let (Some(ui), Some(ii)) = (users.index(u.get(r)), items.index(i.get(r))) else {
+                    continue;
+                };
+                rows.push(ui);
+                cols.push(ii);
+                vals.push(value.map_or(1.0, |v| v.value(r)));
+                ts.push(time.map_or(0, |t| if t.is_valid(r) { t.value(r) } else { i64::MIN }));
             }
         }
-        SplitKind::Time => {
-            let mut rank = vec![0usize; n];
-            for (pos, &k) in order.iter().enumerate() {
-                rank[k] = pos;
-            }
-            let mut by_user: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-            for (k, &user) in rows.iter().enumerate() {
-                by_user.entry(user).or_default().push(k);
-            }
-            for cells in by_user.values_mut() {
-                cells.sort_by_key(|&k| (ts[k], rank[k]));
-                let n_test = (spec.test_fraction * cells.len() as f64).floor() as usize;
-                for &k in &cells[cells.len() - n_test..] {
+        Ok(Cells {
+            users,
+            items,
+            rows,
+            cols,
+            vals,
+            ts,
+        })
+    }
+
+    /// The cells of a matrix, its row and column indices as ids, untimed.
+    pub fn of_matrix(m: &Csr) -> Cells {
+        let ids = |n: usize| IdMap::from_ids(Ids::Int((0..n as i64).collect()));
+        let rows = (0..m.n_rows)
+            .flat_map(|r| std::iter::repeat_n(r as u32, m.indptr[r + 1] - m.indptr[r]))
+            .collect();
+        Cells {
+            users: ids(m.n_rows),
+            items: ids(m.n_cols),
+            rows,
+            cols: m.indices.clone(),
+            vals: m.data.clone(),
+            ts: vec![0; m.nnz()],
+        }
+    }
+
+    /// The cells whose flag in `is_test` equals `test`, with the same id maps.
+    pub fn subset(&self, is_test: &[bool], test: bool) -> Cells {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&k| is_test[k] == test)
+            .collect();
+        let pick = |v: &[u32]| keep.iter().map(|&k| v[k]).collect();
+        Cells {
+            users: self.users.clone(),
+            items: self.items.clone(),
+            rows: pick(&self.rows),
+            cols: pick(&self.cols),
+            vals: keep.iter().map(|&k| self.vals[k]).collect(),
+            ts: keep.iter().map(|&k| self.ts[k]).collect(),
+        }
+    }
+
+    /// The training and held-out matrices of a split (users × items, all ids).
+    pub fn matrices(&self, is_test: &[bool], input: &Path) -> Result<(Csr, Csr), StepError> {
+        let part = |test: bool| {
+            let cells = self.subset(is_test, test);
+            Csr::from_triplets(
+                self.users.len(),
+                self.items.len(),
+                &cells.rows,
+                &cells.cols,
+                &cells.vals,
+            )
+        };
+        Ok((
+            interactions::finite(part(false), input)?,
+            interactions::finite(part(true), input)?,
+        ))
+    }
+
+    /// Which cells are held out: a seeded random `fraction` of them, or each
+    /// user's latest `floor(fraction · n_u)` by time (ties in a seeded order).
+    pub fn split(&self, kind: SplitKind, fraction: f64, seed: u64) -> Vec<bool> {
+        let (rows, ts) = (&self.rows, &self.ts);
+        let n = rows.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let mut is_test = vec![false; n];
+        match kind {
+            SplitKind::Random => {
+                let n_test = (fraction * n as f64).round() as usize;
+                for &k in &order[..n_test.min(n)] {
                     is_test[k] = true;
                 }
             }
+            SplitKind::Time => {
+                let mut rank = vec![0usize; n];
+                for (pos, &k) in order.iter().enumerate() {
+                    rank[k] = pos;
+                }
+                let mut by_user: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+                for (k, &user) in rows.iter().enumerate() {
+                    by_user.entry(user).or_default().push(k);
+                }
+                for cells in by_user.values_mut() {
+                    cells.sort_by_key(|&k| (ts[k], rank[k]));
+                    let n_test = (fraction * cells.len() as f64).floor() as usize;
+                    for &k in &cells[cells.len() - n_test..] {
+                        is_test[k] = true;
+                    }
+                }
+            }
         }
+        is_test
     }
-    is_test
 }

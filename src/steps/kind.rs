@@ -105,6 +105,8 @@ pub struct CheckContext<'a> {
     pub settings: &'a Settings,
     /// The step's `needs`.
     pub needs: &'a [String],
+    /// The kind of each step among `needs`.
+    pub need_kinds: &'a std::collections::BTreeMap<&'a str, &'static str>,
 }
 
 /// A table a step publishes; `key` is the step key that names it.

@@ -11,6 +11,7 @@ pub mod allocate;
 pub mod estimate;
 pub mod evaluate;
 pub mod extract;
+pub mod gate;
 pub mod kind;
 pub mod memory;
 pub mod merge_filters;
@@ -20,6 +21,7 @@ pub mod recommend;
 pub mod similar_items;
 pub mod spec;
 pub mod train;
+pub mod tune;
 pub mod vectorize;
 pub mod write;
 
@@ -44,7 +46,7 @@ step_kinds! {
     /// Turn item text and categories into weighted features (Japanese too).
     Vectorize(vectorize::VectorizeSpec),
     /// Fit a model on an interactions file.
-    Train(model::ModelSpec),
+    Train(train::TrainSpec),
     /// Top-N items per user from a model, seen items and filters removed.
     Recommend(recommend::RecommendSpec),
     /// Top-N similar items per item from a factor model, filtered items removed.
@@ -157,6 +159,10 @@ pub struct StepContext {
     /// The part of a split list step this run makes (`recpipe step run
     /// --shard`); `None` makes the whole.
     pub shard: Option<crate::artifact::lists::Shard>,
+    /// A folder of this pipeline's step that outlives its runs (`<state_dir>/
+    /// steps/<pipeline>/<step>`): what a tuned train chose, what a gated write
+    /// last published. `None` for a step run alone.
+    pub step_state: Option<PathBuf>,
 }
 
 impl StepContext {
@@ -196,27 +202,32 @@ pub enum ErrorClass {
     InvalidInput,
     /// Connection, I/O or time-out: worth retrying later.
     Transient,
+    /// A write step's gate held the lists back: the run's figures or list
+    /// shapes fell against the last publish (the previous lists stay current).
+    Blocked,
     /// Anything else (a store refused the write, a bug, a cancelled run).
     Failed,
 }
 
 impl ErrorClass {
-    /// The process exit code documented for this class: 2, 75 or 1.
+    /// The process exit code documented for this class: 2, 75, 3 or 1.
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorClass::InvalidInput => 2,
+            ErrorClass::Blocked => 3,
             ErrorClass::Transient => 75,
             ErrorClass::Failed => 1,
         }
     }
 
     /// The class of a whole run from its steps' classes: invalid input wins (a
-    /// retry cannot fix it), then a plain failure, then transient.
+    /// retry cannot fix it), then a blocked publish, a plain failure, transient.
     pub fn of_run<'a>(classes: impl IntoIterator<Item = &'a ErrorClass>) -> Option<ErrorClass> {
         classes.into_iter().copied().min_by_key(|c| match c {
             ErrorClass::InvalidInput => 0,
-            ErrorClass::Failed => 1,
-            ErrorClass::Transient => 2,
+            ErrorClass::Blocked => 1,
+            ErrorClass::Failed => 2,
+            ErrorClass::Transient => 3,
         })
     }
 }
@@ -249,6 +260,9 @@ pub enum StepError {
     /// The limit and which setting set it.
     #[error("timed out after {} ({})", humantime::format_duration(*.0), .1)]
     Timeout(std::time::Duration, &'static str),
+    /// A write step's gate refused to publish, and why.
+    #[error("publish gate: {0}")]
+    Blocked(String),
 }
 
 impl StepError {
@@ -267,7 +281,8 @@ impl StepError {
             | StepError::Stopped(_)
             | StepError::Panic(_)
             | StepError::Internal(_)
-            | StepError::Abandoned(_) => false,
+            | StepError::Abandoned(_)
+            | StepError::Blocked(_) => false,
         }
     }
 
@@ -276,6 +291,7 @@ impl StepError {
     pub fn class(&self) -> ErrorClass {
         match self {
             e if e.is_retryable() => ErrorClass::Transient,
+            StepError::Blocked(_) => ErrorClass::Blocked,
             StepError::Source(_) | StepError::Data(_) | StepError::Artifact(_) => {
                 ErrorClass::InvalidInput
             }

@@ -2,20 +2,44 @@
 //! writes the model artifact.
 
 use std::path::{Path, PathBuf};
-
-use serde_json::json;
-
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::evaluate::Cells;
 use super::kind::{
     Inputs, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
 };
 use super::model::{self, FeatureUse, ModelSpec, TrainData};
+use super::tune::{self, TuneSpec};
 use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of};
 use crate::artifact::interactions::{self, Interactions, ids_type_name};
 use crate::artifact::model::ModelMeta;
 use crate::artifact::{ArtifactKind, features};
 use crate::models::{Csr, StopFlag};
+
+/// Fits a model, the one its keys set or, with `tune`, the best of a search.
+/// (Pipeline files are read through [`TrainKeys`] and the model's own keys,
+/// which refuse unknown keys with their line.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    #[serde(flatten)]
+    pub model: ModelSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tune: Option<TuneSpec>,
+}
+
+/// The train step's own keys besides `model` and the model's keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainKeys {
+    #[serde(default)]
+    tune: Option<TuneSpec>,
+}
+
+/// Where a tuned step keeps its choice for the next run, in its state folder.
+const CHOSEN_FILE: &str = "tuned.json";
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -27,6 +51,10 @@ pub struct TrainArgs {
     item_features: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    /// A TOML file holding a `tune` table (as `[steps.<id>.tune]` in a
+    /// pipeline file): search settings before fitting.
+    #[arg(long)]
+    tune: Option<PathBuf>,
     /// Folder for the model artifact.
     #[arg(long)]
     output: PathBuf,
@@ -35,7 +63,7 @@ pub struct TrainArgs {
 /// A model on the command line: `--model` and its keys, as a pipeline file writes them.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// The model: `popular`, `als`, `item_item`, `rp3beta`, `fm` or `content`.
+    /// The model: `popular`, `als`, `item_item`, `rp3beta`, `ease`, `fm` or `content`.
     #[arg(long)]
     model: String,
     /// Model parameters as `key=value` in TOML syntax (as in a pipeline file).
@@ -74,7 +102,14 @@ impl ModelSpec {
     }
 }
 
-impl StepKind for ModelSpec {
+/// Reads `--tune`'s file as a pipeline's `tune` table.
+pub fn read_tune(path: &Path) -> Result<TuneSpec, StepError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| StepError::Data(format!("{}: {e}", path.display())))
+}
+
+impl StepKind for TrainSpec {
     const NAME: &'static str = "train";
     const INPUTS: Inputs = Some(&[
         (ArtifactKind::Interactions, 1, 1),
@@ -83,11 +118,17 @@ impl StepKind for ModelSpec {
     type Args = TrainArgs;
 
     fn keys() -> &'static [&'static str] {
-        &["model"]
+        &["model", "tune"]
     }
 
     fn read(table: &mut impl SpecReader) -> Option<Self> {
-        table.model()
+        match (table.own::<TrainKeys>(), table.model()) {
+            (Some(own), Some(model)) => Some(TrainSpec {
+                model,
+                tune: own.tune,
+            }),
+            _ => None,
+        }
     }
 
     fn output(&self) -> ArtifactKind {
@@ -95,12 +136,16 @@ impl StepKind for ModelSpec {
     }
 
     fn check(&self, _: &super::kind::CheckContext) -> Vec<Problem> {
-        self.problems()
+        let mut problems = self.model.problems();
+        if let Some(tune) = &self.tune {
+            problems.extend(tune.problems(&self.model));
+        }
+        problems
     }
 
     fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
         let features = given.iter().find(|(_, k)| *k == ArtifactKind::ItemFeatures);
-        let problem = self.item_features_problem(features.is_some())?;
+        let problem = self.model.item_features_problem(features.is_some())?;
         let fix = match features {
             Some((step, _)) => format!("remove `{step}` from `needs`"),
             None => "add one to `needs`".to_string(),
@@ -109,7 +154,10 @@ impl StepKind for ModelSpec {
     }
 
     fn describe(&self) -> String {
-        format!("model {}", self.model())
+        match &self.tune {
+            Some(_) => format!("model {}, tuned", self.model.model()),
+            None => format!("model {}", self.model.model()),
+        }
     }
 
     async fn run(&self, step: &StepRun<'_>) -> StepResult {
@@ -118,32 +166,68 @@ impl StepKind for ModelSpec {
             .ok()
             .map(|i| i.dir.clone());
         let (spec, out) = (self.clone(), step.out_dir.to_path_buf());
+        let state = step.cx.step_state.clone();
         step.cx
-            .compute(move |stop| run(&spec, &input, features.as_deref(), &out, stop))
+            .compute(move |stop| {
+                run(
+                    &spec,
+                    &input,
+                    features.as_deref(),
+                    &out,
+                    state.as_deref(),
+                    stop,
+                )
+            })
             .await
     }
 
     async fn run_alone(a: TrainArgs, _project_dir: &Path, cx: &StepContext) -> StepResult {
-        let spec = a.model.spec()?;
-        if let Some(problem) = spec.item_features_problem(a.item_features.is_some()) {
+        let model = a.model.spec()?;
+        if let Some(problem) = model.item_features_problem(a.item_features.is_some()) {
             return Err(StepError::Data(format!("--item-features: {problem}")));
         }
+        let tune = a.tune.as_deref().map(read_tune).transpose()?;
+        let spec = TrainSpec { model, tune };
+        if let Some(tune) = &spec.tune {
+            refuse(tune.problems(&spec.model), |k| format!("--tune {k}"))?;
+        }
         create_output(&a.output)?;
-        cx.compute(move |stop| run(&spec, &a.input, a.item_features.as_deref(), &a.output, stop))
-            .await
+        cx.compute(move |stop| {
+            run(
+                &spec,
+                &a.input,
+                a.item_features.as_deref(),
+                &a.output,
+                None,
+                stop,
+            )
+        })
+        .await
     }
 }
 
 /// Fits `spec` on the interactions in `input` (and the item features of a
-/// `vectorize` output) and writes the model into `out_dir`. Blocking: call
+/// `vectorize` output) and writes the model into `out_dir`; with `tune`, first
+/// searches for the setting, starting from the one kept in `state` (the step's
+/// folder that outlives runs) and keeping the new choice there. Blocking: call
 /// through [`super::compute`].
 pub fn run(
-    spec: &ModelSpec,
+    train: &TrainSpec,
     input: &Path,
     item_features: Option<&Path>,
     out_dir: &Path,
+    state: Option<&Path>,
     stop: &StopFlag,
 ) -> Result<StepOutput, StepError> {
+    let search = match &train.tune {
+        Some(tune) => {
+            let cells = Cells::read(input, tune.split == super::evaluate::SplitKind::Time)?;
+            let previous = state.and_then(|dir| previous_choice(dir, tune, &train.model));
+            Some(tune::search(tune, &train.model, &cells, previous, stop)?)
+        }
+        None => None,
+    };
+    let spec = search.as_ref().map_or(&train.model, |s| &s.chosen);
     let mut data = interactions::load(input)?;
     if data.matrix.nnz() == 0 {
         return Err(StepError::Data(format!(
@@ -173,18 +257,43 @@ pub fn run(
         report: fit.report.clone(),
     };
     let files = model::save(out_dir, &meta, &data.users, &data.items, fit.model.as_ref())?;
+    let mut details = json!({
+        "model": spec.model(),
+        "users": data.users.len(),
+        "items": data.items.len(),
+        "interactions": data.matrix.nnz(),
+        "fit_seconds": fit_seconds,
+        "report": fit.report,
+    });
+    if let Some(search) = &search {
+        details["tune"] = search.report();
+        if let Some(dir) = state {
+            keep_choice(dir, &search.chosen)?;
+        }
+    }
     Ok(StepOutput {
         rows: data.matrix.nnz() as u64,
-        details: json!({
-            "model": spec.model(),
-            "users": data.users.len(),
-            "items": data.items.len(),
-            "interactions": data.matrix.nnz(),
-            "fit_seconds": fit_seconds,
-            "report": fit.report,
-        }),
+        details,
         files,
     })
+}
+
+/// The setting the last tuned run chose, if it is still among this search's
+/// settings (a changed `tune` table or model starts afresh).
+fn previous_choice(state: &Path, tune: &TuneSpec, base: &ModelSpec) -> Option<ModelSpec> {
+    let text = std::fs::read(state.join(CHOSEN_FILE)).ok()?;
+    let chosen: ModelSpec = serde_json::from_slice(&text).ok()?;
+    tune.settings(base)
+        .ok()?
+        .contains(&chosen)
+        .then_some(chosen)
+}
+
+fn keep_choice(state: &Path, chosen: &ModelSpec) -> Result<(), StepError> {
+    std::fs::create_dir_all(state)
+        .map_err(|e| StepError::Data(format!("{}: {e}", state.display())))?;
+    crate::artifact::write_json(&state.join(CHOSEN_FILE), chosen)?;
+    Ok(())
 }
 
 /// Adds the items of the features in `dir` to `data` (as items without

@@ -23,6 +23,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::gate::{self, GateSpec, Record};
 use super::kind::{CheckContext, Inputs, Problem, StepKind, Target, settings_of};
 use super::{StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
 use crate::artifact::ArtifactKind;
@@ -49,6 +50,9 @@ pub struct WriteSpec {
     /// the previous list stays current.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_empty: bool,
+    /// What must hold before anything is published ([`gate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSpec>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -118,6 +122,8 @@ impl StepKind for WriteSpec {
         (ArtifactKind::Estimates, 0, 1),
         (ArtifactKind::Coefficients, 0, 1),
         (ArtifactKind::Allocation, 0, 1),
+        // An evaluate step whose figures the `gate` holds.
+        (ArtifactKind::Metrics, 0, 1),
     ]);
     type Args = WriteArgs;
 
@@ -148,6 +154,9 @@ impl StepKind for WriteSpec {
             (Some(t), true) if !is_table_name(t) => problems.push(Problem::new("table", bad_name(t))),
             _ => {}
         }
+        if let Some(gate) = &self.gate {
+            problems.extend(gate.problems(cx));
+        }
         let mut seen = BTreeSet::new();
         for (need, table) in self.tables.iter().filter(|_| self.table.is_none()) {
             let key = format!("tables.{need}");
@@ -171,6 +180,16 @@ impl StepKind for WriteSpec {
     }
 
     fn input_problems(&self, given: &[(&str, ArtifactKind)]) -> Option<Vec<String>> {
+        let gated = self.gate.as_ref().and_then(|g| g.evaluate.as_deref());
+        if let Some((step, _)) = given
+            .iter()
+            .find(|(name, k)| *k == ArtifactKind::Metrics && Some(*name) != gated)
+        {
+            return Some(vec![format!(
+                "`{step}` gives evaluation figures, which a write step reads only for its gate: \
+                 add `gate = {{ evaluate = \"{step}\" }}` or remove it from `needs`"
+            )]);
+        }
         let lists: Vec<&str> = given
             .iter()
             .filter(|(_, k)| publishable(*k))
@@ -264,11 +283,34 @@ impl StepKind for WriteSpec {
         if lists.is_empty() {
             return Err(StepError::Internal("no list to write".into()));
         }
+        let figures = match self.gate.as_ref().and_then(|g| g.evaluate.as_ref()) {
+            Some(name) => {
+                let input = step
+                    .inputs
+                    .iter()
+                    .find(|i| &i.step == name)
+                    .ok_or_else(|| {
+                        StepError::Internal(format!(
+                            "the gate names `{name}`, which is not an input"
+                        ))
+                    })?;
+                let path = input.dir.join(super::evaluate::METRICS_FILE);
+                let text = std::fs::read(&path)
+                    .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?;
+                Some(
+                    serde_json::from_slice(&text)
+                        .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => None,
+        };
         let job = WriteJob {
             sink,
             lists,
             version: step.cx.run_id.clone(),
             allow_empty: self.allow_empty,
+            gate: self.gate.clone().map(|spec| (spec, figures)),
+            state: step.cx.step_state.clone(),
         };
         blocking(move || run(&job)).await
     }
@@ -301,6 +343,8 @@ impl StepKind for WriteSpec {
             }],
             version,
             allow_empty: a.allow_empty,
+            gate: None,
+            state: None,
         };
         blocking(move || run(&job)).await
     }
@@ -315,6 +359,10 @@ pub struct WriteJob {
     /// The version name (the run id).
     pub version: String,
     pub allow_empty: bool,
+    /// The gate and the figures of the evaluate step it names.
+    pub gate: Option<(GateSpec, Option<serde_json::Value>)>,
+    /// The step's state folder: the last publish is recorded there.
+    pub state: Option<PathBuf>,
 }
 
 /// Blocking file or network I/O: call through `spawn_blocking`.
@@ -336,13 +384,52 @@ pub fn run(job: &WriteJob) -> Result<StepOutput, StepError> {
             )));
         }
     }
+    // Shapes are what the next run's gate compares with: measured whenever
+    // there is a state folder to keep them in.
+    let shapes = match (&job.state, &job.gate) {
+        (None, None) => BTreeMap::new(),
+        _ => job
+            .lists
+            .iter()
+            .map(|l| Ok((l.table.clone(), gate::shape(&l.input)?)))
+            .collect::<Result<_, StepError>>()?,
+    };
+    let last = job.state.as_deref().and_then(gate::last);
+    let checks = match &job.gate {
+        Some((spec, figures)) => {
+            let checks = spec.judge(figures.as_ref(), &shapes, last.as_ref());
+            if let Some(refused) = gate::refusal(&checks, last.as_ref()) {
+                return Err(refused);
+            }
+            Some(checks)
+        }
+        None => None,
+    };
     let sink = job.sink.get();
     sink.healthcheck()?;
     let published = match job.lists.as_slice() {
         [one] => vec![sink.publish(&one.table, &job.version, &one.input)?],
         lists => sink.publish_group(lists, &job.version)?,
     };
-    Ok(output(published))
+    if let Some(state) = &job.state {
+        let record = Record {
+            run_id: job.version.clone(),
+            metric: job
+                .gate
+                .as_ref()
+                .and_then(|(spec, figures)| gate::recorded_metric(Some(spec), figures.as_ref())),
+            lists: shapes,
+        };
+        // The lists are out: failing the step now would misreport them.
+        if let Err(e) = gate::keep(state, &record) {
+            tracing::warn!(error = %e, "the publish was not recorded for the next gate");
+        }
+    }
+    let mut out = output(published);
+    if let Some(checks) = checks {
+        out.details["gate"] = json!(checks);
+    }
+    Ok(out)
 }
 
 /// The rows of the list at `path`, once it is checked to be one: the columns of

@@ -1365,3 +1365,64 @@ fn run_json(project: &Path, pipeline: &str, run_id: &str) -> recpipe::pipeline::
     let path = project.join(format!("state/runs/{pipeline}/{run_id}/run.json"));
     recpipe::artifact::read_json(&path).unwrap()
 }
+
+/// A tuned train step and a write step whose gate cannot pass (a lift of 100
+/// over popularity): the run page lists the trials with the choice marked and
+/// says the gate held the lists back; the API marks the step's class and
+/// `recpipe_publish_blocked` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tuned_and_blocked_run_reads_in_headless_chromium() {
+    let project = common::project();
+    let pipeline = crate::gate::GATED
+        .replace("{sink}", "local_lists")
+        .replace("gate = { evaluate = \"quality\" }", "gate = { evaluate = \"quality\", min_lift = 100 }")
+        .replace(
+            "model = \"rp3beta\"\n\n[steps.recs]",
+            "model = \"rp3beta\"\ntune = { max_trials = 3, candidates = [{ model = \"rp3beta\", beta = [0.0, 0.2, 0.4] }] }\n\n[steps.recs]",
+        );
+    assert!(pipeline.contains("tune = {") && pipeline.contains("min_lift"));
+    std::fs::write(project.path().join("pipelines/gated.toml"), pipeline).unwrap();
+    let d = daemon(project.path(), None).await;
+    let run_id = match d.start_run("gated", None, Utc::now()).unwrap() {
+        Started::Started { run_id } => run_id,
+        other => panic!("{other:?}"),
+    };
+    let run = wait_finished(&d, &run_id).await;
+    assert_eq!(run["run"]["status"], "failed", "{run}");
+    let steps = run["run"]["steps"].as_array().unwrap();
+    let publish = steps.iter().find(|s| s["id"] == "publish").unwrap();
+    assert_eq!(publish["error_class"], "blocked", "{run}");
+    let metrics = recpipe_metrics(&d).await;
+    assert!(
+        metrics.contains("recpipe_publish_blocked_total{pipeline=\"gated\",step=\"publish\"} 1"),
+        "{metrics}"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        let errors = b.open(&format!("{base}/ui/runs/gated/{run_id}"));
+        assert!(errors.is_empty(), "{errors:?}");
+        // A header row and three trials, exactly one chosen.
+        assert_eq!(
+            b.eval("document.querySelectorAll('#tune-model tr').length"),
+            4
+        );
+        assert_eq!(
+            b.eval("document.querySelectorAll('#tune-model tr.chosen').length"),
+            1
+        );
+        let blocked = b.eval("document.getElementById('gate-blocked').textContent");
+        let blocked = blocked.as_str().unwrap();
+        assert!(
+            blocked.contains("held the lists back") && blocked.contains("over popularity"),
+            "{blocked}"
+        );
+        let status = b.eval("[...document.querySelectorAll('#steps td.blocked')].length");
+        assert_eq!(status, 1);
+    })
+    .await
+    .unwrap();
+}

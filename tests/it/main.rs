@@ -8,6 +8,7 @@ mod content;
 mod daemon;
 mod estimate;
 mod extract;
+mod gate;
 mod history;
 mod hostile;
 mod lists;

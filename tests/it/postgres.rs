@@ -834,3 +834,34 @@ fn rollback_with_nothing_published_says_so_in_postgres() {
         "{err}"
     );
 }
+
+/// The publish gate (`gate.rs`) against PostgreSQL: a worse model is blocked
+/// with exit 3 and the table still holds the first run's list.
+#[test]
+fn the_gate_keeps_the_previous_postgres_table_current() {
+    use crate::gate::{GATED, run};
+    let db = Db::new();
+    let schema = db.schema("rp_gate");
+    let dir = crate::common::project();
+    let p = dir.path();
+    let file = "gated.toml";
+    std::fs::write(
+        p.join("pipelines").join(file),
+        GATED.replace("{sink}", "service_db"),
+    )
+    .unwrap();
+    let dsn = admin_dsn();
+    let env = [
+        ("RECPIPE__SINKS__SERVICE_DB__DSN", dsn.as_str()),
+        ("RECPIPE__SINKS__SERVICE_DB__SCHEMA", schema.as_str()),
+    ];
+    let out = run(p, "p1", &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let worse = "model = \"popular\"\n\n[steps.publish]";
+    crate::common::edit(p, file, "model = \"rp3beta\"\n\n[steps.publish]", worse);
+    let out = run(p, "p2", &env);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let (rows, run_id) = db.contents("rp_gate.gated_recs");
+    assert_eq!(run_id, "p1");
+    assert!(rows > 1000, "{rows}");
+}

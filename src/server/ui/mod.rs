@@ -29,7 +29,7 @@ pub(super) fn esc(s: &str) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}\
-.succeeded,.reused{color:#17803d}.failed,.interrupted{color:#c0262d}.running{color:#1f5fbf}\
+.succeeded,.reused{color:#17803d}.failed,.interrupted{color:#c0262d}.blocked{color:#b35c00}tr.chosen{font-weight:bold}.running{color:#1f5fbf}\
 .skipped,.cancelled{color:#777}.problems{background:#fde8e8;padding:.5em 1em;white-space:pre-wrap}\
 pre{background:#f4f4f4;padding:1em;overflow:auto}\
 .explain{max-width:50em;background:#f4f8fd;padding:.2em 1em}#items td{vertical-align:middle;white-space:nowrap}\

@@ -6,6 +6,7 @@
 
 pub mod als;
 pub mod content;
+pub mod ease;
 pub mod fm;
 pub mod item_item;
 pub mod popular;
@@ -147,7 +148,8 @@ model_kinds! {
     Popular(popular::PopularSpec),
     Als(als::AlsSpec),
     ItemItem(item_item::ItemItemSpec),
-    Rp3Beta(rp3beta::Rp3BetaSpec),
+    Rp3beta(rp3beta::Rp3BetaSpec),
+    Ease(ease::EaseSpec),
     Fm(fm::FmSpec),
     Content(content::ContentSpec),
 }

@@ -1,0 +1,194 @@
+//! Tuning inside a pipeline and the publish gate, end to end through `recpipe
+//! run`: a tuned train step records its trials and starts the next run from
+//! its choice; a gated write step blocks a worse model or a shrunken list, in
+//! the Parquet sink (PostgreSQL: `postgres.rs`), and the previous list stays
+//! current.
+
+use std::path::Path;
+
+use crate::common::{edit, project, recpipe, text};
+
+/// A walk model, evaluated, its lists published behind a gate; `{sink}` is
+/// the sink.
+pub const GATED: &str = r#"
+name = "gated"
+
+[steps.interactions]
+kind = "extract"
+source = "local"
+sql = "sql/example_interactions.sql"
+role = "interactions"
+params = { min_value = 1 }
+
+[steps.model]
+kind = "train"
+needs = ["interactions"]
+model = "rp3beta"
+
+[steps.recs]
+kind = "recommend"
+needs = ["model"]
+top_n = 10
+
+[steps.quality]
+kind = "evaluate"
+needs = ["interactions"]
+model = "rp3beta"
+
+[steps.publish]
+kind = "write"
+needs = ["recs", "quality"]
+sink = "{sink}"
+table = "gated_recs"
+gate = { evaluate = "quality" }
+"#;
+
+pub fn run(project: &Path, run_id: &str, env: &[(&str, &str)]) -> std::process::Output {
+    recpipe(project, &["run", "gated", "--run-id", run_id], env)
+}
+
+fn current_parquet(project: &Path) -> String {
+    std::fs::read_to_string(project.join("state/published/gated_recs/CURRENT"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A worse model in the evaluation (popularity instead of the walk) and
+/// then a list cut to a fifth are each blocked with exit 3 and say why;
+/// the first publish stays current and the step's manifest says what failed.
+#[test]
+fn the_gate_blocks_a_worse_model_and_a_shrunken_list_in_parquet() {
+    let dir = project();
+    let p = dir.path();
+    let file = "gated.toml";
+    std::fs::write(
+        p.join("pipelines").join(file),
+        GATED.replace("{sink}", "local_lists"),
+    )
+    .unwrap();
+    let out = run(p, "g1", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(current_parquet(p), "g1");
+    let manifest: serde_json::Value =
+        recpipe::artifact::read_json(&p.join("state/runs/gated/g1/publish/manifest.json")).unwrap();
+    assert!(
+        manifest.to_string().contains("over popularity"),
+        "{manifest}"
+    );
+
+    edit(
+        p,
+        file,
+        "model = \"rp3beta\"\n\n[steps.publish]",
+        "model = \"popular\"\n\n[steps.publish]",
+    );
+    let out = run(p, "g2", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("publish gate: ndcg"), "{said}");
+    assert!(said.contains("run `g1` stay current"), "{said}");
+    assert_eq!(current_parquet(p), "g1");
+
+    edit(
+        p,
+        file,
+        "model = \"popular\"\n\n[steps.publish]",
+        "model = \"rp3beta\"\n\n[steps.publish]",
+    );
+    edit(p, file, "top_n = 10", "top_n = 2");
+    let out = run(p, "g3", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("rows of `gated_recs`"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(current_parquet(p), "g1");
+    // The list itself is still readable where the service reads it.
+    let (_, batches) =
+        recpipe::artifact::read_parquet(&p.join("state/published/gated_recs/current/data.parquet"))
+            .unwrap();
+    assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 1000);
+
+    // Back to the good model and lists: published again.
+    edit(p, file, "top_n = 2", "top_n = 10");
+    let out = run(p, "g4", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(current_parquet(p), "g4");
+}
+
+/// A gate naming a step that is not an evaluate, or one outside `needs`, is
+/// refused by `validate` with the file and line.
+#[test]
+fn a_gate_on_a_step_that_is_not_an_evaluate_is_refused_with_its_line() {
+    let dir = project();
+    let p = dir.path();
+    let wrong = GATED.replace("{sink}", "local_lists").replace(
+        "gate = { evaluate = \"quality\" }",
+        "gate = { evaluate = \"recs\" }",
+    );
+    std::fs::write(p.join("pipelines/gated.toml"), wrong).unwrap();
+    let out = recpipe(p, &["validate"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("gated.toml:31"), "{said}");
+    assert!(
+        said.contains("`recs` is a `recommend` step, not an `evaluate` step"),
+        "{said}"
+    );
+}
+
+/// A tuned train step: every trial in the manifest, the choice kept for the
+/// next run, which tries it first.
+#[test]
+fn a_tuned_train_step_records_its_trials_and_starts_from_its_choice() {
+    let dir = project();
+    let p = dir.path();
+    let pipeline = r#"
+name = "tuned"
+
+[steps.interactions]
+kind = "extract"
+source = "local"
+sql = "sql/example_interactions.sql"
+role = "interactions"
+params = { min_value = 1 }
+
+[steps.model]
+kind = "train"
+needs = ["interactions"]
+model = "popular"
+
+[steps.model.tune]
+max_trials = 4
+[[steps.model.tune.candidates]]
+model = "popular"
+[[steps.model.tune.candidates]]
+model = "rp3beta"
+beta = [0.0, 0.4]
+[[steps.model.tune.candidates]]
+model = "ease"
+lambda = 100
+"#;
+    std::fs::write(p.join("pipelines/tuned.toml"), pipeline).unwrap();
+    let out = recpipe(p, &["run", "tuned", "--run-id", "t1"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = |run: &str| -> serde_json::Value {
+        recpipe::artifact::read_json(&p.join(format!("state/runs/tuned/{run}/model/manifest.json")))
+            .unwrap()
+    };
+    let first = manifest("t1");
+    let tune = &first["details"]["tune"];
+    assert_eq!(tune["trials"].as_array().unwrap().len(), 4, "{tune}");
+    assert_eq!(tune["started_from_previous"], false);
+    let chosen = tune["chosen"].clone();
+    assert_ne!(chosen["model"], "popular", "{tune}");
+    assert_eq!(first["details"]["model"], chosen["model"]);
+    let out = recpipe(p, &["run", "tuned", "--run-id", "t2"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let second = manifest("t2");
+    let tune = &second["details"]["tune"];
+    assert_eq!(tune["started_from_previous"], true);
+    assert_eq!(tune["trials"][0]["setting"], chosen, "{tune}");
+}
