@@ -20,7 +20,7 @@ use crate::artifact::{ArtifactKind, features};
 use crate::models::{Csr, StopFlag};
 
 /// Fits a model, the one its keys set or, with `tune`, the best of a search.
-/// (Pipeline files are read through [`TrainKeys`] and the model's own keys,
+/// (Pipeline files are read through `TrainKeys` and the model's own keys,
 /// which refuse unknown keys with their line.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSpec {
