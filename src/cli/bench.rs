@@ -1,4 +1,4 @@
-//! `recpipe bench`: times recpipe's ALS (or RP3beta) on the exact split the
+//! `recpipe bench`: times recpipe's ALS (or any model, tuned or not) on the exact split the
 //! anchor script wrote (`anchors.py --write-split`) with the anchors' protocol,
 //! so the two can be compared as ratios from one run on one machine.
 //!

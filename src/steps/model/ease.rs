@@ -4,20 +4,19 @@
 //! inverts an items × items matrix, so it refuses more than `max_items` items.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::item_item::{MAX_NEIGHBORS, load_neighbors};
+use super::item_item::{MAX_NEIGHBORS, binary_neighbor_fit, load_neighbors, present};
 use super::{Fit, Fitted, ModelKind, TrainData};
 use crate::artifact::model::ModelFiles;
 use crate::models::StopFlag;
 use crate::models::ease::{self, EaseError};
-use crate::models::item_item::ItemItemModel;
 use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
-/// The most items `max_items` may allow: the inverse alone takes minutes and
-/// 20 GiB beyond it.
-pub const ITEM_CEILING: usize = 30_000;
+/// The most items `max_items` may allow. The inverse is one call a stop
+/// cannot interrupt: at this size it takes about three minutes on two cores
+/// (and 3 GiB in float32); beyond it, ALS is the model.
+pub const ITEM_CEILING: usize = 20_000;
 
 /// Closed-form item-item regression with an L2 penalty.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -52,7 +51,7 @@ impl Default for EaseSpec {
             lambda: 400.0,
             dropout: 0.0,
             neighbors: None,
-            max_items: 20_000,
+            max_items: 10_000,
             precision: Precision::F32,
         }
     }
@@ -96,8 +95,7 @@ impl ModelKind for EaseSpec {
             &format!("ease for {n} items"),
             "`max_items`, `neighbors`",
         )?;
-        let mut user_items = matrix.clone();
-        user_items.data.fill(1.0);
+        let user_items = present(matrix);
         let (lambda, dropout) = (f64::from(self.lambda), f64::from(self.dropout));
         let keep = self.neighbors;
         let neighbors = match self.precision {
@@ -108,17 +106,46 @@ impl ModelKind for EaseSpec {
             EaseError::Stopped(s) => StepError::Stopped(s),
             e => StepError::Data(e.to_string()),
         })?;
-        let report = json!({ "neighbor_pairs": neighbors.nnz() });
-        Ok(Fit {
-            model: Box::new(ItemItemModel {
-                neighbors,
-                user_items,
-            }),
-            report,
-        })
+        Ok(binary_neighbor_fit(neighbors, user_items))
     }
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
         Ok(Box::new(load_neighbors(artifact, true)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Csr;
+
+    #[test]
+    fn more_items_than_max_items_is_refused_naming_als() {
+        let m = Csr::from_triplets(2, 3, &[0, 0, 1], &[0, 1, 2], &[1.0; 3]);
+        let spec = EaseSpec {
+            max_items: 2,
+            ..EaseSpec::default()
+        };
+        let data = TrainData {
+            matrix: &m,
+            item_features: None,
+        };
+        let Err(e) = spec.fit(&data, &StopFlag::default()) else {
+            panic!("fitted 3 items with max_items = 2");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("3 items") && e.contains("model = \"als\""),
+            "{e}"
+        );
+        // Bounds: λ must be positive, dropout below 1, max_items at most the ceiling.
+        let bad = EaseSpec {
+            lambda: 0.0,
+            dropout: 1.0,
+            max_items: ITEM_CEILING + 1,
+            ..EaseSpec::default()
+        };
+        let keys: Vec<String> = bad.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["lambda", "dropout", "max_items"]);
     }
 }

@@ -113,6 +113,25 @@ pub fn check_neighbor_memory(matrix: &Csr, kept: usize, what: &str) -> Result<()
     memory::check(bytes, &format!("{what} for {items} items"), "`neighbors`")
 }
 
+/// The interactions as present or absent, as the walk and EASE read them.
+pub fn present(matrix: &Csr) -> Csr {
+    let mut binary = matrix.clone();
+    binary.data.fill(1.0);
+    binary
+}
+
+/// A fitted neighbour model over present-or-absent interactions (`rp3beta`,
+/// `ease`): scored as item-item is, with its pair count as the report.
+pub fn binary_neighbor_fit(neighbors: Csr, user_items: Csr) -> Fit {
+    Fit {
+        report: json!({ "neighbor_pairs": neighbors.nnz() }),
+        model: Box::new(ItemItemModel {
+            neighbors,
+            user_items,
+        }),
+    }
+}
+
 /// A model scored through item neighbours, read back: its neighbours, and the
 /// users' training interactions (present or absent when `binary`).
 pub fn load_neighbors(artifact: &ModelFiles, binary: bool) -> Result<ItemItemModel, StepError> {

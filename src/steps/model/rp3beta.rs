@@ -3,12 +3,12 @@
 //! `neighbors.parquet`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::item_item::{MAX_NEIGHBORS, check_neighbor_memory, load_neighbors};
+use super::item_item::{
+    MAX_NEIGHBORS, binary_neighbor_fit, check_neighbor_memory, load_neighbors, present,
+};
 use super::{Fit, Fitted, ModelKind, TrainData};
 use crate::artifact::model::ModelFiles;
-use crate::models::item_item::ItemItemModel;
 use crate::models::{StopFlag, rp3beta};
 use crate::steps::StepError;
 use crate::steps::spec::{Problem, between, whole};
@@ -58,17 +58,8 @@ impl ModelKind for Rp3BetaSpec {
         let kept = self.neighbors.unwrap_or(matrix.n_cols.saturating_sub(1));
         check_neighbor_memory(matrix, kept, &format!("rp3beta keeping {kept} neighbours"))?;
         let neighbors = rp3beta::neighbors(matrix, self.alpha, self.beta, self.neighbors, stop)?;
-        let report = json!({ "neighbor_pairs": neighbors.nnz() });
         // The walk ignores values: so does scoring.
-        let mut user_items = matrix.clone();
-        user_items.data.fill(1.0);
-        Ok(Fit {
-            model: Box::new(ItemItemModel {
-                neighbors,
-                user_items,
-            }),
-            report,
-        })
+        Ok(binary_neighbor_fit(neighbors, present(matrix)))
     }
 
     fn load(artifact: &ModelFiles) -> Result<Fitted, StepError> {
