@@ -24,6 +24,9 @@ pub struct Metrics {
     pub coverage: f64,
 }
 
+/// The deepest cut-off an evaluation scores.
+pub const MAX_K: usize = 1000;
+
 /// A figure of [`Metrics`] a pipeline can name (`metric = "ndcg"`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -19,10 +19,9 @@ use recpipe::eval::{self, Metrics};
 use recpipe::models::Recommender;
 use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
-use recpipe::steps::evaluate::Cells;
 use recpipe::steps::model::als::AlsSpec;
 use recpipe::steps::model::{ModelSpec, TrainData};
-use recpipe::steps::tune;
+use recpipe::steps::tune::{self, Cells};
 use recpipe::topn::{self, Selection};
 
 use super::Failure;
@@ -84,7 +83,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let tune = a
         .tune
         .as_deref()
-        .map(recpipe::steps::train::read_tune)
+        .map(tune::read)
         .transpose()
         .map_err(|e| Failure::BadInput(anyhow!(e)))?;
     let result = pool

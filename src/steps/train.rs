@@ -7,12 +7,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::evaluate::Cells;
 use super::kind::{
     Inputs, Problem, SpecReader, StepKind, create_output, parse_key_value, refuse, toml_string,
 };
 use super::model::{self, FeatureUse, ModelSpec, TrainData};
-use super::tune::{self, TuneSpec};
+use super::tune::{self, Cells, SplitKind, TuneSpec};
 use super::{DATA_FILE, StepContext, StepError, StepOutput, StepResult, StepRun, input_of};
 use crate::artifact::interactions::{self, Interactions, ids_type_name};
 use crate::artifact::model::ModelMeta;
@@ -102,13 +101,6 @@ impl ModelSpec {
     }
 }
 
-/// Reads `--tune`'s file as a pipeline's `tune` table.
-pub fn read_tune(path: &Path) -> Result<TuneSpec, StepError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| StepError::Data(format!("{}: {e}", path.display())))
-}
-
 impl StepKind for TrainSpec {
     const NAME: &'static str = "train";
     const INPUTS: Inputs = Some(&[
@@ -186,7 +178,7 @@ impl StepKind for TrainSpec {
         if let Some(problem) = model.item_features_problem(a.item_features.is_some()) {
             return Err(StepError::Data(format!("--item-features: {problem}")));
         }
-        let tune = a.tune.as_deref().map(read_tune).transpose()?;
+        let tune = a.tune.as_deref().map(tune::read).transpose()?;
         let spec = TrainSpec { model, tune };
         if let Some(tune) = &spec.tune {
             refuse(tune.problems(&spec.model), |k| format!("--tune {k}"))?;
@@ -221,7 +213,7 @@ pub fn run(
 ) -> Result<StepOutput, StepError> {
     let search = match &train.tune {
         Some(tune) => {
-            let cells = Cells::read(input, tune.split == super::evaluate::SplitKind::Time)?;
+            let cells = Cells::read(input, tune.split == SplitKind::Time)?;
             let previous = state.and_then(|dir| previous_choice(dir, tune, &train.model));
             Some(tune::search(tune, &train.model, &cells, previous, stop)?)
         }

@@ -9,10 +9,15 @@
 //! many items for `ease`, too little memory) is recorded and skipped; a stop
 //! ends the search. The setting a previous run chose is tried first, so a
 //! search cut short by its bounds never does worse than last time.
+//!
+//! The cells of an interactions file and their splits ([`Cells`]) are here
+//! too: `evaluate` holds out its test part with the same split.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use arrow::array::{Array, Float32Array, TimestampMicrosecondArray};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -20,16 +25,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::StepError;
-use super::evaluate::{Cells, MAX_K, SplitKind};
 use super::model::{FeatureUse, ModelSpec, TrainData};
 use super::spec::Problem;
-use crate::eval::{self, MetricName, Metrics};
-use crate::models::StopFlag;
+use crate::artifact::interactions::{self, IdColumn};
+use crate::artifact::read_parquet;
+use crate::eval::{self, MAX_K, MetricName, Metrics};
+use crate::models::ids::Ids;
+use crate::models::{Csr, IdMap, StopFlag};
 
 /// The most settings a search may list (after expanding every grid).
 pub const MAX_SETTINGS: usize = 10_000;
 /// The most trials a search may run.
 pub const MAX_TRIALS: usize = 1000;
+/// The longest `max_time`: a step's longest timeout.
+pub const MAX_TIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a step searches: on which split, by which metric, within which bounds,
 /// over which candidates.
@@ -200,7 +209,7 @@ impl TuneSpec {
                 ));
             }
         }
-        if self.max_time.is_zero() || self.max_time > crate::pipeline::load::MAX_STEP_TIMEOUT {
+        if self.max_time.is_zero() || self.max_time > MAX_TIME {
             problems.push(Problem::new(
                 "tune.max_time",
                 "must be more than zero and at most 7 days",
@@ -300,7 +309,7 @@ pub fn search(
         settings.insert(0, p);
     }
     let is_validation = cells.split(tune.split, tune.validation_fraction, tune.seed);
-    let (fit_m, valid_m) = cells.matrices(&is_validation, std::path::Path::new("tune"))?;
+    let (fit_m, valid_m) = cells.matrices(&is_validation, Path::new("tune"))?;
     if fit_m.nnz() == 0 || valid_m.nnz() == 0 {
         return Err(StepError::Data(format!(
             "tune: {} interactions are too few to hold out {} for validation",
@@ -369,6 +378,169 @@ pub fn search(
         started_from_previous,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Reads a `--tune` file: a `tune` table as a pipeline file holds it.
+pub fn read(path: &Path) -> Result<TuneSpec, StepError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| StepError::Data(format!("{}: {e}", path.display())))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    #[default]
+    Random,
+    Time,
+}
+
+/// Interactions as cells, each with its user and item index, value and time
+/// (`i64::MIN` when null or absent), in file order.
+pub struct Cells {
+    pub users: IdMap,
+    pub items: IdMap,
+    pub rows: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub vals: Vec<f32>,
+    pub ts: Vec<i64>,
+}
+
+impl Cells {
+    /// Reads an interactions file; `need_time` refuses one without `ts`.
+    pub fn read(input: &Path, need_time: bool) -> Result<Self, StepError> {
+        let (_, batches) = read_parquet(input)?;
+        let (mut user_ids, mut item_ids) = (None, None);
+        for b in &batches {
+            IdColumn::of(b, "user_id", input)?.collect_into(&mut user_ids);
+            IdColumn::of(b, "item_id", input)?.collect_into(&mut item_ids);
+        }
+        let users = IdMap::from_ids(user_ids.unwrap_or(Ids::Int(Vec::new())));
+        let items = IdMap::from_ids(item_ids.unwrap_or(Ids::Int(Vec::new())));
+        let (mut rows, mut cols, mut vals, mut ts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in &batches {
+            let (u, i) = (
+                IdColumn::of(b, "user_id", input)?,
+                IdColumn::of(b, "item_id", input)?,
+            );
+            let value = b
+                .column_by_name("value")
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>());
+            let time = b
+                .column_by_name("ts")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+            if need_time && time.is_none() {
+                return Err(StepError::Data(format!(
+                    "{}: `split = \"time\"` needs a `ts` column",
+                    input.display()
+                )));
+            }
+            for r in 0..b.num_rows() {
+                let (Some(ui), Some(ii)) = (users.index(u.get(r)), items.index(i.get(r))) else {
+                    continue;
+                };
+                rows.push(ui);
+                cols.push(ii);
+                vals.push(value.map_or(1.0, |v| v.value(r)));
+                ts.push(time.map_or(0, |t| if t.is_valid(r) { t.value(r) } else { i64::MIN }));
+            }
+        }
+        Ok(Cells {
+            users,
+            items,
+            rows,
+            cols,
+            vals,
+            ts,
+        })
+    }
+
+    /// The cells of a matrix, its row and column indices as ids, untimed.
+    pub fn of_matrix(m: &Csr) -> Cells {
+        let ids = |n: usize| IdMap::from_ids(Ids::Int((0..n as i64).collect()));
+        let rows = (0..m.n_rows)
+            .flat_map(|r| std::iter::repeat_n(r as u32, m.indptr[r + 1] - m.indptr[r]))
+            .collect();
+        Cells {
+            users: ids(m.n_rows),
+            items: ids(m.n_cols),
+            rows,
+            cols: m.indices.clone(),
+            vals: m.data.clone(),
+            ts: vec![0; m.nnz()],
+        }
+    }
+
+    /// The cells whose flag in `is_test` equals `test`, with the same id maps.
+    pub fn subset(&self, is_test: &[bool], test: bool) -> Cells {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&k| is_test[k] == test)
+            .collect();
+        let pick = |v: &[u32]| keep.iter().map(|&k| v[k]).collect();
+        Cells {
+            users: self.users.clone(),
+            items: self.items.clone(),
+            rows: pick(&self.rows),
+            cols: pick(&self.cols),
+            vals: keep.iter().map(|&k| self.vals[k]).collect(),
+            ts: keep.iter().map(|&k| self.ts[k]).collect(),
+        }
+    }
+
+    /// The training and held-out matrices of a split (users × items, all ids).
+    pub fn matrices(&self, is_test: &[bool], input: &Path) -> Result<(Csr, Csr), StepError> {
+        let part = |test: bool| {
+            let cells = self.subset(is_test, test);
+            Csr::from_triplets(
+                self.users.len(),
+                self.items.len(),
+                &cells.rows,
+                &cells.cols,
+                &cells.vals,
+            )
+        };
+        Ok((
+            interactions::finite(part(false), input)?,
+            interactions::finite(part(true), input)?,
+        ))
+    }
+
+    /// Which cells are held out: a seeded random `fraction` of them, or each
+    /// user's latest `floor(fraction · n_u)` by time (ties in a seeded order).
+    pub fn split(&self, kind: SplitKind, fraction: f64, seed: u64) -> Vec<bool> {
+        let (rows, ts) = (&self.rows, &self.ts);
+        let n = rows.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let mut is_test = vec![false; n];
+        match kind {
+            SplitKind::Random => {
+                let n_test = (fraction * n as f64).round() as usize;
+                for &k in &order[..n_test.min(n)] {
+                    is_test[k] = true;
+                }
+            }
+            SplitKind::Time => {
+                let mut rank = vec![0usize; n];
+                for (pos, &k) in order.iter().enumerate() {
+                    rank[k] = pos;
+                }
+                let mut by_user: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+                for (k, &user) in rows.iter().enumerate() {
+                    by_user.entry(user).or_default().push(k);
+                }
+                for cells in by_user.values_mut() {
+                    cells.sort_by_key(|&k| (ts[k], rank[k]));
+                    let n_test = (fraction * cells.len() as f64).floor() as usize;
+                    for &k in &cells[cells.len() - n_test..] {
+                        is_test[k] = true;
+                    }
+                }
+            }
+        }
+        is_test
+    }
 }
 
 #[cfg(test)]
