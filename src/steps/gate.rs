@@ -151,13 +151,19 @@ impl GateSpec {
         if let Some(figures) = figures {
             let value = figure(figures, "metrics", &name);
             let popularity = figure(figures, "popularity", &name);
+            // Nothing over nothing is no lift; a missing figure fails.
+            let lift = if value.is_nan() || popularity.is_nan() {
+                f64::NAN
+            } else if popularity > 0.0 {
+                value / popularity
+            } else if value > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
             check(
                 format!("{name} over popularity's ({popularity:.4})"),
-                if popularity > 0.0 {
-                    value / popularity
-                } else {
-                    value.signum() * f64::INFINITY
-                },
+                lift,
                 self.min_lift,
             );
             if let Some((m, last_value)) = last.and_then(|l| l.metric)
@@ -335,6 +341,12 @@ mod tests {
         assert!(refusal(&checks, None).is_some());
         let missing = json!({"metrics": {}, "popularity": {"ndcg": 0.12}});
         let checks = gate().judge(Some(&missing), &shapes(10, 10), None);
+        assert!(refusal(&checks, None).is_some());
+        // Zero over zero is no lift, and a missing baseline is refused.
+        let zero = json!({"metrics": {"ndcg": 0.0}, "popularity": {"ndcg": 0.0}});
+        assert!(refusal(&gate().judge(Some(&zero), &shapes(10, 10), None), None).is_some());
+        let no_baseline = json!({"metrics": {"ndcg": 0.2}, "popularity": {}});
+        let checks = gate().judge(Some(&no_baseline), &shapes(10, 10), None);
         assert!(refusal(&checks, None).is_some());
         // The first publish of a list has no shape to compare.
         let fine = json!({"metrics": {"ndcg": 0.2}, "popularity": {"ndcg": 0.1}});
