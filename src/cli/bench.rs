@@ -21,6 +21,7 @@ use recpipe::models::similarity::CosineSimilarity;
 use recpipe::models::{Csr, StopFlag};
 use recpipe::steps::model::als::AlsSpec;
 use recpipe::steps::model::{ModelSpec, TrainData};
+use recpipe::steps::train::model_of;
 use recpipe::steps::tune::{self, Cells};
 use recpipe::topn::{self, Selection};
 
@@ -78,7 +79,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let pool = recpipe::steps::compute_pool(a.threads).map_err(|e| Failure::Failed(e.into()))?;
     let other = match (a.model.as_str(), &a.tune) {
         ("als", None) => None,
-        _ => Some(model_spec(&a.model, &a.set).map_err(|e| Failure::BadInput(anyhow!(e)))?),
+        _ => Some(model_of(&a.model, &a.set).map_err(|e| Failure::BadInput(anyhow!(e)))?),
     };
     let tune = a
         .tune
@@ -299,19 +300,6 @@ fn time_lists(
         sim_all_s = sim_all_s.min(start.elapsed().as_secs_f64());
     }
     (rec_all_s, sim_all_s)
-}
-
-/// A model other than ALS from its keys, read as a pipeline reads them.
-fn model_spec(model: &str, set: &[(String, String)]) -> Result<ModelSpec, String> {
-    let mut text = format!("model = {model:?}\n");
-    for (k, v) in set {
-        text.push_str(&format!("{k} = {v}\n"));
-    }
-    let spec: ModelSpec = toml::from_str(&text).map_err(|e| format!("--set: {}", e.message()))?;
-    match spec.problems().first() {
-        Some(p) => Err(format!("--set {}: {}", p.key, p.message)),
-        None => Ok(spec),
-    }
 }
 
 /// A model as a train step fits it (RP3beta and EASE on positives, values

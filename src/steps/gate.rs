@@ -214,11 +214,7 @@ fn figure(figures: &Value, part: &str, name: &str) -> f64 {
 }
 
 /// The evaluate figure a publish is recorded with.
-pub fn recorded_metric(
-    gate: Option<&GateSpec>,
-    figures: Option<&Value>,
-) -> Option<(MetricName, f64)> {
-    let gate = gate?;
+pub fn recorded_metric(gate: &GateSpec, figures: Option<&Value>) -> Option<(MetricName, f64)> {
     let value = figure(figures?, "metrics", &metric_key(gate.metric));
     value.is_finite().then_some((gate.metric, value))
 }
@@ -245,15 +241,12 @@ pub fn refusal(checks: &[Check], last: Option<&Record>) -> Option<StepError> {
 
 /// The last publish recorded in a step's state folder, if any.
 pub fn last(state: &Path) -> Option<Record> {
-    serde_json::from_slice(&std::fs::read(state.join(RECORD_FILE)).ok()?).ok()
+    super::read_state(state, RECORD_FILE)
 }
 
 /// Records a publish in the step's state folder.
 pub fn keep(state: &Path, record: &Record) -> Result<(), StepError> {
-    std::fs::create_dir_all(state)
-        .map_err(|e| StepError::Data(format!("{}: {e}", state.display())))?;
-    crate::artifact::write_json(&state.join(RECORD_FILE), record)?;
-    Ok(())
+    super::keep_state(state, RECORD_FILE, record)
 }
 
 /// Rows and distinct keys of a checked list file: the key is the first of

@@ -300,6 +300,20 @@ impl StepError {
     }
 }
 
+/// What a step kept in its state folder ([`StepContext::step_state`]) under
+/// `file`, if it is there and reads: a missing or damaged file is a first run.
+pub fn read_state<T: serde::de::DeserializeOwned>(state: &Path, file: &str) -> Option<T> {
+    crate::artifact::read_json(&state.join(file)).ok()
+}
+
+/// Keeps `value` in a step's state folder under `file`, atomically.
+pub fn keep_state<T: Serialize>(state: &Path, file: &str, value: &T) -> Result<(), StepError> {
+    std::fs::create_dir_all(state)
+        .map_err(|e| StepError::Data(format!("{}: {e}", state.display())))?;
+    crate::artifact::write_json(&state.join(file), value)?;
+    Ok(())
+}
+
 /// Runs `f` on the compute pool and waits for it without blocking the runtime; a
 /// panic becomes [`StepError::Panic`] instead of taking the process down.
 pub async fn compute<T, F>(pool: &rayon::ThreadPool, f: F) -> Result<T, StepError>

@@ -73,15 +73,21 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The model spec, read exactly as the same keys in a pipeline file would be.
     pub fn spec(&self) -> Result<ModelSpec, StepError> {
-        let mut text = format!("model = {}\n", toml_string(&self.model));
-        for (k, v) in &self.set {
-            text.push_str(&format!("{k} = {v}\n"));
-        }
-        let spec: ModelSpec = toml::from_str(&text)
-            .map_err(|e| StepError::Data(format!("model parameters: {}", e.message())))?;
-        refuse(spec.problems(), |k| format!("--set {k}"))?;
-        Ok(spec)
+        model_of(&self.model, &self.set)
     }
+}
+
+/// `model` with its keys given as `key=value` (TOML values), read as a pipeline
+/// file's keys are and checked against the model's bounds.
+pub fn model_of(model: &str, set: &[(String, String)]) -> Result<ModelSpec, StepError> {
+    let mut text = format!("model = {}\n", toml_string(model));
+    for (k, v) in set {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    let spec: ModelSpec = toml::from_str(&text)
+        .map_err(|e| StepError::Data(format!("model parameters: {}", e.message())))?;
+    refuse(spec.problems(), |k| format!("--set {k}"))?;
+    Ok(spec)
 }
 
 impl ModelSpec {
@@ -260,7 +266,7 @@ pub fn run(
     if let Some(search) = &search {
         details["tune"] = search.report();
         if let Some(dir) = state {
-            keep_choice(dir, &search.chosen)?;
+            super::keep_state(dir, CHOSEN_FILE, &search.chosen)?;
         }
     }
     Ok(StepOutput {
@@ -273,19 +279,11 @@ pub fn run(
 /// The setting the last tuned run chose, if it is still among this search's
 /// settings (a changed `tune` table or model starts afresh).
 fn previous_choice(state: &Path, tune: &TuneSpec, base: &ModelSpec) -> Option<ModelSpec> {
-    let text = std::fs::read(state.join(CHOSEN_FILE)).ok()?;
-    let chosen: ModelSpec = serde_json::from_slice(&text).ok()?;
+    let chosen: ModelSpec = super::read_state(state, CHOSEN_FILE)?;
     tune.settings(base)
         .ok()?
         .contains(&chosen)
         .then_some(chosen)
-}
-
-fn keep_choice(state: &Path, chosen: &ModelSpec) -> Result<(), StepError> {
-    std::fs::create_dir_all(state)
-        .map_err(|e| StepError::Data(format!("{}: {e}", state.display())))?;
-    crate::artifact::write_json(&state.join(CHOSEN_FILE), chosen)?;
-    Ok(())
 }
 
 /// Adds the items of the features in `dir` to `data` (as items without

@@ -380,6 +380,15 @@ pub fn search(
     })
 }
 
+/// The positions whose flag equals `test`.
+fn kept(is_test: &[bool], test: bool) -> Vec<usize> {
+    (0..is_test.len()).filter(|&k| is_test[k] == test).collect()
+}
+
+fn pick<T: Copy>(values: &[T], keep: &[usize]) -> Vec<T> {
+    keep.iter().map(|&k| values[k]).collect()
+}
+
 /// Reads a `--tune` file: a `tune` table as a pipeline file holds it.
 pub fn read(path: &Path) -> Result<TuneSpec, StepError> {
     let text = std::fs::read_to_string(path)
@@ -474,31 +483,27 @@ impl Cells {
 
     /// The cells whose flag in `is_test` equals `test`, with the same id maps.
     pub fn subset(&self, is_test: &[bool], test: bool) -> Cells {
-        let keep: Vec<usize> = (0..self.rows.len())
-            .filter(|&k| is_test[k] == test)
-            .collect();
-        let pick = |v: &[u32]| keep.iter().map(|&k| v[k]).collect();
+        let keep = kept(is_test, test);
         Cells {
             users: self.users.clone(),
             items: self.items.clone(),
-            rows: pick(&self.rows),
-            cols: pick(&self.cols),
-            vals: keep.iter().map(|&k| self.vals[k]).collect(),
-            ts: keep.iter().map(|&k| self.ts[k]).collect(),
+            rows: pick(&self.rows, &keep),
+            cols: pick(&self.cols, &keep),
+            vals: pick(&self.vals, &keep),
+            ts: pick(&self.ts, &keep),
         }
     }
 
     /// The training and held-out matrices of a split (users × items, all ids).
     pub fn matrices(&self, is_test: &[bool], input: &Path) -> Result<(Csr, Csr), StepError> {
         let part = |test: bool| {
-            let cells = self.subset(is_test, test);
-            Csr::from_triplets(
-                self.users.len(),
-                self.items.len(),
-                &cells.rows,
-                &cells.cols,
-                &cells.vals,
-            )
+            let keep = kept(is_test, test);
+            let (rows, cols, vals) = (
+                pick(&self.rows, &keep),
+                pick(&self.cols, &keep),
+                pick(&self.vals, &keep),
+            );
+            Csr::from_triplets(self.users.len(), self.items.len(), &rows, &cols, &vals)
         };
         Ok((
             interactions::finite(part(false), input)?,

@@ -295,12 +295,7 @@ impl StepKind for WriteSpec {
                         ))
                     })?;
                 let path = input.dir.join(super::evaluate::METRICS_FILE);
-                let text = std::fs::read(&path)
-                    .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?;
-                Some(
-                    serde_json::from_slice(&text)
-                        .map_err(|e| StepError::Data(format!("{}: {e}", path.display())))?,
-                )
+                Some(crate::artifact::read_json::<serde_json::Value>(&path)?)
             }
             None => None,
         };
@@ -417,7 +412,7 @@ pub fn run(job: &WriteJob) -> Result<StepOutput, StepError> {
             metric: job
                 .gate
                 .as_ref()
-                .and_then(|(spec, figures)| gate::recorded_metric(Some(spec), figures.as_ref())),
+                .and_then(|(spec, figures)| gate::recorded_metric(spec, figures.as_ref())),
             lists: shapes,
         };
         // The lists are out: failing the step now would misreport them.
