@@ -28,70 +28,146 @@ pub fn neighbors(
     // Degrees of at least 1, so an empty row or column weighs nothing
     // rather than dividing by zero.
     let degree = |m: &Csr, r: usize| (m.indptr[r + 1] - m.indptr[r]).max(1) as f32;
-    let user_step: Vec<f32> = (0..user_items.n_rows)
-        .map(|u| degree(user_items, u).powf(-alpha))
-        .collect();
-    let item_step: Vec<f32> = (0..n_items)
-        .map(|i| degree(&item_users, i).powf(-alpha))
-        .collect();
-    let penalty: Vec<f32> = (0..n_items)
-        .map(|j| degree(&item_users, j).powf(-beta))
-        .collect();
-    let rows: Vec<(Vec<u32>, Vec<f32>)> = (0..n_items)
+    let walk = Walk {
+        user_items,
+        item_users: &item_users,
+        user_step: (0..user_items.n_rows)
+            .map(|u| degree(user_items, u).powf(-alpha))
+            .collect(),
+        item_step: (0..n_items)
+            .map(|i| degree(&item_users, i).powf(-alpha))
+            .collect(),
+        penalty: (0..n_items)
+            .map(|j| degree(&item_users, j).powf(-beta))
+            .collect(),
+    };
+    // Two passes: the rows' lengths, then the rows written in place. Counting
+    // costs less than the fresh pages of a second copy of the result.
+    let lens: Vec<usize> = (0..n_items)
         .into_par_iter()
         .map_init(
-            || vec![0f32; n_items],
-            |acc, i| {
+            || vec![u32::MAX; n_items],
+            |mark, i| {
                 if stop.is_stopped() {
                     return Err(Stopped);
                 }
-                let mut touched = Vec::new();
-                for &u in item_users.row(i).0 {
-                    for &j in user_items.row(u as usize).0 {
-                        if acc[j as usize] == 0.0 {
-                            touched.push(j);
-                        }
-                        acc[j as usize] += user_step[u as usize];
-                    }
-                }
-                // Rows come out in column order: a row reaching many items is
-                // read off the accumulator in order, a sparse one sorted.
-                if touched.len() * 8 > n_items {
-                    touched.clear();
-                    touched.extend((0..n_items as u32).filter(|&j| acc[j as usize] > 0.0));
-                } else {
-                    touched.sort_unstable();
-                }
-                let scale = item_step[i];
-                let weigh = |j: u32| acc[j as usize] * scale * penalty[j as usize];
-                let js: Vec<u32> = touched
-                    .iter()
-                    .copied()
-                    .filter(|&j| j as usize != i)
-                    .collect();
-                let row: (Vec<u32>, Vec<f32>) = match keep.filter(|&k| k < js.len()) {
-                    None => {
-                        let ws = js.iter().map(|&j| weigh(j)).collect();
-                        (js, ws)
-                    }
-                    Some(k) => {
-                        let mut row: Vec<(u32, f32)> = js.iter().map(|&j| (j, weigh(j))).collect();
-                        row.select_nth_unstable_by(k, |a, b| {
-                            b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-                        });
-                        row.truncate(k);
-                        row.sort_unstable_by_key(|e| e.0);
-                        row.into_iter().unzip()
-                    }
-                };
-                for &j in &touched {
-                    acc[j as usize] = 0.0;
-                }
-                Ok(row)
+                let reached = walk.reached(i, mark);
+                Ok(keep.map_or(reached, |k| reached.min(k)))
             },
         )
         .collect::<Result<_, _>>()?;
-    Ok(Csr::from_rows(n_items, rows))
+    let mut indptr = Vec::with_capacity(n_items + 1);
+    indptr.push(0);
+    for len in &lens {
+        indptr.push(indptr[indptr.len() - 1] + len);
+    }
+    let nnz = indptr[n_items];
+    let (mut indices, mut data) = (vec![0u32; nnz], vec![0f32; nnz]);
+    let mut rows = Vec::with_capacity(n_items);
+    let (mut is, mut ds) = (indices.as_mut_slice(), data.as_mut_slice());
+    for &len in &lens {
+        let (i, irest) = is.split_at_mut(len);
+        let (d, drest) = ds.split_at_mut(len);
+        rows.push((i, d));
+        (is, ds) = (irest, drest);
+    }
+    rows.into_par_iter()
+        .enumerate()
+        .map_init(
+            || (vec![0f32; n_items], Vec::with_capacity(n_items)),
+            |(acc, row), (i, (js, ws))| {
+                if stop.is_stopped() {
+                    return Err(Stopped);
+                }
+                walk.row(i, acc, row);
+                if js.len() < row.len() {
+                    let k = js.len();
+                    row.select_nth_unstable_by(k, |a: &(u32, f32), b| {
+                        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                    });
+                    row.truncate(k);
+                    row.sort_unstable_by_key(|e| e.0);
+                }
+                for ((j, w), &(col, weight)) in js.iter_mut().zip(ws.iter_mut()).zip(row.iter()) {
+                    (*j, *w) = (col, weight);
+                }
+                Ok(())
+            },
+        )
+        .collect::<Result<(), _>>()?;
+    Ok(Csr {
+        n_rows: n_items,
+        n_cols: n_items,
+        indptr,
+        indices,
+        data,
+    })
+}
+
+/// The walk's matrices and per-node weights.
+struct Walk<'a> {
+    user_items: &'a Csr,
+    item_users: &'a Csr,
+    user_step: Vec<f32>,
+    item_step: Vec<f32>,
+    penalty: Vec<f32>,
+}
+
+impl Walk<'_> {
+    /// How many items other than `i` the walk reaches from `i`; `mark` holds
+    /// no `i` before.
+    fn reached(&self, i: usize, mark: &mut [u32]) -> usize {
+        let stamp = i as u32;
+        mark[i] = stamp;
+        let mut reached = 0;
+        for &u in self.item_users.row(i).0 {
+            for &j in self.user_items.row(u as usize).0 {
+                reached += usize::from(mark[j as usize] != stamp);
+                mark[j as usize] = stamp;
+            }
+        }
+        reached
+    }
+
+    /// Item `i`'s row into `row`, in column order; `acc` is all zeros before
+    /// and after.
+    fn row(&self, i: usize, acc: &mut [f32], row: &mut Vec<(u32, f32)>) {
+        row.clear();
+        let users = self.item_users.row(i).0;
+        let mut reach = 0;
+        for &u in users {
+            let step = self.user_step[u as usize];
+            let items = self.user_items.row(u as usize).0;
+            reach += items.len();
+            for &j in items {
+                acc[j as usize] += step;
+            }
+        }
+        let scale = self.item_step[i];
+        // Every step is positive, so a reached item has a positive sum. A row
+        // reaching many items is read off the accumulator whole, without a
+        // branch per item; a sparse one walked again and sorted.
+        if reach * 8 > acc.len() {
+            row.resize(acc.len(), (0, 0.0));
+            let mut len = 0;
+            for (j, a) in acc.iter_mut().enumerate() {
+                row[len] = (j as u32, *a * scale * self.penalty[j]);
+                len += usize::from(*a > 0.0 && j != i);
+                *a = 0.0;
+            }
+            row.truncate(len);
+        } else {
+            for &u in users {
+                for &j in self.user_items.row(u as usize).0 {
+                    let a = std::mem::take(&mut acc[j as usize]);
+                    if a > 0.0 && j as usize != i {
+                        row.push((j, a * scale * self.penalty[j as usize]));
+                    }
+                }
+            }
+            row.sort_unstable_by_key(|e| e.0);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -128,24 +204,30 @@ mod tests {
     }
 
     /// The formula against the walk itself: dense transition matrices, each
-    /// entry raised to α, multiplied, divided by popularity^β.
+    /// entry raised to α, multiplied, divided by popularity^β. Rows reaching
+    /// most items and rows reaching few are read off differently: both shapes.
     #[test]
     fn weights_equal_the_dense_walk() {
-        let (users, items, alpha, beta) = (7usize, 6usize, 0.8f64, 0.4f64);
-        let mut cells = Vec::new();
-        for u in 0..users {
-            for i in 0..items {
-                if (u * 7 + i * 3) % 5 < 2 {
-                    cells.push((u as u32, i as u32));
-                }
-            }
-        }
+        assert_walk(7, 6, &|u, i| (u * 7 + i * 3) % 5 < 2);
+        assert_walk(60, 90, &|u, i| {
+            i == u || i == (u + 1) % 90 || i == (u + 30) % 90
+        });
+    }
+
+    fn assert_walk(users: usize, items: usize, has: &dyn Fn(usize, usize) -> bool) {
+        let (alpha, beta) = (0.8f64, 0.4f64);
+        let cells: Vec<(u32, u32)> = (0..users)
+            .flat_map(|u| (0..items).map(move |i| (u, i)))
+            .filter(|&(u, i)| has(u, i))
+            .map(|(u, i)| (u as u32, i as u32))
+            .collect();
         let (rows, cols): (Vec<u32>, Vec<u32>) = cells.iter().copied().unzip();
         let m = Csr::from_triplets(users, items, &rows, &cols, &vec![1.0; rows.len()]);
-        let has = |u: usize, i: usize| cells.contains(&(u as u32, i as u32)) as u8 as f64;
+        let has = |u: usize, i: usize| has(u, i) as u8 as f64;
         let deg_u = |u: usize| (0..items).map(|i| has(u, i)).sum::<f64>().max(1.0);
         let deg_i = |i: usize| (0..users).map(|u| has(u, i)).sum::<f64>().max(1.0);
-        let w = neighbors(&m, alpha as f32, beta as f32, None, &StopFlag::default()).unwrap();
+        let stop = StopFlag::default();
+        let w = neighbors(&m, alpha as f32, beta as f32, None, &stop).unwrap();
         for i in 0..items {
             for j in 0..items {
                 let walk: f64 = (0..users)
@@ -154,13 +236,38 @@ mod tests {
                     })
                     .sum::<f64>()
                     / deg_i(j).powf(beta);
-                let ours = weight(&w, i, j as u32).map_or(0.0, f64::from);
                 let expected = if i == j { 0.0 } else { walk };
+                // An item the walk does not reach has no entry at all.
+                let ours = weight(&w, i, j as u32);
+                assert_eq!(ours.is_some(), expected > 0.0, "w({i}, {j}) = {ours:?}");
+                let ours = ours.map_or(0.0, f64::from);
                 assert!(
                     (ours - expected).abs() < 1e-6,
                     "w({i}, {j}) = {ours}, walk {expected}"
                 );
             }
+        }
+        // Cut to two, each row keeps its two largest, still in column order.
+        let cut = neighbors(&m, alpha as f32, beta as f32, Some(2), &stop).unwrap();
+        for i in 0..items {
+            let mut best: Vec<(u32, f32)> = w
+                .row(i)
+                .0
+                .iter()
+                .copied()
+                .zip(w.row(i).1.iter().copied())
+                .collect();
+            best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            best.truncate(2);
+            best.sort_by_key(|e| e.0);
+            let kept: Vec<(u32, f32)> = cut
+                .row(i)
+                .0
+                .iter()
+                .copied()
+                .zip(cut.row(i).1.iter().copied())
+                .collect();
+            assert_eq!(kept, best, "row {i}");
         }
     }
 
