@@ -7,9 +7,8 @@
 //! A user's score for `j` is `Σ_i x_ui · B_ij`, item-item's scoring.
 //!
 //! The inverse is dense (items × items), in float32 or float64 through faer's
-//! blocked, parallel Cholesky: callers bound the item count. It is one call,
-//! so a stop takes effect between the phases (Gram, inverse, rows), not within
-//! the inverse.
+//! blocked, parallel Cholesky: callers bound the item count. A stop takes
+//! effect between blocks of 512 columns.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -75,8 +74,7 @@ pub fn weights<T: Float>(
 ) -> Result<Csr, EaseError> {
     let n = user_items.n_cols;
     let mut g = gram::<T>(user_items, lambda, dropout / (1.0 - dropout), stop)?;
-    stop.check()?;
-    inverse(&mut g, n)?;
+    inverse(&mut g, n, stop)?;
     stop.check()?;
     // `g` holds P's lower triangle column-major: P_ij (i ≥ j) at g[j·n + i].
     let p = |i: usize, j: usize| if i >= j { g[j * n + i] } else { g[i * n + j] };
@@ -109,41 +107,96 @@ pub fn weights<T: Float>(
     Ok(Csr::from_rows(n, rows))
 }
 
+/// Columns per block of the inverse's phases: a stop is seen between blocks,
+/// within about two seconds at the ceiling of 20,000 items.
+const BLOCK: usize = 512;
+
 /// Replaces the lower triangle (column-major) of a positive definite `a` with
 /// that of its inverse: `L Lᵀ = a` in place, `M = L⁻¹` beside it, then
 /// `a⁻¹ = Mᵀ M` over `L`. Two n × n buffers instead of faer's `Llt::inverse`'s
 /// four: each is page-faulted in on first touch, which costs as much as the
-/// arithmetic at MovieLens size.
-fn inverse<T: Float>(a: &mut [T], n: usize) -> Result<(), EaseError> {
+/// arithmetic at MovieLens size. Each phase runs by blocks of columns (as
+/// faer does inside one call), so that a stop ends it between blocks.
+fn inverse<T: Float>(a: &mut [T], n: usize, stop: &StopFlag) -> Result<(), EaseError> {
     use faer::linalg::cholesky::llt::factor::{self, LltError};
     use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+    use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
     let par = faer::get_global_parallelism();
     let mut a = MatMut::from_column_major_slice_mut(a, n, n);
-    let scratch = factor::cholesky_in_place_scratch::<T>(n, par, Default::default());
+    let blocks = || (0..n).step_by(BLOCK).map(|k| (k, (k + BLOCK).min(n)));
+    // L Lᵀ = a, right-looking: factor a diagonal block, solve the panel under
+    // it, take the panel's product from the rest.
+    let scratch = factor::cholesky_in_place_scratch::<T>(BLOCK.min(n), par, Default::default());
     let mut mem = MemBuffer::new(scratch);
-    factor::cholesky_in_place(
-        a.rb_mut(),
-        Default::default(),
-        par,
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|e| match e {
-        LltError::NonPositivePivot { index } => EaseError::NotPositiveDefinite(index),
-    })?;
+    for (k0, k1) in blocks() {
+        stop.check()?;
+        let rest = a.rb_mut().submatrix_mut(k0, k0, n - k0, n - k0);
+        let (mut a11, _, mut a21, a22) = rest.split_at_mut(k1 - k0, k1 - k0);
+        factor::cholesky_in_place(
+            a11.rb_mut(),
+            Default::default(),
+            par,
+            MemStack::new(&mut mem),
+            Default::default(),
+        )
+        .map_err(|e| match e {
+            LltError::NonPositivePivot { index } => EaseError::NotPositiveDefinite(k0 + index),
+        })?;
+        solve_lower_triangular_in_place(a11.rb(), a21.rb_mut().transpose_mut(), par);
+        matmul(
+            a22,
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            a21.rb(),
+            BlockStructure::Rectangular,
+            a21.rb().transpose(),
+            BlockStructure::Rectangular,
+            T::of(-1.0),
+            par,
+        );
+    }
+    // M = L⁻¹, a block of columns at a time: L M_·J = I_·J below row k0.
     let mut m = Mat::<T>::zeros(n, n);
-    faer::linalg::triangular_inverse::invert_lower_triangular(m.as_mut(), a.rb(), par);
-    matmul(
-        a.rb_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        m.adjoint(),
-        BlockStructure::TriangularUpper,
-        m.as_ref(),
-        BlockStructure::TriangularLower,
-        T::of(1.0),
-        par,
-    );
+    for (k0, k1) in blocks() {
+        stop.check()?;
+        for d in k0..k1 {
+            m[(d, d)] = T::of(1.0);
+        }
+        solve_lower_triangular_in_place(
+            a.rb().submatrix(k0, k0, n - k0, n - k0),
+            m.as_mut().submatrix_mut(k0, k0, n - k0, k1 - k0),
+            par,
+        );
+    }
+    // a⁻¹ = Mᵀ M, a block of columns J at a time: the triangle on the
+    // diagonal, then the rows under it, where Mᵀ is upper triangular.
+    for (j0, j1) in blocks() {
+        stop.check()?;
+        let w = j1 - j0;
+        let m_j = m.as_ref().submatrix(j0, j0, n - j0, w);
+        matmul(
+            a.rb_mut().submatrix_mut(j0, j0, w, w),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            m_j.transpose(),
+            BlockStructure::Rectangular,
+            m_j,
+            BlockStructure::Rectangular,
+            T::of(1.0),
+            par,
+        );
+        matmul(
+            a.rb_mut().submatrix_mut(j1, j0, n - j1, w),
+            BlockStructure::Rectangular,
+            Accum::Replace,
+            m.as_ref().submatrix(j1, j1, n - j1, n - j1).transpose(),
+            BlockStructure::TriangularUpper,
+            m.as_ref().submatrix(j1, j0, n - j1, w),
+            BlockStructure::Rectangular,
+            T::of(1.0),
+            par,
+        );
+    }
     Ok(())
 }
 
@@ -269,5 +322,29 @@ mod tests {
             weights::<f32>(&train, 10.0, 0.0, None, &stop),
             Err(EaseError::Stopped(_))
         ));
+    }
+
+    /// A stop reaches the inverse between its blocks, not after it: the
+    /// inverse of 4,000 items takes far longer than the 20 ms before the stop.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the stop comes from a timer thread
+    fn a_stop_ends_the_inverse_midway() {
+        let n = 4000;
+        let mut a = vec![0f32; n * n];
+        for j in 0..n {
+            a[j * n + j] = 2.0;
+            if j + 1 < n {
+                a[j * n + j + 1] = 0.5;
+            }
+        }
+        let stop = StopFlag::default();
+        let stopper = stop.clone();
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stopper.stop();
+        });
+        let result = inverse(&mut a, n, &stop);
+        timer.join().unwrap();
+        assert!(matches!(result, Err(EaseError::Stopped(_))), "{result:?}");
     }
 }
