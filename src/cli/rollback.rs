@@ -42,7 +42,7 @@ pub async fn rollback(
             None => groups.push((w.step.as_str(), w.sink.as_str(), vec![w.table.clone()])),
         }
     }
-    for (_, sink_name, tables) in groups {
+    for (step, sink_name, tables) in groups {
         let config = settings
             .sinks
             .get(sink_name)
@@ -57,11 +57,20 @@ pub async fn rollback(
             .await
             .map_err(|e| anyhow!(e))?
             .with_context(|| format!("rollback of {names} in sink `{sink_name}`"))?;
-        for published in back {
+        for published in &back {
             println!(
                 "rolled back  sink `{sink_name}` table `{}`: now version {} ({} rows) at {}",
                 published.table, published.version, published.rows, published.location
             );
+        }
+        // The step's publish gate compares the next run with the lists now
+        // current. The tables are back already: failing here would invite a
+        // second rollback, so a record left behind is only reported.
+        if let Some(current) = back.first() {
+            let state = recpipe::steps::state_folder(&settings.state_dir, &p.name, step);
+            if let Err(e) = recpipe::steps::gate::rolled_back(&state, &current.version) {
+                eprintln!("warning: step `{step}`'s publish record was not rolled back: {e}");
+            }
         }
     }
     Ok(())

@@ -482,7 +482,11 @@ impl Executor {
     fn step_context(&self, req: &RunRequest, step: &str, shard: Option<Shard>) -> StepContext {
         let state_dir = &self.resources.settings.state_dir;
         StepContext {
-            step_state: Some(state_dir.join("steps").join(&req.pipeline.name).join(step)),
+            step_state: Some(crate::steps::state_folder(
+                state_dir,
+                &req.pipeline.name,
+                step,
+            )),
             pipeline: req.pipeline.name.clone(),
             run_id: req.run_id.clone(),
             logical_date: req.logical_date,

@@ -5,9 +5,10 @@
 //! [`StepError::Blocked`] (exit 3, `recpipe_publish_blocked`), and its error
 //! says which check failed by how much.
 //!
-//! What the last publish looked like is kept in the step's state folder
-//! (`published.json`), written after every successful publish, gated or not,
-//! so a gate added later has something to compare with. The first publish
+//! What the last publishes looked like is kept in the step's state folder
+//! (`published.json`, the last ten), written after every successful publish,
+//! gated or not, so a gate added later has something to compare with; a
+//! rollback forgets the publishes it undid. The first publish
 //! has nothing to compare with: only the checks within the run (lift over
 //! popularity) apply.
 
@@ -239,14 +240,43 @@ pub fn refusal(checks: &[Check], last: Option<&Record>) -> Option<StepError> {
     )))
 }
 
+/// Publishes remembered per step, newest last: as many as a rollback can
+/// reach back.
+const HISTORY: usize = 10;
+
+/// The publishes recorded in a step's state folder, oldest first.
+fn history(state: &Path) -> Vec<Record> {
+    super::read_state(state, RECORD_FILE).unwrap_or_default()
+}
+
 /// The last publish recorded in a step's state folder, if any.
 pub fn last(state: &Path) -> Option<Record> {
-    super::read_state(state, RECORD_FILE)
+    history(state).pop()
 }
 
 /// Records a publish in the step's state folder.
 pub fn keep(state: &Path, record: &Record) -> Result<(), StepError> {
-    super::keep_state(state, RECORD_FILE, record)
+    let mut history = history(state);
+    history.push(record.clone());
+    let excess = history.len().saturating_sub(HISTORY);
+    history.drain(..excess);
+    super::keep_state(state, RECORD_FILE, &history)
+}
+
+/// After a rollback made the lists of run `version` current again: the
+/// publishes after it are forgotten, so that the next gate compares with the
+/// lists now current, or with none when the record does not reach back to it.
+pub fn rolled_back(state: &Path, version: &str) -> Result<(), StepError> {
+    let mut history = history(state);
+    let kept = history
+        .iter()
+        .rposition(|r| r.run_id == version)
+        .map_or(0, |p| p + 1);
+    if kept == history.len() {
+        return Ok(());
+    }
+    history.truncate(kept);
+    super::keep_state(state, RECORD_FILE, &history)
 }
 
 /// Rows and distinct keys of a checked list file: the key is the first of

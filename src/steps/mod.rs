@@ -300,6 +300,11 @@ impl StepError {
     }
 }
 
+/// A step's state folder: what it keeps from one run to the next.
+pub fn state_folder(state_dir: &Path, pipeline: &str, step: &str) -> PathBuf {
+    state_dir.join("steps").join(pipeline).join(step)
+}
+
 /// What a step kept in its state folder ([`StepContext::step_state`]) under
 /// `file`, if it is there and reads: a missing or damaged file is a first run.
 pub fn read_state<T: serde::de::DeserializeOwned>(state: &Path, file: &str) -> Option<T> {

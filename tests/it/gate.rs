@@ -116,6 +116,29 @@ fn the_gate_blocks_a_worse_model_and_a_shrunken_list_in_parquet() {
     let out = run(p, "g4", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(current_parquet(p), "g4");
+
+    // Rolled back to g1, the gate compares the next run with g1's lists,
+    // not with g4's that are no longer served.
+    let out = recpipe(p, &["rollback", "gated"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(current_parquet(p), "g1");
+    let record: serde_json::Value =
+        recpipe::artifact::read_json(&p.join("state/steps/gated/publish/published.json")).unwrap();
+    let runs: Vec<&str> = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ["g1"]);
+    edit(p, file, "top_n = 10", "top_n = 2");
+    let out = run(p, "g5", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("run `g1` stay current"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A gate naming a step that is not an evaluate, or one outside `needs`, is
