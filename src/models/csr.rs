@@ -1,5 +1,7 @@
 //! Compressed sparse rows: the user × item interaction matrix.
 
+use rayon::prelude::*;
+
 /// A sparse `n_rows × n_cols` matrix; within a row the column indices are sorted
 /// and unique.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,28 +76,65 @@ impl Csr {
         }
     }
 
-    /// Builds a matrix of `n_cols` columns from its rows, each
-    /// `(columns, values)` with the columns sorted and unique.
-    pub fn from_rows(n_cols: usize, rows: Vec<(Vec<u32>, Vec<f32>)>) -> Self {
-        let mut indptr = Vec::with_capacity(rows.len() + 1);
+    /// A matrix of `n_cols` columns whose row `r` holds `lens[r]` entries:
+    /// `row(scratch, r, list)` lists the row's entries in column order into an
+    /// empty `list`, cut here to its `lens[r]` largest when longer. Rows run in
+    /// parallel, each written in place: the result is allocated once at its
+    /// size and never copied, as fresh pages cost as much as the arithmetic of
+    /// the models that build this way.
+    pub fn from_row_lists<S, E: Send>(
+        n_cols: usize,
+        lens: &[usize],
+        scratch: impl Fn() -> S + Send + Sync,
+        row: impl Fn(&mut S, usize, &mut Vec<(u32, f32)>) -> Result<(), E> + Send + Sync,
+    ) -> Result<Self, E> {
+        let mut indptr = Vec::with_capacity(lens.len() + 1);
         indptr.push(0);
-        for (cols, _) in &rows {
-            indptr.push(indptr[indptr.len() - 1] + cols.len());
+        for len in lens {
+            indptr.push(indptr[indptr.len() - 1] + len);
         }
-        let nnz = indptr[rows.len()];
-        let (mut indices, mut data) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
-        let n_rows = rows.len();
-        for (cols, vals) in rows {
-            indices.extend(cols);
-            data.extend(vals);
+        let nnz = indptr[lens.len()];
+        let (mut indices, mut data) = (vec![0u32; nnz], vec![0f32; nnz]);
+        let mut slots = Vec::with_capacity(lens.len());
+        let (mut is, mut ds) = (indices.as_mut_slice(), data.as_mut_slice());
+        for &len in lens {
+            let (i, i_rest) = is.split_at_mut(len);
+            let (d, d_rest) = ds.split_at_mut(len);
+            slots.push((i, d));
+            (is, ds) = (i_rest, d_rest);
         }
-        Csr {
-            n_rows,
+        slots
+            .into_par_iter()
+            .enumerate()
+            .map_init(
+                || (scratch(), Vec::new()),
+                |(s, list), (r, (columns, values))| {
+                    list.clear();
+                    row(s, r, list)?;
+                    let k = columns.len();
+                    if list.len() > k {
+                        list.select_nth_unstable_by(k, |a, b| {
+                            b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                        });
+                        list.truncate(k);
+                        list.sort_unstable_by_key(|e| e.0);
+                    }
+                    for ((c, v), &(col, value)) in
+                        columns.iter_mut().zip(values.iter_mut()).zip(list.iter())
+                    {
+                        (*c, *v) = (col, value);
+                    }
+                    Ok(())
+                },
+            )
+            .collect::<Result<(), E>>()?;
+        Ok(Csr {
+            n_rows: lens.len(),
             n_cols,
             indptr,
             indices,
             data,
-        }
+        })
     }
 
     /// The `n_cols × n_rows` transpose (rows stay sorted).
@@ -150,6 +189,31 @@ mod tests {
         assert_eq!(m.indptr, vec![0, 1, 3]);
         assert_eq!(m.row(0), (&[1u32][..], &[2.0f32][..]));
         assert_eq!(m.row(1), (&[0u32, 2][..], &[3.0f32, 5.0][..]));
+    }
+
+    #[test]
+    fn rows_listed_longer_than_their_length_keep_their_largest() {
+        let lists = [
+            vec![(0, 1.0), (2, 3.0), (3, 3.0), (4, 3.0)],
+            vec![],
+            vec![(1, 5.0)],
+        ];
+        let m = Csr::from_row_lists(
+            5,
+            &[2, 0, 1],
+            || (),
+            |_, r, list| {
+                list.extend_from_slice(&lists[r]);
+                Ok::<_, ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(m.indptr, [0, 2, 2, 3]);
+        // Ties go to the lower columns.
+        assert_eq!(m.row(0), (&[2, 3][..], &[3.0, 3.0][..]));
+        assert_eq!(m.row(2), (&[1][..], &[5.0][..]));
+        let failed = Csr::from_row_lists(5, &[1], || (), |_, _, _| Err("no"));
+        assert_eq!(failed, Err("no"));
     }
 
     #[test]

@@ -56,11 +56,12 @@ pub enum EaseError {
 }
 
 /// Bytes the fit holds at its peak for `n` items keeping `kept` weights per
-/// item: the Gram matrix (becoming the inverse) and the factor's inverse
-/// (`float_bytes` each), then the rows.
+/// item: the Gram matrix (becoming the inverse) with the factor's inverse
+/// beside it (`float_bytes` each), then the inverse with the rows.
 pub fn memory(n: usize, kept: usize, float_bytes: u64) -> u64 {
     let n = n as u64;
-    2 * n * n * float_bytes + n * kept.min(n as usize) as u64 * 8
+    let rows = n * kept.min(n as usize) as u64 * 8;
+    (2 * n * n * float_bytes).max(n * n * float_bytes + rows)
 }
 
 /// The weights `B` (items × items, diagonal and exact zeros left out), each row
@@ -78,33 +79,33 @@ pub fn weights<T: Float>(
     stop.check()?;
     // `g` holds P's lower triangle column-major: P_ij (i ≥ j) at g[j·n + i].
     let p = |i: usize, j: usize| if i >= j { g[j * n + i] } else { g[i * n + j] };
-    let rows: Vec<(Vec<u32>, Vec<f32>)> = (0..n)
+    let weight = |i: usize, j: usize| (-(p(i, j) / p(j, j))).f32();
+    let nonzero = |i: usize| {
+        (0..n)
+            .filter(move |&j| j != i)
+            .map(move |j| (j, weight(i, j)))
+            .filter(|e| e.1 != 0.0)
+    };
+    // The rows' lengths first, so the rows are written in place: the result is
+    // the fit's largest allocation after the inverse.
+    let lens: Vec<usize> = (0..n)
         .into_par_iter()
         .map(|i| {
-            if stop.is_stopped() {
-                return Err(Stopped);
-            }
-            let (mut js, mut ws) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            for j in (0..n).filter(|&j| j != i) {
-                let w = (-(p(i, j) / p(j, j))).f32();
-                if w != 0.0 {
-                    js.push(j as u32);
-                    ws.push(w);
-                }
-            }
-            Ok(match keep.filter(|&k| k < js.len()) {
-                None => (js, ws),
-                Some(k) => {
-                    let mut row: Vec<(u32, f32)> = js.into_iter().zip(ws).collect();
-                    row.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                    row.truncate(k);
-                    row.sort_unstable_by_key(|e| e.0);
-                    row.into_iter().unzip()
-                }
-            })
+            stop.check()?;
+            let len = nonzero(i).count();
+            Ok(keep.map_or(len, |k| len.min(k)))
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Csr::from_rows(n, rows))
+        .collect::<Result<_, Stopped>>()?;
+    Ok(Csr::from_row_lists(
+        n,
+        &lens,
+        || (),
+        |_, i, row| {
+            stop.check()?;
+            row.extend(nonzero(i).map(|(j, w)| (j as u32, w)));
+            Ok::<_, Stopped>(())
+        },
+    )?)
 }
 
 /// Columns per block of the inverse's phases: a stop is seen between blocks,

@@ -48,60 +48,22 @@ pub fn neighbors(
         .map_init(
             || vec![u32::MAX; n_items],
             |mark, i| {
-                if stop.is_stopped() {
-                    return Err(Stopped);
-                }
+                stop.check()?;
                 let reached = walk.reached(i, mark);
                 Ok(keep.map_or(reached, |k| reached.min(k)))
             },
         )
         .collect::<Result<_, _>>()?;
-    let mut indptr = Vec::with_capacity(n_items + 1);
-    indptr.push(0);
-    for len in &lens {
-        indptr.push(indptr[indptr.len() - 1] + len);
-    }
-    let nnz = indptr[n_items];
-    let (mut indices, mut data) = (vec![0u32; nnz], vec![0f32; nnz]);
-    let mut rows = Vec::with_capacity(n_items);
-    let (mut is, mut ds) = (indices.as_mut_slice(), data.as_mut_slice());
-    for &len in &lens {
-        let (i, irest) = is.split_at_mut(len);
-        let (d, drest) = ds.split_at_mut(len);
-        rows.push((i, d));
-        (is, ds) = (irest, drest);
-    }
-    rows.into_par_iter()
-        .enumerate()
-        .map_init(
-            || (vec![0f32; n_items], Vec::with_capacity(n_items)),
-            |(acc, row), (i, (js, ws))| {
-                if stop.is_stopped() {
-                    return Err(Stopped);
-                }
-                walk.row(i, acc, row);
-                if js.len() < row.len() {
-                    let k = js.len();
-                    row.select_nth_unstable_by(k, |a: &(u32, f32), b| {
-                        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-                    });
-                    row.truncate(k);
-                    row.sort_unstable_by_key(|e| e.0);
-                }
-                for ((j, w), &(col, weight)) in js.iter_mut().zip(ws.iter_mut()).zip(row.iter()) {
-                    (*j, *w) = (col, weight);
-                }
-                Ok(())
-            },
-        )
-        .collect::<Result<(), _>>()?;
-    Ok(Csr {
-        n_rows: n_items,
-        n_cols: n_items,
-        indptr,
-        indices,
-        data,
-    })
+    Csr::from_row_lists(
+        n_items,
+        &lens,
+        || vec![0f32; n_items],
+        |acc, i, row| {
+            stop.check()?;
+            walk.row(i, acc, row);
+            Ok(())
+        },
+    )
 }
 
 /// The walk's matrices and per-node weights.
@@ -129,10 +91,9 @@ impl Walk<'_> {
         reached
     }
 
-    /// Item `i`'s row into `row`, in column order; `acc` is all zeros before
-    /// and after.
+    /// Item `i`'s row into the empty `row`, in column order; `acc` is all
+    /// zeros before and after.
     fn row(&self, i: usize, acc: &mut [f32], row: &mut Vec<(u32, f32)>) {
-        row.clear();
         let users = self.item_users.row(i).0;
         let mut reach = 0;
         for &u in users {

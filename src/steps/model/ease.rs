@@ -13,7 +13,7 @@ use crate::models::ease::{self, EaseError};
 use crate::steps::spec::{Problem, between, whole};
 use crate::steps::{StepError, memory};
 
-/// The most items `max_items` may allow: at this size the fit takes 81 s on
+/// The most items `max_items` may allow: at this size the fit takes 78 s on
 /// two cores and 3 GiB for the inverse in float32, growing as n³ and n²;
 /// beyond it, ALS is the model.
 pub const ITEM_CEILING: usize = 20_000;
