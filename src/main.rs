@@ -104,7 +104,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Rollback(args) => {
             let settings = settings()?;
             let p = cli::find_pipeline(&settings, &args.pipeline)?;
-            cli::rollback::rollback(&settings, &p, args.sink).await
+            cli::rollback::rollback(&settings, &p, args.sink, args.store).await
         }
         Command::Plan { pipeline } => {
             let settings = settings()?;

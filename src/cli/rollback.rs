@@ -1,11 +1,17 @@
 //! `recpipe rollback`: makes the previous published version current again.
 
+use std::path::Path;
+
 use anyhow::{Context, anyhow};
 use clap::Args;
 use recpipe::config::Settings;
 use recpipe::pipeline::load::Pipeline;
+use recpipe::pipeline::remote::RemoteState;
+use recpipe::steps;
+use recpipe::store::Remote;
 
 use super::Failure;
+use super::step::LocalCopy;
 
 #[derive(Args)]
 pub struct RollbackArgs {
@@ -13,6 +19,10 @@ pub struct RollbackArgs {
     /// Only the tables written to this sink.
     #[arg(long)]
     pub sink: Option<String>,
+    /// Where the pipeline's pods keep their runs (`recpipe step run --store`):
+    /// the publish gate's record is rolled back there, not in `state_dir`.
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// Rolls back every table the pipeline writes (to `only` sink, if given).
@@ -20,7 +30,19 @@ pub async fn rollback(
     settings: &Settings,
     p: &Pipeline,
     only: Option<String>,
+    store: Option<String>,
 ) -> Result<(), Failure> {
+    // A bad store is refused before any table moves.
+    let remote = match &store {
+        Some(url) if url.contains("://") => {
+            Some(Remote::open(url).map_err(|e| Failure::BadInput(e.into()))?)
+        }
+        _ => None,
+    };
+    let state_dir = match &store {
+        Some(dir) if remote.is_none() => settings.resolve(Path::new(dir)),
+        _ => settings.state_dir.clone(),
+    };
     let targets: Vec<_> = p
         .writes
         .iter()
@@ -67,11 +89,33 @@ pub async fn rollback(
         // current. The tables are back already: failing here would invite a
         // second rollback, so a record left behind is only reported.
         if let Some(current) = back.first() {
-            let state = recpipe::steps::state_folder(&settings.state_dir, &p.name, step);
-            if let Err(e) = recpipe::steps::gate::rolled_back(&state, &current.version) {
-                eprintln!("warning: step `{step}`'s publish record was not rolled back: {e}");
+            let forgot =
+                forget_undone(&state_dir, remote.as_ref(), &p.name, step, &current.version);
+            if let Err(e) = forgot.await {
+                eprintln!("warning: step `{step}`'s publish record was not rolled back: {e:#}");
             }
         }
     }
+    Ok(())
+}
+
+/// Rolls back the publish record of `step` to `version`, in `state_dir` or, for
+/// pods, in the store (through a local copy).
+async fn forget_undone(
+    state_dir: &Path,
+    remote: Option<&Remote>,
+    pipeline: &str,
+    step: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    let Some(remote) = remote else {
+        let folder = steps::state_folder(state_dir, pipeline, step);
+        return Ok(steps::gate::rolled_back(&folder, version)?);
+    };
+    let copy = LocalCopy::new()?;
+    let state = RemoteState::new(remote, &copy.0, pipeline, step);
+    state.pull().await?;
+    steps::gate::rolled_back(&steps::state_folder(&copy.0, pipeline, step), version)?;
+    state.push().await?;
     Ok(())
 }

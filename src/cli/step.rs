@@ -13,7 +13,7 @@ use recpipe::artifact::lists::Shard;
 use recpipe::config::Settings;
 use recpipe::models::StopFlag;
 use recpipe::pipeline::executor::{ExecutorError, StepOutcome};
-use recpipe::pipeline::remote::RemoteRun;
+use recpipe::pipeline::remote::{RemoteRun, RemoteState};
 use recpipe::pipeline::rundir::is_valid_run_id;
 use recpipe::pipeline::{Executor, RunRequest};
 use recpipe::steps::{self, Resources, StepCommand, StepContext};
@@ -81,12 +81,12 @@ pub async fn dispatch(project_dir: &Path, command: StepCli) -> Result<(), Failur
     }
 }
 
-/// A fresh folder under the temp dir for a step's local copy of its run
-/// directory, removed when dropped.
-struct LocalCopy(PathBuf);
+/// A fresh folder under the temp dir for a local copy of what lives in a
+/// store (a step's run directory), removed when dropped.
+pub struct LocalCopy(pub PathBuf);
 
 impl LocalCopy {
-    fn new() -> std::io::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "recpipe-step-{}-{}",
             std::process::id(),
@@ -135,19 +135,23 @@ async fn run_pipeline_step(
     };
     let what = format!("step {} of run {}", args.step, args.run_id);
     // A bad run id or step is refused by `run_step` below, before anything is read.
-    let remote = remote.filter(|_| is_valid_run_id(&args.run_id)).map(|r| {
-        RemoteRun::new(
-            &r,
-            &settings.state_dir,
-            &request.pipeline.name,
-            &args.run_id,
-        )
-    });
-    if let (Some(remote), Some(step)) = (&remote, request.pipeline.step(&args.step)) {
-        remote
-            .pull(&request.pipeline, step, args.shard)
+    let step = request.pipeline.step(&args.step);
+    let remote = remote
+        .filter(|_| is_valid_run_id(&args.run_id) && step.is_some())
+        .map(|r| {
+            let name = &request.pipeline.name;
+            let run = RemoteRun::new(&r, &settings.state_dir, name, &args.run_id);
+            let state = RemoteState::new(&r, &settings.state_dir, name, &args.step);
+            (run, state)
+        });
+    if let (Some((run, state)), Some(step)) = (&remote, step) {
+        run.pull(&request.pipeline, step, args.shard)
             .await
             .map_err(|e| storage_failure(e, &format!("{what}: cannot copy its inputs")))?;
+        state
+            .pull()
+            .await
+            .map_err(|e| storage_failure(e, &format!("{what}: cannot copy its state")))?;
     }
     let outcome = executor
         .run_step(request, &args.step, args.shard)
@@ -166,9 +170,13 @@ async fn run_pipeline_step(
     let (status, manifest) = match outcome {
         StepOutcome::Reused(m) => ("reused", m),
         StepOutcome::Succeeded(m) => {
-            if let Some(remote) = &remote {
-                remote
-                    .push(&m, args.shard)
+            // The state first: the step is done in the store only once both are.
+            if let Some((run, state)) = &remote {
+                state
+                    .push()
+                    .await
+                    .map_err(|e| storage_failure(e, &format!("{what}: cannot store its state")))?;
+                run.push(&m, args.shard)
                     .await
                     .map_err(|e| storage_failure(e, &format!("{what}: cannot store its output")))?;
             }

@@ -12,8 +12,12 @@
 //! There is no lock across pods: two attempts of one step are not run at once by
 //! Argo (a retry starts after its pod ended). Two that did would each leave
 //! complete files; the manifest last written names the files of one of them.
+//!
+//! A step's state folder, which outlives runs (`steps/<pipeline>/<step>/`: a
+//! tuned train's choice, a gated write's last publishes), lives beside `runs/`
+//! in the store for the same reason: a pod's disk starts empty.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::rundir::{MANIFEST, RunDir, StepManifest, manifest_name};
 use super::{Pipeline, Step};
@@ -147,5 +151,51 @@ impl RemoteRun {
         self.remote
             .upload(&dir.join(&name), &format!("{step}/{name}"))
             .await
+    }
+}
+
+/// A step's state folder in the store, and its local copy.
+pub struct RemoteState {
+    remote: Remote,
+    local: PathBuf,
+}
+
+impl RemoteState {
+    /// Step `step` of `pipeline` under `store`, copied into `local_state`.
+    pub fn new(store: &Remote, local_state: &Path, pipeline: &str, step: &str) -> Self {
+        Self {
+            remote: store.child(&format!("steps/{pipeline}/{step}")),
+            local: crate::steps::state_folder(local_state, pipeline, step),
+        }
+    }
+
+    /// Copies every file the store keeps for the step into the local folder.
+    pub async fn pull(&self) -> Result<(), StorageError> {
+        for (name, _) in self.remote.list("").await? {
+            self.remote.download(&name, &self.local.join(&name)).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies every file of the local folder into the store: the step writes
+    /// each whole (beside it, then renamed), so each goes up whole.
+    pub async fn push(&self) -> Result<(), StorageError> {
+        let local_error = |e: std::io::Error| StorageError::Failed {
+            url: self.remote.url(""),
+            message: format!("cannot read {}: {e}", self.local.display()),
+            retryable: true,
+        };
+        let mut entries = match tokio::fs::read_dir(&self.local).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(local_error(e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(local_error)? {
+            if entry.file_type().await.map_err(local_error)?.is_file() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                self.remote.upload(&entry.path(), &name).await?;
+            }
+        }
+        Ok(())
     }
 }

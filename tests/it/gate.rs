@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::common::{edit, project, recpipe, text};
+use crate::common::{block_on, edit, project, recpipe, s3_url, text};
 
 /// A walk model, evaluated, its lists published behind a gate; `{sink}` is
 /// the sink.
@@ -214,4 +214,97 @@ lambda = 100
     let tune = &second["details"]["tune"];
     assert_eq!(tune["started_from_previous"], true);
     assert_eq!(tune["trials"][0]["setting"], chosen, "{tune}");
+}
+
+/// Each step of a gated pipeline run as an Argo pod runs it (`recpipe step
+/// run --store s3://…`: each pod works in a fresh local copy): the second
+/// run's gate still compares with the first run's publish, kept in the store
+/// beside the runs, and blocks a worse model.
+#[test]
+fn pods_with_empty_disks_gate_against_the_publish_kept_in_the_store() {
+    let dir = project();
+    let p = dir.path();
+    let file = "gated.toml";
+    std::fs::write(
+        p.join("pipelines").join(file),
+        GATED.replace("{sink}", "local_lists"),
+    )
+    .unwrap();
+    let store = s3_url("gate-pods");
+    let pod_run = |run_id: &str, step: &str| {
+        recpipe(
+            p,
+            &[
+                "step",
+                "run",
+                "--pipeline",
+                "gated",
+                "--step",
+                step,
+                "--run-id",
+                run_id,
+                "--store",
+                &store,
+            ],
+            &[],
+        )
+    };
+    let steps = ["interactions", "model", "recs", "quality", "publish"];
+    for step in steps {
+        let out = pod_run("p1", step);
+        assert_eq!(out.status.code(), Some(0), "{step}: {}", text(&out));
+    }
+    assert_eq!(current_parquet(p), "p1");
+    let remote = recpipe::store::Remote::open(&store).unwrap();
+    let record = block_on(remote.get("steps/gated/publish/published.json")).unwrap();
+    assert!(record.is_some(), "no publish record in {store}");
+
+    // Popularity in the evaluation: no lift over itself is needed to pass the
+    // lift check, so only the comparison with p1 can block it.
+    edit(
+        p,
+        file,
+        "model = \"rp3beta\"\n\n[steps.publish]",
+        "model = \"popular\"\n\n[steps.publish]",
+    );
+    for step in &steps[..4] {
+        let out = pod_run("p2", step);
+        assert_eq!(out.status.code(), Some(0), "{step}: {}", text(&out));
+    }
+    let out = pod_run("p2", "publish");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("against the last publish's"), "{said}");
+    assert!(!said.contains("over popularity"), "{said}");
+    assert!(said.contains("run `p1` stay current"), "{said}");
+    assert_eq!(current_parquet(p), "p1");
+
+    // The walk again: p3 publishes. Rolled back with the store, the record
+    // kept there forgets p3.
+    edit(
+        p,
+        file,
+        "model = \"popular\"\n\n[steps.publish]",
+        "model = \"rp3beta\"\n\n[steps.publish]",
+    );
+    for step in steps {
+        let out = pod_run("p3", step);
+        assert_eq!(out.status.code(), Some(0), "{step}: {}", text(&out));
+    }
+    assert_eq!(current_parquet(p), "p3");
+    let out = recpipe(p, &["rollback", "gated", "--store", &store], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert_eq!(current_parquet(p), "p1");
+    let (bytes, _) = block_on(remote.get("steps/gated/publish/published.json"))
+        .unwrap()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let runs: Vec<&str> = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ["p1"]);
 }
