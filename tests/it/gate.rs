@@ -47,6 +47,27 @@ pub fn run(project: &Path, run_id: &str, env: &[(&str, &str)]) -> std::process::
     recpipe(project, &["run", "gated", "--run-id", run_id], env)
 }
 
+/// A project holding `GATED` as `pipelines/gated.toml`, publishing to the
+/// local Parquet sink.
+fn gated_project() -> tempfile::TempDir {
+    let dir = project();
+    std::fs::write(
+        dir.path().join("pipelines/gated.toml"),
+        GATED.replace("{sink}", "local_lists"),
+    )
+    .unwrap();
+    dir
+}
+
+/// The runs a `published.json` remembers, oldest first.
+fn recorded_runs(record: &[u8]) -> Vec<String> {
+    let record: Vec<serde_json::Value> = serde_json::from_slice(record).unwrap();
+    record
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn current_parquet(project: &Path) -> String {
     std::fs::read_to_string(project.join("state/published/gated_recs/CURRENT"))
         .unwrap()
@@ -59,14 +80,8 @@ fn current_parquet(project: &Path) -> String {
 /// the first publish stays current and the step's manifest says what failed.
 #[test]
 fn the_gate_blocks_a_worse_model_and_a_shrunken_list_in_parquet() {
-    let dir = project();
-    let p = dir.path();
-    let file = "gated.toml";
-    std::fs::write(
-        p.join("pipelines").join(file),
-        GATED.replace("{sink}", "local_lists"),
-    )
-    .unwrap();
+    let dir = gated_project();
+    let (p, file) = (dir.path(), "gated.toml");
     let out = run(p, "g1", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(current_parquet(p), "g1");
@@ -122,15 +137,8 @@ fn the_gate_blocks_a_worse_model_and_a_shrunken_list_in_parquet() {
     let out = recpipe(p, &["rollback", "gated"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(current_parquet(p), "g1");
-    let record: serde_json::Value =
-        recpipe::artifact::read_json(&p.join("state/steps/gated/publish/published.json")).unwrap();
-    let runs: Vec<&str> = record
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["run_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(runs, ["g1"]);
+    let record = std::fs::read(p.join("state/steps/gated/publish/published.json")).unwrap();
+    assert_eq!(recorded_runs(&record), ["g1"]);
     edit(p, file, "top_n = 10", "top_n = 2");
     let out = run(p, "g5", &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -222,14 +230,8 @@ lambda = 100
 /// beside the runs, and blocks a worse model.
 #[test]
 fn pods_with_empty_disks_gate_against_the_publish_kept_in_the_store() {
-    let dir = project();
-    let p = dir.path();
-    let file = "gated.toml";
-    std::fs::write(
-        p.join("pipelines").join(file),
-        GATED.replace("{sink}", "local_lists"),
-    )
-    .unwrap();
+    let dir = gated_project();
+    let (p, file) = (dir.path(), "gated.toml");
     let store = s3_url("gate-pods");
     let pod_run = |run_id: &str, step: &str| {
         recpipe(
@@ -299,12 +301,5 @@ fn pods_with_empty_disks_gate_against_the_publish_kept_in_the_store() {
     let (bytes, _) = block_on(remote.get("steps/gated/publish/published.json"))
         .unwrap()
         .unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let runs: Vec<&str> = record
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["run_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(runs, ["p1"]);
+    assert_eq!(recorded_runs(&bytes), ["p1"]);
 }
