@@ -100,6 +100,25 @@ pub struct Check {
 impl GateSpec {
     /// Bounds, and that `evaluate` names an `evaluate` step among `needs`.
     pub fn problems(&self, cx: &CheckContext) -> Vec<Problem> {
+        let mut problems = self.bound_problems();
+        if let Some(step) = &self.evaluate {
+            match cx.need_kinds.get(step.as_str()) {
+                None => problems.push(Problem::new(
+                    "gate.evaluate",
+                    format!("`{step}` is not in this step's `needs`; add the evaluate step there"),
+                )),
+                Some(&kind) if kind != "evaluate" => problems.push(Problem::new(
+                    "gate.evaluate",
+                    format!("`{step}` is a `{kind}` step, not an `evaluate` step; name the evaluate step whose figures must hold"),
+                )),
+                _ => {}
+            }
+        }
+        problems
+    }
+
+    /// The ratios out of bounds.
+    pub fn bound_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (key, value) in [
             ("gate.min_ratio", self.min_ratio),
@@ -112,19 +131,6 @@ impl GateSpec {
                     key,
                     format!("must be between 0 and 100, not {value}"),
                 ));
-            }
-        }
-        if let Some(step) = &self.evaluate {
-            match cx.need_kinds.get(step.as_str()) {
-                None => problems.push(Problem::new(
-                    "gate.evaluate",
-                    format!("`{step}` is not in this step's `needs`; add the evaluate step there"),
-                )),
-                Some(&kind) if kind != "evaluate" => problems.push(Problem::new(
-                    "gate.evaluate",
-                    format!("`{step}` is a `{kind}` step, not an `evaluate` step; name the evaluate step whose figures must hold"),
-                )),
-                _ => {}
             }
         }
         problems

@@ -24,9 +24,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::gate::{self, GateSpec, Record};
-use super::kind::{CheckContext, Inputs, Problem, StepKind, Target, settings_of};
+use super::kind::{
+    CheckContext, Inputs, Problem, StepKind, Target, parse_key_value, refuse, settings_of,
+};
 use super::{StepContext, StepError, StepOutput, StepResult, StepRun, blocking};
-use crate::artifact::ArtifactKind;
+use crate::artifact::{ArtifactKind, read_json};
 use crate::config::diagnostic::{is_table_name, unknown_name};
 use crate::sinks::{AnySink, ListFile, Published};
 
@@ -99,6 +101,18 @@ pub struct WriteArgs {
     /// refused and the previous list stays current).
     #[arg(long)]
     allow_empty: bool,
+    /// A folder kept from one write of this table to the next: each publish is
+    /// recorded there, and a gate compares the list with the last one.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Hold a publish gate, its keys as in a pipeline (`--gate min_ratio=0.9`,
+    /// repeated); `--gate-metrics` alone holds one with the defaults.
+    #[arg(long = "gate", value_parser = parse_key_value)]
+    gate: Vec<(String, String)>,
+    /// An `evaluate` step's `metrics.json`, whose figures the gate holds (lift
+    /// over popularity, and against the last publish with `--state`).
+    #[arg(long)]
+    gate_metrics: Option<PathBuf>,
 }
 
 /// What a write step publishes: lists, per-item estimates and coefficients.
@@ -330,6 +344,13 @@ impl StepKind for WriteSpec {
                 "`{version}` is not a valid version name"
             )));
         }
+        let gate = match (a.gate.is_empty(), &a.gate_metrics) {
+            (true, None) => None,
+            _ => Some((
+                gate_of(&a.gate)?,
+                a.gate_metrics.as_deref().map(read_json).transpose()?,
+            )),
+        };
         let job = WriteJob {
             sink: AnySink::from_config(&a.sink, config),
             lists: vec![ListFile {
@@ -338,11 +359,29 @@ impl StepKind for WriteSpec {
             }],
             version,
             allow_empty: a.allow_empty,
-            gate: None,
-            state: None,
+            gate,
+            state: a.state,
         };
         blocking(move || run(&job)).await
     }
+}
+
+/// The gate `--gate key=value` pairs describe: its figures come from
+/// `--gate-metrics`, not from a step.
+fn gate_of(pairs: &[(String, String)]) -> Result<GateSpec, StepError> {
+    let text: String = pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    let spec: GateSpec =
+        toml::from_str(&text).map_err(|e| StepError::Data(format!("--gate: {}", e.message())))?;
+    if spec.evaluate.is_some() {
+        return Err(StepError::Data(
+            "--gate evaluate: names a pipeline's step; give its metrics.json as --gate-metrics"
+                .into(),
+        ));
+    }
+    refuse(spec.bound_problems(), |k| {
+        format!("--gate {}", k.trim_start_matches("gate."))
+    })?;
+    Ok(spec)
 }
 
 /// What one write step publishes, resolved from the pipeline or the command line.

@@ -303,3 +303,67 @@ fn pods_with_empty_disks_gate_against_the_publish_kept_in_the_store() {
         .unwrap();
     assert_eq!(recorded_runs(&bytes), ["p1"]);
 }
+
+/// `recpipe step write` alone holds the same gate: with `--state` and
+/// `--gate-metrics`, a list whose evaluation fell below the last publish's
+/// is blocked with exit 3 and the previous list stays current; a gate key
+/// out of bounds is refused naming the flag.
+#[test]
+fn step_write_alone_holds_the_gate_with_its_state_and_metrics() {
+    let dir = gated_project();
+    let p = dir.path();
+    let out = run(p, "g1", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run_dir = p.join("state/runs/gated/g1");
+    let list = run_dir.join("recs/data.parquet");
+    let metrics = run_dir.join("quality/metrics.json");
+    let state = p.join("cli-state");
+    let write = |version: &str, metrics: &Path, more: &[&str]| {
+        let mut args = vec![
+            "step",
+            "write",
+            "--input",
+            list.to_str().unwrap(),
+            "--sink",
+            "local_lists",
+            "--table",
+            "cli_recs",
+            "--version",
+            version,
+            "--state",
+            state.to_str().unwrap(),
+            "--gate-metrics",
+            metrics.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        recpipe(p, &args, &[])
+    };
+    let current = || std::fs::read_to_string(p.join("state/published/cli_recs/CURRENT")).unwrap();
+    let out = write("c1", &metrics, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(current().trim(), "c1");
+
+    // The same list, evaluated at half its nDCG: still above popularity's,
+    // below 0.95 × c1's.
+    let mut figures: serde_json::Value = recpipe::artifact::read_json(&metrics).unwrap();
+    let ndcg = figures["metrics"]["ndcg"].as_f64().unwrap();
+    figures["metrics"]["ndcg"] = serde_json::json!(ndcg / 2.0);
+    let worse = p.join("worse.json");
+    std::fs::write(&worse, figures.to_string()).unwrap();
+    let out = write("c2", &worse, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("ndcg against the last publish's"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(current().trim(), "c1");
+
+    let out = write("c3", &metrics, &["--gate", "min_ratio=200"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--gate min_ratio: must be between 0 and 100"),
+        "{}",
+        text(&out)
+    );
+}
