@@ -163,6 +163,14 @@ async fn api_requires_the_token_to_act_and_lists_runs() {
     );
 }
 
+/// Serves the daemon's API and pages on a free local port, returned.
+async fn serve(d: &Arc<Daemon>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    port
+}
+
 async fn recpipe_metrics(d: &Arc<Daemon>) -> String {
     let resp = recpipe::server::app(d.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -577,10 +585,7 @@ async fn web_ui_renders_in_headless_chromium() {
         other => panic!("{other:?}"),
     };
     wait_finished(&d, &run_id).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{}", serve(&d).await);
 
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
@@ -623,10 +628,7 @@ async fn the_estimates_viewer_reads_in_headless_chromium() {
     };
     let run = wait_finished(&d, &run_id).await;
     assert_eq!(run["run"]["status"], "succeeded", "{run}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{}", serve(&d).await);
 
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
@@ -706,9 +708,7 @@ async fn the_estimates_viewer_reads_in_headless_chromium() {
 async fn the_experiment_page_reads_in_headless_chromium() {
     let project = common::project();
     let d = daemon(project.path(), None).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let port = serve(&d).await;
     let base = format!("http://127.0.0.1:{port}");
     let page = format!("{base}/ui/experiments/apply_button");
     let before = tokio::task::spawn_blocking(move || {
@@ -793,9 +793,7 @@ async fn experiments_assign_units_from_the_published_allocation_fast_while_train
             .replacen("iterations = 10", "iterations = 1000", 1);
     std::fs::write(&file, text.replacen("factors = 32", "factors = 256", 1)).unwrap();
     let d = daemon(project.path(), None).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
+    let port = serve(&d).await;
     let get =
         move |path: String| tokio::task::spawn_blocking(move || http_get(port, &path).unwrap());
     let assign = "/api/v1/experiments/apply_button/assign";
@@ -1397,10 +1395,7 @@ async fn a_tuned_and_blocked_run_reads_in_headless_chromium() {
         metrics.contains("recpipe_publish_blocked_total{pipeline=\"gated\",step=\"publish\"} 1"),
         "{metrics}"
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, recpipe::server::app(d.clone())).into_future());
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{}", serve(&d).await);
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
         let errors = b.open(&format!("{base}/ui/runs/gated/{run_id}"));
