@@ -76,7 +76,6 @@ pub fn weights<T: Float>(
     let n = user_items.n_cols;
     let mut g = gram::<T>(user_items, lambda, dropout / (1.0 - dropout), stop)?;
     inverse(&mut g, n, stop)?;
-    stop.check()?;
     // `g` holds P's lower triangle column-major: P_ij (i ≥ j) at g[j·n + i].
     let p = |i: usize, j: usize| if i >= j { g[j * n + i] } else { g[i * n + j] };
     let weight = |i: usize, j: usize| (-(p(i, j) / p(j, j))).f32();
@@ -216,9 +215,7 @@ fn gram<T: Float>(
     g.par_chunks_mut(n.max(1))
         .enumerate()
         .try_for_each(|(i, row)| {
-            if stop.is_stopped() {
-                return Err(Stopped);
-            }
+            stop.check()?;
             let (users, x_ui) = item_users.row(i);
             for (&u, &a) in users.iter().zip(x_ui) {
                 let (items, x_uj) = user_items.row(u as usize);

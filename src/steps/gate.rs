@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::path::Path;
 
 use arrow::array::{Array, StringArray};
@@ -315,9 +315,7 @@ pub fn shape(path: &Path) -> Result<Shape, StepError> {
             .ok_or_else(|| fail(format!("`{key}` is not text")))?;
         for i in 0..text.len() {
             if text.is_valid(i) {
-                let mut h = hasher.build_hasher();
-                text.value(i).hash(&mut h);
-                seen.insert(std::hash::Hasher::finish(&h));
+                seen.insert(hasher.hash_one(text.value(i)));
             }
         }
         rows += batch.num_rows() as u64;

@@ -4,8 +4,7 @@
 //! each user's latest), and the best by the chosen metric wins.
 //!
 //! Bounded by `max_trials` and `max_time` (checked before each trial but the
-//! first) and
-//! seeded: the same data and settings choose the same. A trial that fails (too
+//! first) and seeded: the same data and settings choose the same. A trial that fails (too
 //! many items for `ease`, too little memory) is recorded and skipped; a stop
 //! ends the search. The setting a previous run chose is tried first, so a
 //! search cut short by its bounds never does worse than last time.
@@ -116,9 +115,8 @@ pub fn default_grid(model: &str) -> Vec<(&'static str, Vec<toml::Value>)> {
 }
 
 impl TuneSpec {
-    /// Every setting the search may try, in the order written, each with the
-    /// candidate it came from; or the problems that make the candidates
-    /// unusable, keyed `tune.candidates`.
+    /// Every setting the search may try, in the order written; or the
+    /// problems that make the candidates unusable, keyed `tune.candidates`.
     pub fn settings(&self, base: &ModelSpec) -> Result<Vec<ModelSpec>, Vec<Problem>> {
         let candidates: Vec<BTreeMap<String, toml::Value>> = if self.candidates.is_empty() {
             let mut own = match toml::Value::try_from(base) {

@@ -309,7 +309,7 @@ impl StepKind for WriteSpec {
                         ))
                     })?;
                 let path = input.dir.join(super::evaluate::METRICS_FILE);
-                Some(crate::artifact::read_json::<serde_json::Value>(&path)?)
+                Some(read_json::<serde_json::Value>(&path)?)
             }
             None => None,
         };
